@@ -1,0 +1,1 @@
+"""Event contracts (generated from ``proto/``) and the Kafka publish/consume layer."""

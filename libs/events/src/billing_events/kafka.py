@@ -1,0 +1,348 @@
+"""Kafka publish/consume layer on aiokafka.
+
+Guarantees the rest of the platform builds on:
+- the producer is idempotent (``acks=all``), so a retried send never duplicates a record;
+- a consumer commits an offset only after the handler for that record returned, i.e. after
+  its effect is durable; a crash before the commit means the record is seen again, so every
+  handler must be idempotent by a natural key;
+- a failing record is retried with exponential backoff, and after the last attempt it is
+  published to its dead-letter topic with the error, and the partition moves on;
+- trace context and the correlation id travel in record headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.client import AIOKafkaClient
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry.trace import SpanKind
+
+from billing_platform import context, metrics, tracing
+
+log = logging.getLogger(__name__)
+
+CORRELATION_HEADER = "correlation-id"
+M = TypeVar("M", bound=Message)
+
+
+class PermanentError(Exception):
+    """A failure that retrying cannot fix (e.g. an undecodable record): dead-letter at once."""
+
+
+def dead_letter_topic(topic: str) -> str:
+    """``stripe.events.v1`` -> ``stripe.events.dlq.v1``; the contract's naming, generalised."""
+    base, dot, version = topic.rpartition(".")
+    if dot and version.startswith("v") and version[1:].isdigit():
+        return f"{base}.dlq.{version}"
+    return f"{topic}.dlq"
+
+
+def timestamp_now() -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(datetime.now(UTC))
+    return ts
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+    timestamp_ms: int
+
+    @classmethod
+    def from_record(cls, record: ConsumerRecord[bytes, bytes]) -> InboundMessage:
+        return cls(
+            record.topic,
+            record.partition,
+            record.offset,
+            record.key,
+            record.value or b"",
+            tuple(record.headers or ()),
+            record.timestamp,
+        )
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value.decode(errors="replace")
+        return None
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.header(CORRELATION_HEADER)
+
+    def decode(self, message_type: type[M]) -> M:
+        message = message_type()
+        try:
+            message.ParseFromString(self.value)
+        except DecodeError as exc:
+            raise PermanentError(f"cannot decode {message_type.__name__}: {exc}") from exc
+        return message
+
+
+Handler = Callable[[InboundMessage], Awaitable[None]]
+
+
+async def probe(bootstrap: str) -> None:
+    """Raise unless a broker answers a metadata request now (used by ``/readyz``)."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+    try:
+        await client.bootstrap()
+    finally:
+        await client.close()
+
+
+async def ensure_topics(bootstrap: str, topics: Mapping[str, int]) -> list[str]:
+    """Create the topics that do not exist yet; returns those created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(t, p, 1) for t, p in topics.items() if t not in existing]
+        if missing:
+            await admin.create_topics(missing)
+        return [t.name for t in missing]
+    finally:
+        await admin.close()
+
+
+class KafkaPublisher:
+    """Idempotent producer that stamps trace context and correlation id on every record."""
+
+    def __init__(self, bootstrap: str, client_id: str) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            client_id=client_id,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=2,
+        )
+        self._tracer = tracing.tracer("billing.kafka")
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def publish(
+        self,
+        topic: str,
+        key: str | bytes | None,
+        message: Message | bytes,
+        *,
+        correlation_id: str | None = None,
+    ) -> None:
+        """Publish one record and wait until the broker has it."""
+        future = await self.enqueue(topic, key, message, correlation_id=correlation_id)
+        await future
+
+    async def enqueue(
+        self,
+        topic: str,
+        key: str | bytes | None,
+        message: Message | bytes,
+        *,
+        correlation_id: str | None = None,
+    ) -> asyncio.Future[Any]:
+        """Queue a record for a batch; await the returned future for the broker's ack."""
+        with self._tracer.start_as_current_span(f"{topic} publish", kind=SpanKind.PRODUCER):
+            corr = correlation_id or context.current_correlation_id()
+            headers = tracing.inject_headers({CORRELATION_HEADER: corr})
+            value = message if isinstance(message, bytes) else message.SerializeToString()
+            raw_key = key.encode() if isinstance(key, str) else key
+            future = await self._producer.send(topic, value, key=raw_key, headers=headers)
+        metrics.KAFKA_PUBLISHED.labels(topic).inc()
+        return future
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    initial_backoff_s: float = 0.2
+    max_backoff_s: float = 5.0
+
+    def delay(self, failed_attempts: int) -> float:
+        return float(min(self.max_backoff_s, self.initial_backoff_s * 2 ** (failed_attempts - 1)))
+
+
+@dataclass
+class _Failure:
+    attempts: int = 0
+    first_at: Timestamp = field(default_factory=timestamp_now)
+    error: BaseException | None = None
+
+
+class ConsumerRunner:
+    """Consumes topics with one handler each; commits only what was handled or dead-lettered.
+
+    Partitions of a fetched batch are handled concurrently, records within a partition in
+    order. If the broker goes away the loop reconnects; if the dead-letter publish itself
+    fails, nothing of that batch is committed and the records come back.
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        group_id: str,
+        handlers: Mapping[str, Handler],
+        publisher: KafkaPublisher,
+        retry: RetryPolicy | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self.group_id = group_id
+        self._handlers = dict(handlers)
+        self._publisher = publisher
+        self._retry = retry or RetryPolicy()
+        self._client_id = client_id or group_id
+        self._tracer = tracing.tracer("billing.kafka")
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run_forever(), name=f"consumer:{self.group_id}")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 10)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            self._task = None
+
+    async def _run_forever(self) -> None:
+        pause = 0.5
+        while not self._stopping.is_set():
+            try:
+                await self._consume_until_stopped()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("consumer loop failed; reconnecting", extra={"group": self.group_id})
+                await self._sleep_unless_stopping(pause)
+                pause = min(pause * 2, 10.0)
+
+    async def _consume_until_stopped(self) -> None:
+        consumer = AIOKafkaConsumer(
+            *self._handlers,
+            bootstrap_servers=self._bootstrap,
+            group_id=self.group_id,
+            client_id=self._client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+        )
+        await consumer.start()
+        self.consumer = consumer
+        try:
+            while not self._stopping.is_set():
+                batch = await consumer.getmany(timeout_ms=500, max_records=200)
+                if batch:
+                    await self._handle_batch(consumer, batch)
+        finally:
+            self.consumer = None
+            await consumer.stop()
+
+    async def _handle_batch(
+        self,
+        consumer: AIOKafkaConsumer,
+        batch: Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]],
+    ) -> None:
+        await asyncio.gather(*(self._handle_partition(records) for records in batch.values()))
+        await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+
+    async def _handle_partition(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        for record in records:
+            await self.handle(InboundMessage.from_record(record))
+
+    async def handle(self, message: InboundMessage) -> None:
+        """Run the handler with retries; dead-letter after the last attempt."""
+        context.correlation_id_var.set(message.correlation_id or context.new_id())
+        parent = tracing.extract_context(message.headers)
+        name = f"{message.topic} process"
+        with self._tracer.start_as_current_span(name, context=parent, kind=SpanKind.CONSUMER):
+            failure = await self._attempt(message)
+            if failure is None:
+                metrics.KAFKA_CONSUMED.labels(message.topic, self.group_id, "ok").inc()
+                return
+            await self._dead_letter(message, failure)
+
+    async def _attempt(self, message: InboundMessage) -> _Failure | None:
+        handler = self._handlers[message.topic]
+        failure = _Failure()
+        while True:
+            try:
+                await handler(message)
+                return None
+            except Exception as exc:
+                failure.attempts += 1
+                failure.error = exc
+                if isinstance(exc, PermanentError) or failure.attempts >= self._retry.max_attempts:
+                    return failure
+                metrics.KAFKA_HANDLER_RETRIES.labels(message.topic, self.group_id).inc()
+                log.warning(
+                    "handler failed; will retry",
+                    extra={"topic": message.topic, "offset": message.offset,
+                           "attempt": failure.attempts, "error": type(exc).__name__},
+                )
+                await asyncio.sleep(self._retry.delay(failure.attempts))
+
+    async def _dead_letter(self, message: InboundMessage, failure: _Failure) -> None:
+        from billing_events.v1 import common_pb2, dlq_pb2
+
+        error = failure.error
+        letter = dlq_pb2.DeadLetter(
+            meta=common_pb2.EventMeta(
+                event_id=context.new_id(),
+                occurred_at=timestamp_now(),
+                correlation_id=context.current_correlation_id(),
+                producer=self._client_id,
+            ),
+            original_topic=message.topic,
+            original_partition=message.partition,
+            original_offset=message.offset,
+            original_key=message.key or b"",
+            original_value=message.value,
+            original_headers=dict(message.headers),
+            consumer_group=self.group_id,
+            error_type=type(error).__name__,
+            error_message=str(error)[:2000],
+            attempts=failure.attempts,
+            first_failed_at=failure.first_at,
+            last_failed_at=timestamp_now(),
+        )
+        dlq = dead_letter_topic(message.topic)
+        await self._publisher.publish(dlq, message.key, letter)
+        metrics.KAFKA_DEAD_LETTERED.labels(message.topic, self.group_id).inc()
+        metrics.KAFKA_CONSUMED.labels(message.topic, self.group_id, "dead_lettered").inc()
+        log.error(
+            "record dead-lettered",
+            extra={"topic": message.topic, "offset": message.offset, "dlq": dlq,
+                   "attempts": failure.attempts, "error": type(error).__name__},
+        )
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)

@@ -1,0 +1,1 @@
+"""Platform pieces every service shares: settings, logging, auth, metrics, tracing, DB, app."""

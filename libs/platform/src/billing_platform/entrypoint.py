@@ -1,0 +1,38 @@
+"""``python -m <service> serve|migrate``: the one way every service is run.
+
+``migrate`` is what the Helm migration Job and ``billing up`` both run, so the schema a
+service serves from is always the one its migrations built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+import uvicorn
+
+from billing_platform.db import migrate_package
+from billing_platform.logging import configure_logging
+from billing_platform.settings import ServiceSettings
+
+
+def run(settings: ServiceSettings, *, app_factory: str, package: str, argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=f"python -m {package}")
+    parser.add_argument("command", choices=["serve", "migrate"])
+    args = parser.parse_args(argv)
+    if args.command == "migrate":
+        configure_logging(settings.service_name, settings.infra.log_level)
+        applied = asyncio.run(
+            migrate_package(settings.infra.database_url, settings.db_schema, package)
+        )
+        print(json.dumps({"service": settings.service_name, "applied": applied}))
+        return
+    uvicorn.run(
+        app_factory,
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )

@@ -1,0 +1,86 @@
+"""Structured JSON logs with request/correlation ids and masking of PII and secrets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from billing_platform.context import correlation_id_var, request_id_var, user_id_var
+
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+# Stripe keys, webhook secrets and bearer tokens must never reach a log line.
+_SECRET = re.compile(r"\b(sk|rk|whsec|pk)_(live|test)?_?[A-Za-z0-9]{6,}\b")
+_BEARER = re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]+")
+_STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def mask_user_id(user_id: str) -> str:
+    """Stable pseudonym so logs of one user can be followed without exposing the id."""
+    return "u_" + hashlib.sha256(user_id.encode()).hexdigest()[:12]
+
+
+def mask_text(text: str) -> str:
+    text = _BEARER.sub("Bearer ***", text)
+    text = _SECRET.sub(lambda m: m.group(1) + "_***", text)
+    return _EMAIL.sub("***@***", text)
+
+
+def _mask_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, dict):
+        return {k: _mask_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask_value(v) for v in value]
+    return value
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self._service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        body: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "service": self._service,
+            "logger": record.name,
+            "msg": mask_text(record.getMessage()),
+        }
+        self._add_context(body)
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                body[key] = _mask_value(value)
+        if record.exc_info:
+            body["exc"] = mask_text(self.formatException(record.exc_info))
+        return json.dumps(body, default=str)
+
+    @staticmethod
+    def _add_context(body: dict[str, Any]) -> None:
+        from opentelemetry import trace
+
+        span_ctx = trace.get_current_span().get_span_context()
+        if span_ctx.is_valid:
+            body["trace_id"] = format(span_ctx.trace_id, "032x")
+        for name, var in (("request_id", request_id_var), ("correlation_id", correlation_id_var)):
+            if (value := var.get()) is not None:
+                body[name] = value
+        if (user := user_id_var.get()) is not None:
+            body["user"] = mask_user_id(user)
+
+
+def configure_logging(service: str, level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter(service))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # uvicorn's access log would print raw paths and bypass masking; our middleware logs requests.
+    logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)

@@ -1,0 +1,59 @@
+"""Settings shared by every service.
+
+Infrastructure every service talks to (database, broker, JWT keys) is read once under the
+``BILLING_`` prefix so one ``billing env`` output configures the whole platform; what is
+particular to a service (its port, its schema) lives under that service's own prefix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class InfraSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
+
+    database_url: str = "postgresql://billing@127.0.0.1:15432/billing"
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    # Prefix for every topic name, so several environments or test runs can share a broker.
+    topic_namespace: str = ""
+    jwt_public_keys: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    jwt_issuer: str = "billing-dev"
+    jwt_audience: str = "billing-platform"
+    log_level: str = "INFO"
+    environment: str = "dev"
+    otel_exporter_otlp_endpoint: str = ""
+    # External APIs. Base URLs point at stripe-mock and the dev model server locally.
+    stripe_api_key: SecretStr = SecretStr("")
+    stripe_api_base: str = "https://api.stripe.com"
+    # Several secrets are accepted at once so a signing secret can be rotated without loss.
+    stripe_webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: SecretStr = SecretStr("")
+
+    @field_validator("jwt_public_keys", "stripe_webhook_secrets", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        # Plain comma-separated env values, rather than JSON arrays, for list settings.
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+
+class ServiceSettings(BaseSettings):
+    """Base for each service's ``Settings``; subclasses set their own ``env_prefix``."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    service_name: str = "service"
+    host: str = "127.0.0.1"
+    port: int = 8100
+    db_schema: str = "public"
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+    readiness_timeout_s: float = 2.0
+    infra: InfraSettings = Field(default_factory=InfraSettings)

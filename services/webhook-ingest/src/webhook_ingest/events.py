@@ -1,0 +1,52 @@
+"""Turning a verified Stripe event body into the ``stripe.events.v1`` envelope."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from billing_events.kafka import KafkaPublisher, timestamp_now
+from billing_events.topics import Topics
+from billing_events.v1 import common_pb2, stripe_pb2
+from billing_platform import context
+from google.protobuf.timestamp_pb2 import Timestamp
+
+
+class MalformedEvent(ValueError):
+    pass
+
+
+def envelope_from_body(body: bytes) -> stripe_pb2.StripeEventReceived:
+    """Envelope for a verified body; the raw bytes travel unchanged as the payload."""
+    try:
+        event = json.loads(body)
+        obj = event["data"]["object"]
+        created = Timestamp()
+        created.FromDatetime(datetime.fromtimestamp(int(event["created"]), UTC))
+        return stripe_pb2.StripeEventReceived(
+            meta=common_pb2.EventMeta(
+                event_id=context.new_id(),
+                occurred_at=timestamp_now(),
+                correlation_id=context.current_correlation_id(),
+                producer="webhook-ingest",
+            ),
+            stripe_event_id=str(event["id"]),
+            type=str(event["type"]),
+            api_version=str(event.get("api_version") or ""),
+            object_id=str(obj.get("id") or ""),
+            livemode=bool(event.get("livemode", False)),
+            stripe_created=created,
+            received_at=timestamp_now(),
+            payload=body,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise MalformedEvent(f"not a Stripe event: {exc}") from exc
+
+
+async def publish_stripe_event(
+    publisher: KafkaPublisher, topics: Topics, envelope: stripe_pb2.StripeEventReceived
+) -> None:
+    """Keyed by the Stripe object id so all events of one session/charge stay in order."""
+    key = envelope.object_id or envelope.stripe_event_id
+    await publisher.publish(topics.stripe_events, key, envelope,
+                            correlation_id=envelope.meta.correlation_id)

@@ -1,0 +1,92 @@
+"""Fetching what the local stack runs, from package registries only, pinned and cached.
+
+- PostgreSQL server: Debian's packages (``apt-get``), when not installed already.
+- Apache Kafka: the broker's jars from Maven Central via ``mvn dependency:copy-dependencies``.
+- stripe-mock: ``go install`` of a pinned version into ``.local/bin``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from importlib import resources
+from pathlib import Path
+
+from billing_cli.layout import KAFKA_VERSION, STRIPE_MOCK_VERSION, Layout
+from billing_cli.procs import LaunchError
+
+
+def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)  # noqa: S603
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
+        raise LaunchError(f"{what} failed ({' '.join(cmd[:3])} ...):\n{tail}")
+
+
+def postgres_bindir() -> Path | None:
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+                        key=lambda p: int(re.sub(r"\D", "", p.parent.parent.name) or 0))
+    return candidates[-1].parent if candidates else None
+
+
+def ensure_postgres() -> Path:
+    """Debian's PostgreSQL server binaries; installed with apt when missing."""
+    if (found := postgres_bindir()) is not None:
+        return found
+    if os.geteuid() != 0:
+        raise LaunchError("PostgreSQL server not installed: run `sudo apt-get install postgresql`")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    _run(["apt-get", "update", "-q"], "apt-get update", env)
+    _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"],
+         "apt-get install postgresql", env)
+    found = postgres_bindir()
+    if found is None:
+        raise LaunchError("postgresql installed but no server binaries under /usr/lib/postgresql")
+    return found
+
+
+def kafka_libs(layout: Layout) -> Path:
+    return layout.cache / f"kafka-{KAFKA_VERSION}" / "libs"
+
+
+def ensure_kafka(layout: Layout) -> Path:
+    """The broker's jars, resolved once from Maven Central; a marker proves a full copy."""
+    libs = kafka_libs(layout)
+    marker = libs.parent / ".complete"
+    if marker.exists():
+        return libs
+    for tool in ("java", "mvn"):
+        if shutil.which(tool) is None:
+            raise LaunchError(f"`{tool}` not found: the Kafka broker needs a JDK 17 and Maven")
+    if libs.exists():
+        shutil.rmtree(libs)
+    libs.mkdir(parents=True)
+    pom = resources.files("billing_cli").joinpath("kafka-pom.xml")
+    with resources.as_file(pom) as pom_path:
+        _run(["mvn", "-q", "-B", "-f", str(pom_path), "dependency:copy-dependencies",
+              f"-DoutputDirectory={libs}", "-DincludeScope=runtime"], "fetching Kafka jars")
+    if not any(libs.glob(f"kafka_2.13-{KAFKA_VERSION}.jar")):
+        raise LaunchError(f"Kafka {KAFKA_VERSION} jars missing after download")
+    marker.write_text(KAFKA_VERSION)
+    return libs
+
+
+def stripe_mock_binary(layout: Layout) -> Path:
+    return layout.bin / "stripe-mock"
+
+
+def ensure_stripe_mock(layout: Layout) -> Path:
+    binary = stripe_mock_binary(layout)
+    stamp = layout.bin / ".stripe-mock.version"
+    if binary.exists() and stamp.exists() and stamp.read_text() == STRIPE_MOCK_VERSION:
+        return binary
+    if shutil.which("go") is None:
+        raise LaunchError("`go` not found: stripe-mock is installed with `go install`")
+    layout.bin.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "GOBIN": str(layout.bin), "GOFLAGS": "-mod=mod"}
+    _run(["go", "install", f"github.com/stripe/stripe-mock@{STRIPE_MOCK_VERSION}"],
+         "go install stripe-mock", env)
+    stamp.write_text(STRIPE_MOCK_VERSION)
+    return binary

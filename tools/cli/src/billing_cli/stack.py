@@ -1,0 +1,104 @@
+"""The whole local platform: infrastructure first, then migrations, then the services."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from billing_cli import keys
+from billing_cli.components import Component, DevLLM, Kafka, Postgres, Service, StripeMock
+from billing_cli.layout import SERVICES, Layout
+from billing_cli.procs import ProcessManager
+
+Reporter = Callable[[str, float], None]
+
+
+def _quiet(_: str, __: float) -> None:
+    return None
+
+
+class Stack:
+    def __init__(self, layout: Layout, topic_namespace: str = "") -> None:
+        self.layout = layout
+        self.topic_namespace = topic_namespace
+        self.procs = ProcessManager(layout.run, layout.logs)
+        self.secrets = keys.ensure_secrets(layout)
+        _, self.public_key = keys.ensure_keys(layout)
+        self.postgres = Postgres(layout, self.procs, self.secrets["postgres_password"])
+        self.kafka = Kafka(layout, self.procs)
+        self.stripe_mock = StripeMock(layout, self.procs)
+        self.devllm = DevLLM(layout, self.procs)
+        env = self.env()
+        self.services = {name: Service(layout, self.procs, name, pkg, env)
+                         for name, (pkg, _) in SERVICES.items()}
+
+    @property
+    def infrastructure(self) -> list[Component]:
+        return [self.postgres, self.kafka, self.stripe_mock, self.devllm]
+
+    @property
+    def components(self) -> list[Component]:
+        return [*self.infrastructure, *self.services.values()]
+
+    def env(self) -> dict[str, str]:
+        """The dev settings every service reads (``billing env`` prints them)."""
+        values = {
+            "BILLING_DATABASE_URL": self.postgres.dsn,
+            "BILLING_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
+            "BILLING_TOPIC_NAMESPACE": self.topic_namespace,
+            "BILLING_JWT_PUBLIC_KEYS": str(self.public_key),
+            "BILLING_JWT_ISSUER": keys.ISSUER,
+            "BILLING_JWT_AUDIENCE": keys.AUDIENCE,
+            "BILLING_ENVIRONMENT": "test" if self.layout.port_offset else "dev",
+            "BILLING_STRIPE_API_KEY": self.secrets["stripe_api_key"],
+            "BILLING_STRIPE_API_BASE": self.stripe_mock.url,
+            "BILLING_STRIPE_WEBHOOK_SECRETS": self.secrets["stripe_webhook_secret"],
+            "BILLING_OPENAI_BASE_URL": self.devllm.url,
+            "BILLING_OPENAI_API_KEY": self.secrets["openai_api_key"],
+        }
+        return {k: v for k, v in values.items() if v != ""}
+
+    def install(self, report: Reporter = _quiet) -> None:
+        for part in self.infrastructure:
+            with _timed(report, f"{part.name} installed"):
+                part.install()
+
+    def up(self, report: Reporter = _quiet, services: bool = True) -> None:
+        self.install(report)
+        for part in self.infrastructure:
+            with _timed(report, f"{part.name} ready at {part.url}"):
+                part.start()
+                part.wait_ready(90)
+        with _timed(report, "topics created"):
+            self.kafka.create_topics(self.topic_namespace)
+        if services:
+            self.start_services(report)
+
+    def start_services(self, report: Reporter = _quiet) -> None:
+        for svc in self.services.values():
+            with _timed(report, f"{svc.name} migrated"):
+                svc.migrate()
+        for svc in self.services.values():
+            svc.start()
+        for svc in self.services.values():
+            with _timed(report, f"{svc.name} ready at {svc.url}"):
+                svc.wait_ready(60)
+
+    def down(self, report: Reporter = _quiet) -> None:
+        for part in reversed(self.components):
+            started = time.monotonic()
+            if part.stop():
+                report(f"{part.name} stopped", time.monotonic() - started)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        return {part.name: {"url": part.url, "running": part.running(), "ready": part.ready()}
+                for part in self.components}
+
+
+@contextmanager
+def _timed(report: Reporter, label: str) -> Iterator[None]:
+    started = time.monotonic()
+    yield
+    report(label, time.monotonic() - started)
