@@ -23,11 +23,10 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
+from billing_platform import context, metrics, tracing
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.trace import SpanKind
-
-from billing_platform import context, metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +164,9 @@ class KafkaPublisher:
             headers = tracing.inject_headers({CORRELATION_HEADER: corr})
             value = message if isinstance(message, bytes) else message.SerializeToString()
             raw_key = key.encode() if isinstance(key, str) else key
-            future = await self._producer.send(topic, value, key=raw_key, headers=headers)
+            future: asyncio.Future[Any] = await self._producer.send(
+                topic, value, key=raw_key, headers=headers
+            )
         metrics.KAFKA_PUBLISHED.labels(topic).inc()
         return future
 
@@ -304,8 +305,12 @@ class ConsumerRunner:
                 metrics.KAFKA_HANDLER_RETRIES.labels(message.topic, self.group_id).inc()
                 log.warning(
                     "handler failed; will retry",
-                    extra={"topic": message.topic, "offset": message.offset,
-                           "attempt": failure.attempts, "error": type(exc).__name__},
+                    extra={
+                        "topic": message.topic,
+                        "offset": message.offset,
+                        "attempt": failure.attempts,
+                        "error": type(exc).__name__,
+                    },
                 )
                 await asyncio.sleep(self._retry.delay(failure.attempts))
 
@@ -339,8 +344,13 @@ class ConsumerRunner:
         metrics.KAFKA_CONSUMED.labels(message.topic, self.group_id, "dead_lettered").inc()
         log.error(
             "record dead-lettered",
-            extra={"topic": message.topic, "offset": message.offset, "dlq": dlq,
-                   "attempts": failure.attempts, "error": type(error).__name__},
+            extra={
+                "topic": message.topic,
+                "offset": message.offset,
+                "dlq": dlq,
+                "attempts": failure.attempts,
+                "error": type(error).__name__,
+            },
         )
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from billing_platform.settings import ServiceSettings
 
@@ -21,21 +21,20 @@ def publisher_for(settings: ServiceSettings) -> KafkaPublisher:
 def consumer_for(
     settings: ServiceSettings, publisher: KafkaPublisher, handlers: Mapping[str, Handler]
 ) -> ConsumerRunner:
+    namespace = settings.infra.topic_namespace
+    group = f"{namespace}.{settings.service_name}" if namespace else settings.service_name
     return ConsumerRunner(
         bootstrap=settings.infra.kafka_bootstrap,
-        group_id=settings.service_name,
+        group_id=group,
         handlers=handlers,
         publisher=publisher,
     )
 
 
-def kafka_check(settings: ServiceSettings) -> "KafkaCheck":
-    return KafkaCheck(settings.infra.kafka_bootstrap)
+def kafka_check(settings: ServiceSettings) -> Callable[[], Awaitable[None]]:
+    bootstrap = settings.infra.kafka_bootstrap
 
+    async def check() -> None:
+        await probe(bootstrap)
 
-class KafkaCheck:
-    def __init__(self, bootstrap: str) -> None:
-        self._bootstrap = bootstrap
-
-    async def __call__(self) -> None:
-        await probe(self._bootstrap)
+    return check

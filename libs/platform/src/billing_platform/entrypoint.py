@@ -17,7 +17,9 @@ from billing_platform.logging import configure_logging
 from billing_platform.settings import ServiceSettings
 
 
-def run(settings: ServiceSettings, *, app_factory: str, package: str, argv: list[str] | None = None) -> None:
+def run(
+    settings: ServiceSettings, *, app_factory: str, package: str, argv: list[str] | None = None
+) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m {package}")
     parser.add_argument("command", choices=["serve", "migrate"])
     args = parser.parse_args(argv)

@@ -18,7 +18,9 @@ KAFKA_CONSUMED = Counter(
 )
 KAFKA_PUBLISHED = Counter("kafka_messages_published_total", "Messages published", ["topic"])
 KAFKA_HANDLER_RETRIES = Counter(
-    "kafka_handler_retries_total", "Handler attempts that failed and were retried", ["topic", "group"]
+    "kafka_handler_retries_total",
+    "Handler attempts that failed and were retried",
+    ["topic", "group"],
 )
 KAFKA_DEAD_LETTERED = Counter(
     "kafka_dead_lettered_total", "Messages sent to a dead-letter topic", ["topic", "group"]

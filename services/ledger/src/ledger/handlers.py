@@ -28,7 +28,10 @@ def stripe_event_handler(db: Database) -> Handler:
             raise PermanentError("stripe event without an id")
         async with db.pool.acquire() as conn, conn.transaction():
             new = await repository.claim_message(
-                conn, f"stripe:{event.stripe_event_id}", event.type, message,
+                conn,
+                f"stripe:{event.stripe_event_id}",
+                event.type,
+                message,
                 tracing.current_trace_id(),
             )
         outcome = "new" if new else "duplicate"

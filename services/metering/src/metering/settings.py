@@ -1,8 +1,10 @@
-"""Settings of the metering service (env prefix `METERING_`; shared infrastructure under `BILLING_`)."""
+"""Settings of the metering service (env prefix `METERING_`).
 
-from pydantic_settings import SettingsConfigDict
+Shared infrastructure settings are read under `BILLING_` (see billing_platform.settings).
+"""
 
 from billing_platform.settings import ServiceSettings
+from pydantic_settings import SettingsConfigDict
 
 
 class Settings(ServiceSettings):

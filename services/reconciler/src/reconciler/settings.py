@@ -1,8 +1,10 @@
-"""Settings of the reconciler service (env prefix `RECONCILER_`; shared infrastructure under `BILLING_`)."""
+"""Settings of the reconciler service (env prefix `RECONCILER_`).
 
-from pydantic_settings import SettingsConfigDict
+Shared infrastructure settings are read under `BILLING_` (see billing_platform.settings).
+"""
 
 from billing_platform.settings import ServiceSettings
+from pydantic_settings import SettingsConfigDict
 
 
 class Settings(ServiceSettings):

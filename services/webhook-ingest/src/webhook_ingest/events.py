@@ -48,5 +48,6 @@ async def publish_stripe_event(
 ) -> None:
     """Keyed by the Stripe object id so all events of one session/charge stay in order."""
     key = envelope.object_id or envelope.stripe_event_id
-    await publisher.publish(topics.stripe_events, key, envelope,
-                            correlation_id=envelope.meta.correlation_id)
+    await publisher.publish(
+        topics.stripe_events, key, envelope, correlation_id=envelope.meta.correlation_id
+    )

@@ -1,8 +1,10 @@
-"""Settings of the webhook-ingest service (env prefix `WEBHOOK_INGEST_`; shared infrastructure under `BILLING_`)."""
+"""Settings of the webhook-ingest service (env prefix `WEBHOOK_INGEST_`).
 
-from pydantic_settings import SettingsConfigDict
+Shared infrastructure settings are read under `BILLING_` (see billing_platform.settings).
+"""
 
 from billing_platform.settings import ServiceSettings
+from pydantic_settings import SettingsConfigDict
 
 
 class Settings(ServiceSettings):

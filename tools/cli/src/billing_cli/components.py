@@ -83,8 +83,10 @@ class Postgres(Component):
     @property
     def dsn(self) -> str:
         """The URL with the password: for settings only, never printed in status."""
-        return (f"postgresql://{self.user}:{self.password}@127.0.0.1:"
-                f"{self.layout.postgres_port}/{self.database}")
+        return (
+            f"postgresql://{self.user}:{self.password}@127.0.0.1:"
+            f"{self.layout.postgres_port}/{self.database}"
+        )
 
     def install(self) -> None:
         self.bindir = installers.ensure_postgres()
@@ -98,7 +100,7 @@ class Postgres(Component):
         return str(self.bindir / name)
 
     def _run(self, cmd: list[str], what: str) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(self._as_owner(cmd), capture_output=True, text=True, check=False)  # noqa: S603
+        result = subprocess.run(self._as_owner(cmd), capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise LaunchError(f"postgres {what} failed: {(result.stdout + result.stderr)[-1500:]}")
         return result
@@ -117,9 +119,22 @@ class Postgres(Component):
         if os.geteuid() == 0:
             shutil.chown(pwfile, "postgres", "postgres")
         try:
-            self._run([self._tool("initdb"), "-D", str(self.data), "-U", self.user,
-                       f"--pwfile={pwfile}", "--auth-host=scram-sha-256", "--auth-local=peer",
-                       "-E", "UTF8", "--locale=C.UTF-8"], "initdb")
+            self._run(
+                [
+                    self._tool("initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    self.user,
+                    f"--pwfile={pwfile}",
+                    "--auth-host=scram-sha-256",
+                    "--auth-local=peer",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                ],
+                "initdb",
+            )
         finally:
             pwfile.unlink(missing_ok=True)
 
@@ -127,7 +142,7 @@ class Postgres(Component):
         if not (self.data / "PG_VERSION").exists():
             return False
         cmd = self._as_owner([self._tool("pg_ctl"), "status", "-D", str(self.data)])
-        return subprocess.run(cmd, capture_output=True, check=False).returncode == 0  # noqa: S603
+        return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
 
     def start(self) -> None:
         self._prepare_dirs()
@@ -139,13 +154,29 @@ class Postgres(Component):
         if port_open(port):
             raise LaunchError(f"postgres: port {port} is in use by another process")
         sock = self.data.parent
-        opts = (f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={sock} "
-                "-c max_connections=300 -c shared_buffers=128MB")
+        opts = (
+            f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={sock} "
+            "-c max_connections=300 -c shared_buffers=128MB"
+        )
         if self.layout.port_offset:
             # The throwaway test cluster trades crash safety of the OS for speed.
             opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        self._run([self._tool("pg_ctl"), "start", "-D", str(self.data), "-w", "-t", "60",
-                   "-l", str(self.procs.log_file(self.name)), "-o", opts], "start")
+        self._run(
+            [
+                self._tool("pg_ctl"),
+                "start",
+                "-D",
+                str(self.data),
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                str(self.procs.log_file(self.name)),
+                "-o",
+                opts,
+            ],
+            "start",
+        )
         self._ensure_database()
 
     def _ensure_database(self) -> None:
@@ -156,7 +187,8 @@ class Postgres(Component):
             conn = await asyncpg.connect(admin_url)
             try:
                 exists = await conn.fetchval(
-                    "SELECT 1 FROM pg_database WHERE datname = $1", self.database)
+                    "SELECT 1 FROM pg_database WHERE datname = $1", self.database
+                )
                 if not exists:
                     await conn.execute(f'CREATE DATABASE "{self.database}"')
             finally:
@@ -171,9 +203,15 @@ class Postgres(Component):
         return True
 
     def ready(self) -> bool:
-        cmd = [self._tool("pg_isready"), "-q", "-h", "127.0.0.1",
-               "-p", str(self.layout.postgres_port)]
-        return subprocess.run(cmd, check=False).returncode == 0  # noqa: S603
+        cmd = [
+            self._tool("pg_isready"),
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.layout.postgres_port),
+        ]
+        return subprocess.run(cmd, check=False).returncode == 0
 
 
 class Kafka(Component):
@@ -233,9 +271,16 @@ class Kafka(Component):
 
     def _java(self, main: str, *args: str, heap: str = "256m") -> list[str]:
         libs = installers.kafka_libs(self.layout)
-        return ["java", f"-Xmx{heap}", "-XX:+UseG1GC",
-                f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}",
-                "-cp", f"{libs}/*", main, *args]
+        return [
+            "java",
+            f"-Xmx{heap}",
+            "-XX:+UseG1GC",
+            f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}",
+            "-cp",
+            f"{libs}/*",
+            main,
+            *args,
+        ]
 
     def _format_storage(self, config: Path) -> None:
         if (self.home / "data" / "meta.properties").exists():
@@ -243,9 +288,16 @@ class Kafka(Component):
         cluster_file = self.home / "cluster.id"
         if not cluster_file.exists():
             cluster_file.write_text(_kafka_cluster_id())
-        cmd = self._java("kafka.tools.StorageTool", "format", "--ignore-formatted",
-                         "-t", cluster_file.read_text().strip(), "-c", str(config))
-        result = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603
+        cmd = self._java(
+            "kafka.tools.StorageTool",
+            "format",
+            "--ignore-formatted",
+            "-t",
+            cluster_file.read_text().strip(),
+            "-c",
+            str(config),
+        )
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise LaunchError(f"kafka storage format failed: {result.stderr[-1500:]}")
 
@@ -299,8 +351,11 @@ class StripeMock(Component):
 
     def ready(self) -> bool:
         try:
-            response = httpx.get(f"{self.url}/v1/balance", timeout=1.0,
-                                 headers={"Authorization": "Bearer sk_test_ready"})
+            response = httpx.get(
+                f"{self.url}/v1/balance",
+                timeout=1.0,
+                headers={"Authorization": "Bearer sk_test_ready"},
+            )
         except httpx.HTTPError:
             return False
         return response.status_code == 200
@@ -322,8 +377,9 @@ class DevLLM(Component):
 
 
 class Service(Component):
-    def __init__(self, layout: Layout, procs: ProcessManager, name: str, package: str,
-                 env: dict[str, str]) -> None:
+    def __init__(
+        self, layout: Layout, procs: ProcessManager, name: str, package: str, env: dict[str, str]
+    ) -> None:
         super().__init__(layout, procs)
         self.name = name
         self.package = package
@@ -339,12 +395,16 @@ class Service(Component):
 
     def _env(self) -> dict[str, str]:
         prefix = self.package.upper() + "_"
-        return {**os.environ, **self.env, f"{prefix}PORT": str(self.port),
-                f"{prefix}HOST": "127.0.0.1"}
+        return {
+            **os.environ,
+            **self.env,
+            f"{prefix}PORT": str(self.port),
+            f"{prefix}HOST": "127.0.0.1",
+        }
 
     def migrate(self) -> str:
         cmd = [sys.executable, "-m", self.package, "migrate"]
-        result = subprocess.run(cmd, env=self._env(), capture_output=True, text=True, check=False)  # noqa: S603
+        result = subprocess.run(cmd, env=self._env(), capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise LaunchError(f"{self.name} migrations failed:\n{result.stderr[-2000:]}")
         return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""

@@ -19,15 +19,17 @@ from billing_cli.procs import LaunchError
 
 
 def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)  # noqa: S603
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
         raise LaunchError(f"{what} failed ({' '.join(cmd[:3])} ...):\n{tail}")
 
 
 def postgres_bindir() -> Path | None:
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"),
-                        key=lambda p: int(re.sub(r"\D", "", p.parent.parent.name) or 0))
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+        key=lambda p: int(re.sub(r"\D", "", p.parent.parent.name) or 0),
+    )
     return candidates[-1].parent if candidates else None
 
 
@@ -39,8 +41,11 @@ def ensure_postgres() -> Path:
         raise LaunchError("PostgreSQL server not installed: run `sudo apt-get install postgresql`")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     _run(["apt-get", "update", "-q"], "apt-get update", env)
-    _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"],
-         "apt-get install postgresql", env)
+    _run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"],
+        "apt-get install postgresql",
+        env,
+    )
     found = postgres_bindir()
     if found is None:
         raise LaunchError("postgresql installed but no server binaries under /usr/lib/postgresql")
@@ -65,8 +70,19 @@ def ensure_kafka(layout: Layout) -> Path:
     libs.mkdir(parents=True)
     pom = resources.files("billing_cli").joinpath("kafka-pom.xml")
     with resources.as_file(pom) as pom_path:
-        _run(["mvn", "-q", "-B", "-f", str(pom_path), "dependency:copy-dependencies",
-              f"-DoutputDirectory={libs}", "-DincludeScope=runtime"], "fetching Kafka jars")
+        _run(
+            [
+                "mvn",
+                "-q",
+                "-B",
+                "-f",
+                str(pom_path),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={libs}",
+                "-DincludeScope=runtime",
+            ],
+            "fetching Kafka jars",
+        )
     if not any(libs.glob(f"kafka_2.13-{KAFKA_VERSION}.jar")):
         raise LaunchError(f"Kafka {KAFKA_VERSION} jars missing after download")
     marker.write_text(KAFKA_VERSION)
@@ -86,7 +102,10 @@ def ensure_stripe_mock(layout: Layout) -> Path:
         raise LaunchError("`go` not found: stripe-mock is installed with `go install`")
     layout.bin.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "GOBIN": str(layout.bin), "GOFLAGS": "-mod=mod"}
-    _run(["go", "install", f"github.com/stripe/stripe-mock@{STRIPE_MOCK_VERSION}"],
-         "go install stripe-mock", env)
+    _run(
+        ["go", "install", f"github.com/stripe/stripe-mock@{STRIPE_MOCK_VERSION}"],
+        "go install stripe-mock",
+        env,
+    )
     stamp.write_text(STRIPE_MOCK_VERSION)
     return binary

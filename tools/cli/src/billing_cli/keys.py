@@ -32,13 +32,20 @@ def ensure_keys(layout: Layout) -> tuple[Path, Path]:
     if private.exists() and public.exists():
         return private, public
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    _write_private(private, key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ))
-    public.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo,
-    ))
+    _write_private(
+        private,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM,
+            serialization.PublicFormat.SubjectPublicKeyInfo,
+        )
+    )
     return private, public
 
 
@@ -58,13 +65,15 @@ def ensure_secrets(layout: Layout) -> dict[str, str]:
     return values
 
 
-def mint_token(
-    layout: Layout, user: str, roles: list[str] | None = None, ttl_s: int = 3600
-) -> str:
+def mint_token(layout: Layout, user: str, roles: list[str] | None = None, ttl_s: int = 3600) -> str:
     private, _ = ensure_keys(layout)
     now = int(time.time())
     claims: dict[str, Any] = {
-        "sub": user, "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + ttl_s,
+        "sub": user,
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "iat": now,
+        "exp": now + ttl_s,
         "roles": roles or [],
     }
     return jwt.encode(claims, private.read_bytes(), algorithm="RS256")

@@ -7,6 +7,7 @@ dev stack. Downloads (Kafka jars, stripe-mock) are cached once for both.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,11 @@ class Layout:
     @classmethod
     def dev(cls) -> Layout:
         return cls("stack", repo_root())
+
+    @classmethod
+    def selected(cls) -> Layout:
+        """The dev stack, or the test stack when ``BILLING_LOCAL_STACK=test``."""
+        return cls.test() if os.environ.get("BILLING_LOCAL_STACK") == "test" else cls.dev()
 
     @classmethod
     def test(cls) -> Layout:

@@ -15,8 +15,11 @@ from billing_cli.layout import Layout
 from billing_cli.procs import LaunchError
 from billing_cli.stack import Stack
 
-app = typer.Typer(help="Credits billing platform: local stack and operations.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Credits billing platform: local stack and operations.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 console = Console(stderr=True)
 
 
@@ -37,40 +40,46 @@ def up(
     started = time.monotonic()
     try:
         with console.status("starting the local stack..."):
-            Stack(Layout.dev()).up(_report, services=not infra_only)
+            Stack(Layout.selected()).up(_report, services=not infra_only)
     except LaunchError as exc:
         _fail(exc)
-    console.print(f"[bold green]stack up[/bold green] in {time.monotonic() - started:.1f}s; "
-                  "`billing status` lists the URLs, `billing down` stops it.")
+    console.print(
+        f"[bold green]stack up[/bold green] in {time.monotonic() - started:.1f}s; "
+        "`billing status` lists the URLs, `billing down` stops it."
+    )
 
 
 @app.command()
 def down() -> None:
     """Stop every component (safe to run twice, or after a crash)."""
     try:
-        Stack(Layout.dev()).down(_report)
+        Stack(Layout.selected()).down(_report)
     except LaunchError as exc:
         _fail(exc)
 
 
 @app.command()
-def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable")] = False,
-           ) -> None:
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable")] = False,
+) -> None:
     """Each component's base URL and whether it is ready."""
-    report = Stack(Layout.dev()).status()
+    report = Stack(Layout.selected()).status()
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
         return
     for name, info in report.items():
-        state = "[green]ready[/green]" if info["ready"] else (
-            "[yellow]running[/yellow]" if info["running"] else "[red]stopped[/red]")
+        state = (
+            "[green]ready[/green]"
+            if info["ready"]
+            else ("[yellow]running[/yellow]" if info["running"] else "[red]stopped[/red]")
+        )
         console.print(f"{name:16} {state:28} {info['url']}")
 
 
 @app.command()
 def env() -> None:
     """The dev settings as KEY=VALUE lines (``eval $(billing env)``-friendly)."""
-    for key, value in Stack(Layout.dev()).env().items():
+    for key, value in Stack(Layout.selected()).env().items():
         sys.stdout.write(f"{key}={value}\n")
 
 
@@ -83,13 +92,13 @@ def token(
 ) -> None:
     """Print a JWT the local services accept."""
     roles = [*(role or []), *(["admin"] if admin else [])]
-    sys.stdout.write(keys.mint_token(Layout.dev(), user, roles, ttl) + "\n")
+    sys.stdout.write(keys.mint_token(Layout.selected(), user, roles, ttl) + "\n")
 
 
 @app.command()
 def migrate() -> None:
     """Apply every service's pending migrations to the dev database."""
-    stack = Stack(Layout.dev())
+    stack = Stack(Layout.selected())
     try:
         for svc in stack.services.values():
             console.print(f"{svc.name}: {svc.migrate()}")
@@ -101,6 +110,6 @@ def migrate() -> None:
 def setup() -> None:
     """Install the stack's components without starting them (CI warms up with this)."""
     try:
-        Stack(Layout.dev()).install(_report)
+        Stack(Layout.selected()).install(_report)
     except LaunchError as exc:
         _fail(exc)

@@ -31,8 +31,9 @@ class Stack:
         self.stripe_mock = StripeMock(layout, self.procs)
         self.devllm = DevLLM(layout, self.procs)
         env = self.env()
-        self.services = {name: Service(layout, self.procs, name, pkg, env)
-                         for name, (pkg, _) in SERVICES.items()}
+        self.services = {
+            name: Service(layout, self.procs, name, pkg, env) for name, (pkg, _) in SERVICES.items()
+        }
 
     @property
     def infrastructure(self) -> list[Component]:
@@ -93,8 +94,10 @@ class Stack:
                 report(f"{part.name} stopped", time.monotonic() - started)
 
     def status(self) -> dict[str, dict[str, Any]]:
-        return {part.name: {"url": part.url, "running": part.running(), "ready": part.ready()}
-                for part in self.components}
+        return {
+            part.name: {"url": part.url, "running": part.running(), "ready": part.ready()}
+            for part in self.components
+        }
 
 
 @contextmanager

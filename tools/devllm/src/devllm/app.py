@@ -106,30 +106,51 @@ def create_app() -> FastAPI:
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if req.stream:
             include = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(_stream(cid, req.model, usage, include),
-                                     media_type="text/event-stream")
+            return StreamingResponse(
+                _stream(cid, req.model, usage, include), media_type="text/event-stream"
+            )
         return JSONResponse(_completion(cid, req.model, usage), headers={"x-request-id": cid})
 
     return app
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def _completion(cid: str, model: str, usage: dict[str, int]) -> dict[str, Any]:
     text = " ".join(_words(usage["completion_tokens"]))
-    choice = {"index": 0, "message": {"role": "assistant", "content": text},
-              "finish_reason": "length" if usage["completion_tokens"] else "stop", "logprobs": None}
-    return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [choice], "usage": usage, "system_fingerprint": "devllm"}
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": text},
+        "finish_reason": "length" if usage["completion_tokens"] else "stop",
+        "logprobs": None,
+    }
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+        "usage": usage,
+        "system_fingerprint": "devllm",
+    }
 
 
-async def _stream(cid: str, model: str, usage: dict[str, int], include_usage: bool
-                  ) -> AsyncIterator[bytes]:
-    base = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": model, "system_fingerprint": "devllm"}
+async def _stream(
+    cid: str, model: str, usage: dict[str, int], include_usage: bool
+) -> AsyncIterator[bytes]:
+    base = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "devllm",
+    }
     first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
     yield _sse({**base, "choices": [first]})
     for word in _words(usage["completion_tokens"]):

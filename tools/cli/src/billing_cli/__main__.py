@@ -1,0 +1,3 @@
+from billing_cli.main import app
+
+app(prog_name="billing")
