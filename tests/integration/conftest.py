@@ -37,8 +37,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def stack() -> Iterator[Stack]:
     stack = Stack(Layout.test())
     stack.down()  # a previous run that crashed leaves nothing behind
-    stack.up(lambda label, s: print(f"  {label} ({s:.1f}s)", file=sys.stderr))
     try:
+        stack.up(lambda label, s: print(f"  {label} ({s:.1f}s)", file=sys.stderr))
         yield stack
     finally:
         stack.down()

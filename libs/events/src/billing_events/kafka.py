@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -184,8 +184,14 @@ class RetryPolicy:
 @dataclass
 class _Failure:
     attempts: int = 0
-    first_at: Timestamp = field(default_factory=timestamp_now)
+    first_at: Timestamp | None = None
     error: BaseException | None = None
+
+    def record(self, error: BaseException) -> None:
+        if self.first_at is None:
+            self.first_at = timestamp_now()
+        self.attempts += 1
+        self.error = error
 
 
 class ConsumerRunner:
@@ -298,8 +304,7 @@ class ConsumerRunner:
                 await handler(message)
                 return None
             except Exception as exc:
-                failure.attempts += 1
-                failure.error = exc
+                failure.record(exc)
                 if isinstance(exc, PermanentError) or failure.attempts >= self._retry.max_attempts:
                     return failure
                 metrics.KAFKA_HANDLER_RETRIES.labels(message.topic, self.group_id).inc()
@@ -335,7 +340,7 @@ class ConsumerRunner:
             error_type=type(error).__name__,
             error_message=str(error)[:2000],
             attempts=failure.attempts,
-            first_failed_at=failure.first_at,
+            first_failed_at=failure.first_at or timestamp_now(),
             last_failed_at=timestamp_now(),
         )
         dlq = dead_letter_topic(message.topic)

@@ -165,12 +165,25 @@ class _RequestScope:
         started = time.perf_counter()
         name = f"{request.method} {request.url.path}"
         with self._tracer.start_as_current_span(name, context=parent, kind=SpanKind.SERVER):
-            response = await call_next(request)
+            response = await self._call(request, call_next)
             trace.get_current_span().set_attribute("http.status_code", response.status_code)
         self._record(request, response, time.perf_counter() - started)
         response.headers["x-request-id"] = request_id
         response.headers["x-correlation-id"] = correlation_id
         return response
+
+    @staticmethod
+    async def _call(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # Starlette re-raises unhandled errors past this middleware; answering here keeps
+        # the 500 inside the request scope, so it carries ids and is counted.
+        try:
+            return await call_next(request)
+        except Exception as exc:
+            log.error("unhandled error", exc_info=exc)
+            body = {"error": "internal_error", "message": "internal error"}
+            return JSONResponse(body, status_code=500)
 
     def _record(self, request: Request, response: Response, elapsed: float) -> None:
         route = getattr(request.scope.get("route"), "path", "unmatched")

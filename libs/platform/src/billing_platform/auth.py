@@ -60,7 +60,10 @@ class JwtVerifier:
                 continue
             except jwt.PyJWTError as exc:
                 raise ApiError(401, "unauthorized", f"invalid token: {exc}") from exc
-            return Principal(str(claims["sub"]), frozenset(claims.get("roles") or []))
+            roles = claims.get("roles") or []
+            if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+                raise ApiError(401, "unauthorized", "invalid token: roles must be a list")
+            return Principal(str(claims["sub"]), frozenset(roles))
         raise ApiError(401, "unauthorized", "invalid token: signature verification failed")
 
 
@@ -72,7 +75,8 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
-def current_principal(request: Request) -> Principal:
+async def current_principal(request: Request) -> Principal:
+    # async on purpose: a sync dependency runs in a thread and its context var set is lost.
     verifier: JwtVerifier = request.app.state.jwt_verifier
     principal = verifier.verify(_bearer(request))
     user_id_var.set(principal.user_id)

@@ -39,7 +39,7 @@ class Migration:
 
 
 def check_schema_name(schema: str) -> str:
-    if not _SCHEMA_NAME.match(schema):
+    if not _SCHEMA_NAME.fullmatch(schema):
         raise ValueError(f"invalid schema name: {schema!r}")
     return schema
 
@@ -59,8 +59,10 @@ def load_migrations(package: str) -> list[Migration]:
     """Migrations from ``<package>/migrations/*.sql``, ordered, with unique versions."""
     folder = resources.files(package).joinpath("migrations")
     found: dict[int, Migration] = {}
+    if not folder.is_dir():
+        return []  # a service without tables yet still gets its schema and bookkeeping
     for entry in folder.iterdir():
-        match = _MIGRATION_FILE.match(entry.name)
+        match = _MIGRATION_FILE.fullmatch(entry.name)
         if not match:
             continue
         version = int(match.group(1))

@@ -13,8 +13,8 @@ from typing import Any
 from billing_platform.context import correlation_id_var, request_id_var, user_id_var
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-# Stripe keys, webhook secrets and bearer tokens must never reach a log line.
-_SECRET = re.compile(r"\b(sk|rk|whsec|pk)_(live|test)?_?[A-Za-z0-9]{6,}\b")
+# Stripe and OpenAI keys, webhook secrets and bearer tokens must never reach a log line.
+_SECRET = re.compile(r"\b(sk|rk|whsec|pk)[_-](?:[A-Za-z]+[_-])?[A-Za-z0-9]{6,}\b")
 _BEARER = re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]+")
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 

@@ -1,0 +1,281 @@
+"""Topic naming, retry policy, inbound messages and ConsumerRunner.handle without a broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from billing_events.kafka import (
+    CORRELATION_HEADER,
+    ConsumerRunner,
+    Handler,
+    InboundMessage,
+    PermanentError,
+    RetryPolicy,
+    dead_letter_topic,
+)
+from billing_events.topics import (
+    ALERTS,
+    LEDGER,
+    STRIPE_EVENTS,
+    STRIPE_EVENTS_DLQ,
+    USAGE,
+    Topics,
+)
+from billing_events.v1 import dlq_pb2, stripe_pb2
+from billing_platform.context import correlation_id_var
+from google.protobuf.message import Message
+
+TOPIC = "ns.stripe.events.v1"
+FAST_RETRY = RetryPolicy(max_attempts=5, initial_backoff_s=0.001, max_backoff_s=0.002)
+
+# --- topics -------------------------------------------------------------------------------
+
+
+def test_dead_letter_topic_keeps_the_version_suffix_last() -> None:
+    assert dead_letter_topic("stripe.events.v1") == "stripe.events.dlq.v1"
+    assert dead_letter_topic("ns.billing.usage.v12") == "ns.billing.usage.dlq.v12"
+
+
+@pytest.mark.parametrize(
+    ("topic", "dlq"),
+    [("orders", "orders.dlq"), ("a.b.version", "a.b.version.dlq"), ("a.v", "a.v.dlq")],
+)
+def test_dead_letter_topic_without_version_suffix_appends_dlq(topic: str, dlq: str) -> None:
+    assert dead_letter_topic(topic) == dlq
+
+
+def test_dead_letter_topic_matches_the_contract_name() -> None:
+    assert dead_letter_topic(STRIPE_EVENTS) == STRIPE_EVENTS_DLQ
+    assert dead_letter_topic(Topics("ns").stripe_events) == Topics("ns").stripe_events_dlq
+
+
+def test_topics_are_prefixed_by_namespace() -> None:
+    topics = Topics("ns")
+
+    assert topics.stripe_events == "ns.stripe.events.v1"
+    assert topics.usage == "ns.billing.usage.v1"
+    assert topics.ledger == "ns.billing.ledger.v1"
+    assert topics.alerts == "ns.billing.alerts.v1"
+
+
+def test_topics_without_namespace_are_the_contract_names() -> None:
+    assert Topics().stripe_events == "stripe.events.v1"
+
+
+def test_all_topics_include_the_five_contract_topics() -> None:
+    every = Topics().all()
+
+    assert {STRIPE_EVENTS, STRIPE_EVENTS_DLQ, USAGE, LEDGER, ALERTS} <= every.keys()
+    assert all(partitions >= 1 for partitions in every.values())
+
+
+def test_all_topics_carry_the_namespace() -> None:
+    assert all(name.startswith("ns.") for name in Topics("ns").all())
+    assert len(Topics("ns").all()) == len(Topics().all())
+
+
+# --- retry policy -----------------------------------------------------------------------
+
+
+def test_retry_delay_doubles_from_initial_backoff_and_caps() -> None:
+    policy = RetryPolicy()
+
+    delays = [policy.delay(n) for n in range(1, 9)]
+
+    assert delays == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0]
+
+
+def test_retry_policy_defaults_to_five_attempts() -> None:
+    assert RetryPolicy().max_attempts == 5
+
+
+# --- inbound messages -------------------------------------------------------------------
+
+
+def _message(
+    value: bytes = b"payload",
+    headers: tuple[tuple[str, bytes], ...] = ((CORRELATION_HEADER, b"corr-abc"),),
+    key: bytes | None = b"user-1",
+) -> InboundMessage:
+    return InboundMessage(TOPIC, 3, 1234, key, value, headers, 1_700_000_000_000)
+
+
+def test_decode_parses_a_valid_message() -> None:
+    sent = stripe_pb2.StripeEventReceived(stripe_event_id="evt_1", type="checkout.completed")
+
+    decoded = _message(sent.SerializeToString()).decode(stripe_pb2.StripeEventReceived)
+
+    assert decoded == sent
+
+
+def test_decode_of_garbage_raises_permanent_error() -> None:
+    with pytest.raises(PermanentError, match="StripeEventReceived"):
+        _message(b"\x0a\xff\xff\xff\xff").decode(stripe_pb2.StripeEventReceived)
+
+
+def test_header_and_correlation_id_are_read_from_headers() -> None:
+    message = _message(headers=(("traceparent", b"00-abc"), (CORRELATION_HEADER, b"corr-9")))
+
+    assert message.header("traceparent") == "00-abc"
+    assert message.header("missing") is None
+    assert message.correlation_id == "corr-9"
+
+
+def test_message_without_correlation_header_has_none() -> None:
+    assert _message(headers=()).correlation_id is None
+
+
+# --- ConsumerRunner.handle --------------------------------------------------------------
+
+
+@dataclass
+class FakePublisher:
+    sent: list[tuple[str, Any, Any, str | None]] = field(default_factory=list)
+
+    async def publish(
+        self,
+        topic: str,
+        key: str | bytes | None,
+        message: Message | bytes,
+        *,
+        correlation_id: str | None = None,
+    ) -> None:
+        self.sent.append((topic, key, message, correlation_id))
+
+    def letters(self) -> list[tuple[str, dlq_pb2.DeadLetter]]:
+        out = []
+        for topic, _, message, _ in self.sent:
+            raw = message if isinstance(message, bytes) else message.SerializeToString()
+            out.append((topic, dlq_pb2.DeadLetter.FromString(raw)))
+        return out
+
+
+class CountingHandler:
+    def __init__(self, fail_times: int, error: Exception | None = None) -> None:
+        self.fail_times = fail_times
+        self.error = error or RuntimeError("handler blew up")
+        self.calls = 0
+        self.correlation_ids: list[str | None] = []
+
+    async def __call__(self, message: InboundMessage) -> None:
+        self.calls += 1
+        self.correlation_ids.append(correlation_id_var.get())
+        if self.calls <= self.fail_times:
+            raise self.error
+
+
+def _runner(publisher: FakePublisher, handler: Handler) -> ConsumerRunner:
+    return ConsumerRunner(
+        bootstrap="unused:9092",
+        group_id="test-group",
+        handlers={TOPIC: handler},
+        publisher=publisher,  # type: ignore[arg-type]
+        retry=FAST_RETRY,
+    )
+
+
+async def test_handler_that_recovers_is_retried_and_not_dead_lettered() -> None:
+    publisher, handler = FakePublisher(), CountingHandler(fail_times=2)
+
+    await _runner(publisher, handler).handle(_message())
+
+    assert handler.calls == 3
+    assert publisher.sent == []
+
+
+async def test_handler_that_succeeds_is_called_once() -> None:
+    publisher, handler = FakePublisher(), CountingHandler(fail_times=0)
+
+    await _runner(publisher, handler).handle(_message())
+
+    assert handler.calls == 1
+    assert publisher.sent == []
+
+
+async def test_always_failing_handler_is_dead_lettered_after_max_attempts() -> None:
+    publisher = FakePublisher()
+    handler = CountingHandler(fail_times=99, error=ValueError("amount must be positive"))
+    message = _message(headers=((CORRELATION_HEADER, b"corr-dlq"), ("x-extra", b"\x00\x01")))
+
+    await _runner(publisher, handler).handle(message)
+
+    assert handler.calls == 5
+    [(topic, letter)] = publisher.letters()
+    assert topic == "ns.stripe.events.dlq.v1"
+    assert publisher.sent[0][1] == b"user-1"
+    assert letter.original_topic == TOPIC
+    assert letter.original_partition == 3
+    assert letter.original_offset == 1234
+    assert letter.original_key == b"user-1"
+    assert letter.original_value == b"payload"
+    assert dict(letter.original_headers) == {
+        CORRELATION_HEADER: b"corr-dlq",
+        "x-extra": b"\x00\x01",
+    }
+    assert letter.consumer_group == "test-group"
+    assert letter.error_type == "ValueError"
+    assert letter.error_message == "amount must be positive"
+    assert letter.attempts == 5
+    assert letter.meta.correlation_id == "corr-dlq"
+    assert letter.meta.event_id
+    assert letter.first_failed_at.ToNanoseconds() <= letter.last_failed_at.ToNanoseconds()
+
+
+async def test_permanent_error_is_dead_lettered_at_once() -> None:
+    publisher = FakePublisher()
+    handler = CountingHandler(fail_times=99, error=PermanentError("cannot decode"))
+
+    await _runner(publisher, handler).handle(_message())
+
+    assert handler.calls == 1
+    [(topic, letter)] = publisher.letters()
+    assert topic == "ns.stripe.events.dlq.v1"
+    assert (letter.error_type, letter.attempts) == ("PermanentError", 1)
+
+
+async def test_record_without_key_is_dead_lettered_with_empty_key() -> None:
+    publisher = FakePublisher()
+    handler = CountingHandler(fail_times=99, error=PermanentError("bad"))
+
+    await _runner(publisher, handler).handle(_message(key=None))
+
+    [(_, letter)] = publisher.letters()
+    assert letter.original_key == b""
+
+
+async def test_correlation_id_from_header_is_in_context_during_handler() -> None:
+    handler = CountingHandler(fail_times=1)
+
+    await _runner(FakePublisher(), handler).handle(_message())
+
+    assert handler.correlation_ids == ["corr-abc", "corr-abc"]
+
+
+async def test_message_without_correlation_header_gets_a_fresh_id() -> None:
+    first, second = CountingHandler(fail_times=0), CountingHandler(fail_times=0)
+
+    await _runner(FakePublisher(), first).handle(_message(headers=()))
+    await _runner(FakePublisher(), second).handle(_message(headers=()))
+
+    [id_a], [id_b] = first.correlation_ids, second.correlation_ids
+    assert id_a
+    assert id_b
+    assert id_a != id_b
+
+
+async def test_first_failed_at_is_when_the_first_attempt_failed() -> None:
+    publisher = FakePublisher()
+
+    async def slow_then_fails(message: InboundMessage) -> None:
+        await asyncio.sleep(0.3)
+        raise PermanentError("gave up")
+
+    before_ns = time.time_ns()
+    await _runner(publisher, slow_then_fails).handle(_message())
+
+    [(_, letter)] = publisher.letters()
+    assert letter.first_failed_at.ToNanoseconds() >= before_ns + 250_000_000
