@@ -29,9 +29,14 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    stat = Path(f"/proc/{pid}/stat")
-    # A zombie has exited; only its parent has not reaped it yet.
-    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
+    try:
+        zombie = Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z")
+        threads = sum(1 for _ in Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return False
+    # A zombie leader has exited and waits to be reaped, but its other threads may still be
+    # tearing down and holding the process's files (a listening socket among them).
+    return not zombie or threads > 1
 
 
 class ProcessManager:

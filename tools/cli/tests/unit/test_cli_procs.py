@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -96,3 +99,34 @@ def test_stop_kills_a_process_that_ignores_sigterm(manager: ProcessManager) -> N
 
     assert manager.stop("sleeper", timeout=0.5) is True
     assert not pid_alive(pid)
+
+
+_THREADED_LISTENER = """
+import socket, sys, threading, time
+sock = socket.socket()
+sock.bind(("127.0.0.1", 0))
+sock.listen()
+print(sock.getsockname()[1], flush=True)
+for _ in range(8):
+    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+time.sleep(60)
+"""
+
+
+def _dead(pid: int) -> bool:
+    return not pid_alive(pid)
+
+
+def test_killed_multithreaded_process_is_alive_until_its_socket_is_closed() -> None:
+    # The leader of a killed thread group shows as a zombie while its other threads still
+    # exit and hold its files; "not alive" must mean the listening port is free.
+    for _ in range(5):
+        child = subprocess.Popen(
+            [sys.executable, "-c", _THREADED_LISTENER], stdout=subprocess.PIPE, text=True
+        )
+        assert child.stdout is not None
+        port = int(child.stdout.readline())
+        os.kill(child.pid, signal.SIGKILL)
+        assert wait_until(partial(_dead, child.pid), 5, interval=0.001)
+        assert not port_open(port)
+        child.wait()
