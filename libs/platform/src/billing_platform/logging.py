@@ -16,7 +16,8 @@ _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 # Stripe and OpenAI keys, webhook secrets and bearer tokens must never reach a log line.
 _SECRET = re.compile(r"\b(sk|rk|whsec|pk)[_-](?:[A-Za-z]+[_-])?[A-Za-z0-9]{6,}\b")
 _BEARER = re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]+")
-_STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# color_message: uvicorn's ANSI-coloured duplicate of msg.
+_STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
 
 def mask_user_id(user_id: str) -> str:
