@@ -25,7 +25,8 @@ from webhook_ingest.events import envelope_from_body, publish_stripe_event
 HERE = Path(__file__).parent
 
 
-def stripe_event_body() -> bytes:
+def stripe_event() -> tuple[bytes, str]:
+    """A Stripe event body and the ledger inbox key it must land under."""
     event = {
         "id": f"evt_{uuid.uuid4().hex[:16]}",
         "object": "event",
@@ -37,7 +38,7 @@ def stripe_event_body() -> bytes:
             "object": {"id": f"cs_test_{uuid.uuid4().hex[:16]}", "object": "checkout.session"}
         },
     }
-    return json.dumps(event).encode()
+    return json.dumps(event).encode(), f"stripe:{event['id']}"
 
 
 async def publish_as_webhook_ingest(
@@ -76,8 +77,7 @@ async def test_event_reaches_ledger_with_trace_and_correlation(
     run_service: Any,
 ) -> None:
     db = await migrated_db(schema, "ledger")
-    body = stripe_event_body()
-    key = "stripe:" + json.loads(body)["id"]
+    body, key = stripe_event()
     with run_service("ledger", ledger_env(namespace, schema)) as ledger:
         trace_id = await publish_as_webhook_ingest(publisher, namespace, body, "corr-plumbing")
         row = await wait_for_inbox(db, key)
@@ -103,8 +103,7 @@ async def test_crash_before_offset_commit_redelivers_without_double_effect(
     run_service: Any,
 ) -> None:
     db = await migrated_db(schema, "ledger")
-    body = stripe_event_body()
-    key = "stripe:" + json.loads(body)["id"]
+    body, key = stripe_event()
     await publish_as_webhook_ingest(publisher, namespace, body, "corr-crash")
 
     env = {**os.environ, **stack.env(), **ledger_env(namespace, schema)}

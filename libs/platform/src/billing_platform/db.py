@@ -17,6 +17,8 @@ from typing import Any
 
 import asyncpg
 
+from billing_platform.settings import ServiceSettings
+
 log = logging.getLogger(__name__)
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -133,6 +135,15 @@ class Database:
         self.schema = check_schema_name(schema)
         self._sizes = (min_size, max_size)
         self._pool: Any = None
+
+    @classmethod
+    def for_service(cls, settings: ServiceSettings) -> Database:
+        return cls(
+            settings.infra.database_url,
+            settings.db_schema,
+            settings.db_pool_min,
+            settings.db_pool_max,
+        )
 
     @property
     def pool(self) -> Any:

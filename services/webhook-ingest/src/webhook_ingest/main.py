@@ -12,9 +12,7 @@ from webhook_ingest.settings import Settings
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    db = Database(
-        settings.infra.database_url, settings.db_schema, settings.db_pool_min, settings.db_pool_max
-    )
+    db = Database.for_service(settings)
     publisher = wiring.publisher_for(settings)
     return build_app(
         settings,

@@ -95,8 +95,10 @@ class Postgres(Component):
         return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
     def _tool(self, name: str) -> str:
+        # Only install() may install; status checks must not run apt behind the user's back.
+        self.bindir = self.bindir or installers.postgres_bindir()
         if self.bindir is None:
-            self.bindir = installers.ensure_postgres()
+            raise LaunchError("PostgreSQL server not installed: run `billing setup`")
         return str(self.bindir / name)
 
     def _run(self, cmd: list[str], what: str) -> subprocess.CompletedProcess[str]:
@@ -145,6 +147,7 @@ class Postgres(Component):
         return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
 
     def start(self) -> None:
+        self.install()
         self._prepare_dirs()
         if not (self.data / "PG_VERSION").exists():
             self._initdb()
@@ -203,6 +206,8 @@ class Postgres(Component):
         return True
 
     def ready(self) -> bool:
+        if installers.postgres_bindir() is None:
+            return False
         cmd = [
             self._tool("pg_isready"),
             "-q",
