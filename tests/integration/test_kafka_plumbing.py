@@ -64,6 +64,15 @@ async def wait_for_inbox(db: Database, key: str, timeout: float = 20) -> dict[st
     raise AssertionError(f"{key} never reached the ledger inbox")
 
 
+async def wait_for_duplicate(ledger: Any, why: str, timeout: float = 30) -> None:
+    """Until the ledger process reports it saw (and ignored) a record it already applied."""
+    labels = {"event_type": "checkout.session.completed", "outcome": "duplicate"}
+    deadline = time.monotonic() + timeout
+    while ledger.metric("ledger_stripe_events_received_total", **labels) < 1:
+        assert time.monotonic() < deadline, why
+        await asyncio.sleep(0.2)
+
+
 def ledger_env(topics: Topics, schema: str) -> dict[str, str]:
     return {"BILLING_TOPIC_NAMESPACE": topics.namespace, "LEDGER_DB_SCHEMA": schema}
 
@@ -86,11 +95,7 @@ async def test_event_reaches_ledger_with_trace_and_correlation(
         assert row["kind"] == "checkout.session.completed"
 
         await publish_as_webhook_ingest(publisher, namespace, body, "corr-again")
-        labels = {"event_type": "checkout.session.completed", "outcome": "duplicate"}
-        deadline = time.monotonic() + 20
-        while ledger.metric("ledger_stripe_events_received_total", **labels) < 1:
-            assert time.monotonic() < deadline, "duplicate delivery never seen"
-            await asyncio.sleep(0.2)
+        await wait_for_duplicate(ledger, "duplicate delivery never seen")
     assert await db.pool.fetchval("SELECT count(*) FROM inbox") == 1
 
 
@@ -119,11 +124,7 @@ async def test_crash_before_offset_commit_redelivers_without_double_effect(
     assert (await wait_for_inbox(db, key, timeout=1))["correlation_id"] == "corr-crash"
 
     with run_service("ledger", ledger_env(namespace, schema)) as ledger:
-        labels = {"event_type": "checkout.session.completed", "outcome": "duplicate"}
-        deadline = time.monotonic() + 30
-        while ledger.metric("ledger_stripe_events_received_total", **labels) < 1:
-            assert time.monotonic() < deadline, "the uncommitted record was not redelivered"
-            await asyncio.sleep(0.2)
+        await wait_for_duplicate(ledger, "the uncommitted record was not redelivered")
         assert (
             ledger.metric(
                 "ledger_stripe_events_received_total",
