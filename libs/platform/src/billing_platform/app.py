@@ -142,9 +142,13 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error", exc_info=exc)
-        body = {"error": "internal_error", "message": "internal error"}
-        return JSONResponse(body, status_code=500)
+        return _internal_error(exc)
+
+
+def _internal_error(exc: Exception) -> JSONResponse:
+    """The one 500 answer: logged with the stack, nothing of the error leaked to the caller."""
+    log.error("unhandled error", exc_info=exc)
+    return JSONResponse({"error": "internal_error", "message": "internal error"}, status_code=500)
 
 
 class _RequestScope:
@@ -181,9 +185,7 @@ class _RequestScope:
         try:
             return await call_next(request)
         except Exception as exc:
-            log.error("unhandled error", exc_info=exc)
-            body = {"error": "internal_error", "message": "internal error"}
-            return JSONResponse(body, status_code=500)
+            return _internal_error(exc)
 
     def _record(self, request: Request, response: Response, elapsed: float) -> None:
         route = getattr(request.scope.get("route"), "path", "unmatched")

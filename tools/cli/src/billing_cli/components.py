@@ -206,10 +206,12 @@ class Postgres(Component):
         return True
 
     def ready(self) -> bool:
-        if installers.postgres_bindir() is None:
+        try:
+            pg_isready = self._tool("pg_isready")
+        except LaunchError:  # not installed: not ready, and status never installs
             return False
         cmd = [
-            self._tool("pg_isready"),
+            pg_isready,
             "-q",
             "-h",
             "127.0.0.1",
