@@ -12,13 +12,17 @@ import functools
 import os
 import socket
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import httpx
 import pytest
+from billing_cli import keys, stripe_sim
 from billing_cli.layout import Layout
 from billing_cli.procs import ProcessManager, wait_until
 from billing_cli.stack import Stack
@@ -33,9 +37,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+# The suite sends far more purchases and webhooks from 127.0.0.1 than the production
+# per-IP limits allow; the rate-limit tests run their own service with the defaults.
+SUITE_SERVICE_ENV = {
+    "CHECKOUT_PURCHASE_RATE_LIMIT_PER_MINUTE": "1000000",
+    "WEBHOOK_INGEST_RATE_LIMIT_PER_MINUTE": "1000000",
+    "LEDGER_DLQ_DEPTH_INTERVAL_S": "1",
+}
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    stack = Stack(Layout.test())
+    stack = Stack(Layout.test(), service_env=SUITE_SERVICE_ENV)
     stack.down()  # a previous run that crashed leaves nothing behind
     try:
         stack.up(lambda label, s: print(f"  {label} ({s:.1f}s)", file=sys.stderr))
@@ -141,3 +154,87 @@ def service_process(
         yield proc
     finally:
         procs.stop(package)
+
+
+class Platform:
+    """The running platform as a client meets it: HTTP APIs, signed webhooks, the database."""
+
+    def __init__(self, stack: Stack, http: httpx.AsyncClient) -> None:
+        self.stack = stack
+        self.http = http
+        self.checkout = stack.services["checkout"].url
+        self.webhooks = stack.services["webhook-ingest"].url
+        self.ledger = stack.services["ledger"].url
+        self.webhook_secret = stack.secrets["stripe_webhook_secret"]
+
+    def auth(self, user: str, admin: bool = False) -> dict[str, str]:
+        token = keys.mint_token(self.stack.layout, user, ["admin"] if admin else [])
+        return {"Authorization": f"Bearer {token}"}
+
+    async def buy(self, user: str, package: str = "professional") -> stripe_sim.SimPurchase:
+        created = await self.http.post(
+            f"{self.checkout}/api/purchases",
+            json={"packageCode": package, "returnTo": "/chat"},
+            headers=self.auth(user),
+        )
+        assert created.status_code == 201, created.text
+        return stripe_sim.SimPurchase.from_api(await self.purchase(created.json()["purchaseId"]))
+
+    async def purchase(self, purchase_id: str) -> dict[str, Any]:
+        got = await self.http.get(
+            f"{self.checkout}/api/purchases/{purchase_id}", headers=self.auth("ops", admin=True)
+        )
+        assert got.status_code == 200, got.text
+        body: dict[str, Any] = got.json()
+        return body
+
+    async def deliver(self, event: dict[str, Any], **kw: Any) -> httpx.Response:
+        url = f"{self.webhooks}/webhooks/stripe"
+        secret = kw.pop("secret", self.webhook_secret)
+        return await stripe_sim.send(self.http, url, event, secret, **kw)
+
+    async def balance(self, user: str) -> dict[str, Any]:
+        got = await self.http.get(f"{self.ledger}/api/balance", headers=self.auth(user))
+        assert got.status_code == 200, got.text
+        body: dict[str, Any] = got.json()
+        return body
+
+    async def wait_balance(self, user: str, millicredits: int, timeout: float = 20) -> None:
+        async def reached() -> bool:
+            return bool((await self.balance(user))["balanceMillicredits"] == millicredits)
+
+        await self.eventually(reached, f"{user} never reached {millicredits}", timeout)
+
+    async def wait_status(self, purchase_id: str, status: str, timeout: float = 20) -> None:
+        async def reached() -> bool:
+            return bool((await self.purchase(purchase_id))["status"] == status)
+
+        await self.eventually(reached, f"{purchase_id} never became {status}", timeout)
+
+    @staticmethod
+    async def eventually(
+        check: Callable[[], Awaitable[bool]], why: str, timeout: float = 20
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while not await check():
+            assert time.monotonic() < deadline, why
+            await asyncio.sleep(0.1)
+
+    async def sql(self, query: str, *args: Any) -> Any:
+        """One value from the platform's database, as the services' own role sees it."""
+        conn = await asyncpg.connect(self.stack.postgres.dsn)
+        try:
+            return await conn.fetchval(query, *args)
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
+async def platform(stack: Stack) -> AsyncIterator[Platform]:
+    async with httpx.AsyncClient(timeout=30) as http:
+        yield Platform(stack, http)
+
+
+@pytest.fixture
+def user() -> str:
+    return f"user-{uuid.uuid4().hex[:12]}"

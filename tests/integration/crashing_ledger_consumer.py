@@ -13,6 +13,7 @@ from billing_events import wiring
 from billing_events.kafka import InboundMessage
 from billing_platform.db import Database
 from ledger.handlers import stripe_event_handler
+from ledger.main import ledger_context
 from ledger.settings import Settings
 
 CRASH_EXIT_CODE = 137
@@ -22,7 +23,7 @@ async def main() -> None:
     settings = Settings()
     db = Database(settings.infra.database_url, settings.db_schema, 1, 2)
     await db.start()
-    handler = stripe_event_handler(db)
+    handler = stripe_event_handler(db, ledger_context(settings))
 
     async def crash_after_effect(message: InboundMessage) -> None:
         await handler(message)

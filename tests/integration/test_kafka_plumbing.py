@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from billing_cli import stripe_sim
 from billing_cli.stack import Stack
 from billing_events.kafka import ConsumerRunner, InboundMessage, KafkaPublisher, RetryPolicy
 from billing_events.topics import Topics
@@ -99,7 +100,7 @@ async def test_event_reaches_ledger_with_trace_and_correlation(
     assert await db.pool.fetchval("SELECT count(*) FROM inbox") == 1
 
 
-async def test_crash_before_offset_commit_redelivers_without_double_effect(
+async def test_crash_between_grant_commit_and_offset_commit_grants_once(
     stack: Stack,
     namespace: Topics,
     schema: str,
@@ -107,11 +108,31 @@ async def test_crash_before_offset_commit_redelivers_without_double_effect(
     migrated_db: Any,
     run_service: Any,
 ) -> None:
+    checkout_schema = f"{schema}_co"
+    checkout = await migrated_db(checkout_schema, "checkout")
     db = await migrated_db(schema, "ledger")
-    body, key = stripe_event()
+    purchase = stripe_sim.SimPurchase(
+        str(uuid.uuid4()), "crash-user", "starter", 999, "usd", "cs_test_crash"
+    )
+    await checkout.pool.execute(
+        "INSERT INTO purchases (id, user_id, package_code, package_name, price_cents, currency,"
+        " credits, bonus_credits, grant_millicredits, status, return_to, stripe_session_id)"
+        " VALUES ($1, $2, 'starter', 'Starter', 999, 'usd', 9990, 0, 9990000, 'pending', '/',"
+        " $3)",
+        purchase.purchase_id,
+        purchase.user_id,
+        purchase.stripe_session_id,
+    )
+    event = stripe_sim.session_completed(purchase)
+    body, key = json.dumps(event).encode(), f"stripe:{event['id']}"
     await publish_as_webhook_ingest(publisher, namespace, body, "corr-crash")
 
-    env = {**os.environ, **stack.env(), **ledger_env(namespace, schema)}
+    env = {
+        **os.environ,
+        **stack.env(),
+        **ledger_env(namespace, schema),
+        "LEDGER_CHECKOUT_SCHEMA": checkout_schema,
+    }
     crashed = subprocess.run(
         [sys.executable, str(HERE / "crashing_ledger_consumer.py")],
         env=env,
@@ -121,19 +142,22 @@ async def test_crash_before_offset_commit_redelivers_without_double_effect(
         check=False,
     )
     assert crashed.returncode == 137, crashed.stderr[-2000:]
-    assert (await wait_for_inbox(db, key, timeout=1))["correlation_id"] == "corr-crash"
+    assert (await wait_for_inbox(db, key, timeout=1))["outcome"] == "granted"
 
-    with run_service("ledger", ledger_env(namespace, schema)) as ledger:
+    service_env = {**ledger_env(namespace, schema), "LEDGER_CHECKOUT_SCHEMA": checkout_schema}
+    with run_service("ledger", service_env) as ledger:
         await wait_for_duplicate(ledger, "the uncommitted record was not redelivered")
-        assert (
-            ledger.metric(
-                "ledger_stripe_events_received_total",
-                event_type="checkout.session.completed",
-                outcome="new",
-            )
-            == 0
+        granted = ledger.metric(
+            "ledger_stripe_events_received_total",
+            event_type="checkout.session.completed",
+            outcome="granted",
         )
-    assert await db.pool.fetchval("SELECT count(*) FROM inbox") == 1
+        assert granted == 0
+    assert await db.pool.fetchval("SELECT count(*) FROM journal_transactions") == 1
+    balance = await db.pool.fetchval(
+        "SELECT balance_millicredits FROM balances WHERE user_id = 'crash-user'"
+    )
+    assert balance == 9_990_000
 
 
 async def read_dead_letters(stack: Stack, topic: str, count: int) -> list[dlq_pb2.DeadLetter]:

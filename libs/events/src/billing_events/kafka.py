@@ -119,6 +119,19 @@ async def ensure_topics(bootstrap: str, topics: Mapping[str, int]) -> list[str]:
         await admin.close()
 
 
+async def topic_partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
+    """The topic's partitions as the broker describes them; [] when the topic is missing."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described["error_code"] != 0:
+        return []
+    return [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+
+
 class KafkaPublisher:
     """Idempotent producer that stamps trace context and correlation id on every record."""
 
@@ -145,9 +158,12 @@ class KafkaPublisher:
         message: Message | bytes,
         *,
         correlation_id: str | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
     ) -> None:
         """Publish one record and wait until the broker has it."""
-        future = await self.enqueue(topic, key, message, correlation_id=correlation_id)
+        future = await self.enqueue(
+            topic, key, message, correlation_id=correlation_id, headers=headers
+        )
         await future
 
     async def enqueue(
@@ -157,11 +173,17 @@ class KafkaPublisher:
         message: Message | bytes,
         *,
         correlation_id: str | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
     ) -> asyncio.Future[Any]:
-        """Queue a record for a batch; await the returned future for the broker's ack."""
+        """Queue a record for a batch; await the returned future for the broker's ack.
+
+        ``headers`` given explicitly (an outbox row's, captured when it was written) are
+        sent as they are instead of the current trace and correlation context.
+        """
         with self._tracer.start_as_current_span(f"{topic} publish", kind=SpanKind.PRODUCER):
-            corr = correlation_id or context.current_correlation_id()
-            headers = tracing.inject_headers({CORRELATION_HEADER: corr})
+            if headers is None:
+                corr = correlation_id or context.current_correlation_id()
+                headers = tracing.inject_headers({CORRELATION_HEADER: corr})
             value = message if isinstance(message, bytes) else message.SerializeToString()
             raw_key = key.encode() if isinstance(key, str) else key
             future: asyncio.Future[Any] = await self._producer.send(

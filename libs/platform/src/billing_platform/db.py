@@ -146,6 +146,10 @@ class Database:
         )
 
     @property
+    def dsn(self) -> str:
+        return self._dsn
+
+    @property
     def pool(self) -> Any:
         if self._pool is None:
             raise RuntimeError("database pool not started")

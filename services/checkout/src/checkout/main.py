@@ -1,19 +1,86 @@
 """Wiring of the checkout service: the one place its parts are put together.
 
-Checkout talks to Stripe and its own tables only; it has no Kafka dependency, so a broker
-outage never blocks selling credits.
+Parts: the DB pool, the Kafka publisher (used by the consumer for dead letters) and the
+purchase status consumer (Stripe events and ledger transactions -> purchase status).
+
+Readiness checks the database only: selling credits needs Postgres and Stripe, not the
+broker, so checkout must keep selling during a broker outage. The consumer reconnects by
+itself when the broker returns, and the publisher is started in the background (retrying)
+so that even a start during an outage does not keep checkout down; status updates simply
+wait in Kafka meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+
+from billing_events import wiring
+from billing_events.kafka import KafkaPublisher
 from billing_platform.app import create_app as build_app
 from billing_platform.db import Database
+from billing_platform.stripe_client import stripe_client
 from fastapi import FastAPI
 
+from checkout import api
+from checkout.handlers import handlers_for
+from checkout.idempotency import IdempotencyKeys
+from checkout.service import PurchaseService
 from checkout.settings import Settings
+from checkout.stripe_checkout import StripeCheckout
+
+log = logging.getLogger(__name__)
+
+
+class BackgroundStart:
+    """Starts a publisher without blocking startup, retrying while the broker is away."""
+
+    def __init__(self, publisher: KafkaPublisher, max_pause_s: float = 30.0) -> None:
+        self._publisher = publisher
+        self._max_pause_s = max_pause_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._start_until_done(), name="publisher-start")
+
+    async def _start_until_done(self) -> None:
+        pause = 0.5
+        while True:
+            try:
+                await self._publisher.start()
+                return
+            except Exception:
+                log.warning("kafka publisher not started; retrying", exc_info=True)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, self._max_pause_s)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._publisher.stop()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     db = Database.for_service(settings)
-    return build_app(settings, lifecycle=[db], checks={"database": db.ping})
+    publisher = wiring.publisher_for(settings)
+    consumer = wiring.consumer_for(
+        settings, publisher, handlers_for(db, wiring.topics_for(settings))
+    )
+    sessions = StripeCheckout(stripe_client(settings.infra, timeout_s=settings.stripe_timeout_s))
+    routes = api.router(
+        PurchaseService(db, sessions, settings.public_base_url),
+        IdempotencyKeys(db),
+        rate_limit_per_minute=settings.purchase_rate_limit_per_minute,
+        purchases_enabled=lambda: settings.purchases_enabled,
+    )
+    return build_app(
+        settings,
+        routers=[routes],
+        lifecycle=[db, BackgroundStart(publisher), consumer],
+        checks={"database": db.ping},
+    )

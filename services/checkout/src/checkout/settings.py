@@ -13,3 +13,9 @@ class Settings(ServiceSettings):
     service_name: str = "checkout"
     port: int = 8101
     db_schema: str = "checkout"
+    # Off: POST /api/purchases answers 503 purchases_disabled (read on every request).
+    purchases_enabled: bool = True
+    # The web app that Stripe sends the buyer back to (success and cancel URLs).
+    public_base_url: str = "http://localhost:5173"
+    purchase_rate_limit_per_minute: int = 10
+    stripe_timeout_s: float = 10.0

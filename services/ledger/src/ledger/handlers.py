@@ -1,4 +1,9 @@
-"""Kafka handlers of the ledger; each is idempotent by the message's natural key."""
+"""Kafka handlers of the ledger; each is idempotent by the message's natural key.
+
+The inbox claim and the effect (grant, refund, alert) share one transaction: a redelivery
+finds the claim and changes nothing, and a failed attempt leaves no claim behind, so the
+retry starts clean.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,8 @@ from billing_platform import tracing
 from billing_platform.db import Database
 from prometheus_client import Counter
 
-from ledger import repository
+from ledger import repository, service
+from ledger.stripe_events import UnreadableEvent, interpret
 
 log = logging.getLogger(__name__)
 
@@ -19,23 +25,61 @@ STRIPE_EVENTS_RECEIVED = Counter(
     "Verified Stripe events consumed by the ledger",
     ["event_type", "outcome"],
 )
+CREDITS_PURCHASED = Counter(
+    "billing_credits_purchased_total",
+    "Credits granted for paid purchases (credits, including bonus)",
+    ["package_code"],
+)
+ALERTS = Counter("billing_ledger_rejections_total", "Stripe events refused a grant", ["reason"])
 
 
-def stripe_event_handler(db: Database) -> Handler:
+def stripe_event_handler(db: Database, ctx: service.LedgerContext) -> Handler:
     async def handle(message: InboundMessage) -> None:
         event = message.decode(stripe_pb2.StripeEventReceived)
         if not event.stripe_event_id:
             raise PermanentError("stripe event without an id")
-        async with db.pool.acquire() as conn, conn.transaction():
-            new = await repository.claim_message(
-                conn,
-                f"stripe:{event.stripe_event_id}",
-                event.type,
-                message,
-                tracing.current_trace_id(),
-            )
-        outcome = "new" if new else "duplicate"
-        STRIPE_EVENTS_RECEIVED.labels(event.type, outcome).inc()
-        log.info("stripe event", extra={"event_type": event.type, "outcome": outcome})
+        outcome = await _apply(db, ctx, message, event)
+        _count(event.type, outcome)
+        log.info(
+            "stripe event",
+            extra={
+                "event_type": event.type,
+                "stripe_event_id": event.stripe_event_id,
+                "outcome": outcome.name,
+            },
+        )
 
     return handle
+
+
+async def _apply(
+    db: Database,
+    ctx: service.LedgerContext,
+    message: InboundMessage,
+    event: stripe_pb2.StripeEventReceived,
+) -> service.Outcome:
+    try:
+        meaning = interpret(event.payload)
+    except UnreadableEvent as exc:
+        raise PermanentError(str(exc)) from exc
+    key = f"stripe:{event.stripe_event_id}"
+    async with db.pool.acquire() as conn, conn.transaction():
+        trace_id = tracing.current_trace_id()
+        if not await repository.claim_message(conn, key, event.type, message, trace_id):
+            return service.Outcome("duplicate")
+        outcome = (
+            await service.apply_stripe_event(conn, ctx, meaning)
+            if meaning is not None
+            else service.Outcome("ignored")
+        )
+        await repository.set_outcome(conn, key, outcome.name, outcome.detail)
+        return outcome
+
+
+def _count(event_type: str, outcome: service.Outcome) -> None:
+    STRIPE_EVENTS_RECEIVED.labels(event_type, outcome.name).inc()
+    if outcome.granted:
+        credits = outcome.granted["millicredits"] // 1000
+        CREDITS_PURCHASED.labels(outcome.granted["package_code"]).inc(credits)
+    if outcome.name == "rejected":
+        ALERTS.labels(outcome.detail or "unknown").inc()

@@ -3,24 +3,45 @@
 from __future__ import annotations
 
 from billing_events import wiring
+from billing_events.dlq_depth import DlqDepthMonitor, replay_group
+from billing_events.outbox import OutboxRelay
 from billing_platform.app import create_app as build_app
 from billing_platform.db import Database
+from billing_platform.stripe_client import stripe_client
 from fastapi import FastAPI
 
+from ledger import api, service
 from ledger.handlers import stripe_event_handler
 from ledger.settings import Settings
+
+
+def ledger_context(settings: Settings) -> service.LedgerContext:
+    return service.LedgerContext(
+        topics=wiring.topics_for(settings),
+        checkout_schema=settings.checkout_schema,
+        grace_s=settings.unknown_purchase_grace_s,
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     db = Database.for_service(settings)
-    topics = wiring.topics_for(settings)
+    ctx = ledger_context(settings)
     publisher = wiring.publisher_for(settings)
     consumer = wiring.consumer_for(
-        settings, publisher, {topics.stripe_events: stripe_event_handler(db)}
+        settings, publisher, {ctx.topics.stripe_events: stripe_event_handler(db, ctx)}
     )
+    relay = OutboxRelay(db, publisher)
+    dlq = DlqDepthMonitor(
+        settings.infra.kafka_bootstrap,
+        [ctx.topics.stripe_events_dlq],
+        replay_group(settings.infra.topic_namespace),
+        settings.dlq_depth_interval_s,
+    )
+    stripe = stripe_client(settings.infra, timeout_s=settings.stripe_timeout_s)
     return build_app(
         settings,
-        lifecycle=[db, publisher, consumer],
+        routers=[api.router(api.ApiDeps(db, ctx, stripe))],
+        lifecycle=[db, publisher, relay, consumer, dlq],
         checks={"database": db.ping, "kafka": wiring.kafka_check(settings)},
     )

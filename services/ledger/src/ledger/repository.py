@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from typing import Any
 
 from billing_events.kafka import InboundMessage
+from billing_platform.db import check_schema_name
+
+from ledger.journal import Posting
 
 
 async def claim_message(
@@ -26,6 +31,213 @@ async def claim_message(
     return bool(inserted)
 
 
+async def set_outcome(conn: Any, message_key: str, outcome: str, detail: str | None) -> None:
+    await conn.execute(
+        "UPDATE inbox SET outcome = $2, detail = $3 WHERE message_key = $1",
+        message_key,
+        outcome,
+        detail,
+    )
+
+
 async def inbox_entry(conn: Any, message_key: str) -> dict[str, Any] | None:
     row = await conn.fetchrow("SELECT * FROM inbox WHERE message_key = $1", message_key)
     return dict(row) if row else None
+
+
+async def purchase_terms(conn: Any, checkout_schema: str, purchase_id: str) -> Any:
+    """The purchase as checkout recorded it, read through checkout's published view."""
+    schema = check_schema_name(checkout_schema)
+    return await conn.fetchrow(
+        "SELECT purchase_id, user_id, package_code, price_cents, currency,"
+        f' grant_millicredits, stripe_session_id FROM "{schema}".purchase_terms'
+        " WHERE purchase_id = $1",
+        purchase_id,
+    )
+
+
+async def insert_transaction(
+    conn: Any, transaction_id: str, posting: Posting, correlation_id: str
+) -> datetime | None:
+    """None when a unique rule (one grant per purchase, idempotency key) already holds it."""
+    created: datetime | None = await conn.fetchval(
+        "INSERT INTO journal_transactions (id, kind, user_id, reference_id, reverses_id,"
+        " idempotency_key, correlation_id, source, details)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)"
+        " ON CONFLICT DO NOTHING RETURNING created_at",
+        transaction_id,
+        posting.kind,
+        posting.user_id,
+        posting.reference_id,
+        posting.reverses_id,
+        posting.idempotency_key,
+        correlation_id,
+        posting.source,
+        json.dumps(posting.details),
+    )
+    return created
+
+
+async def apply_wallet_delta(conn: Any, user_id: str, delta: int) -> int:
+    """Move the balance and return it; the row lock orders concurrent postings per user."""
+    balance: int = await conn.fetchval(
+        "INSERT INTO balances (user_id, balance_millicredits) VALUES ($1, $2)"
+        " ON CONFLICT (user_id) DO UPDATE SET"
+        " balance_millicredits = balances.balance_millicredits + EXCLUDED.balance_millicredits,"
+        " updated_at = now() RETURNING balance_millicredits",
+        user_id,
+        delta,
+    )
+    return balance
+
+
+async def insert_entries(
+    conn: Any, transaction_id: str, posting: Posting, wallet_account: str, balance_after: int
+) -> None:
+    rows = [
+        (
+            transaction_id,
+            e.account,
+            posting.user_id if e.account == wallet_account else None,
+            e.amount_millicredits,
+            balance_after if e.account == wallet_account else None,
+        )
+        for e in posting.entries
+    ]
+    await conn.executemany(
+        "INSERT INTO journal_entries (transaction_id, account, user_id, amount_millicredits,"
+        " balance_after_millicredits) VALUES ($1, $2, $3, $4, $5)",
+        rows,
+    )
+
+
+async def insert_grant(
+    conn: Any, terms: Any, transaction_id: str, session_id: str | None, payment_intent: str | None
+) -> None:
+    await conn.execute(
+        "INSERT INTO purchase_grants (purchase_id, user_id, transaction_id, package_code,"
+        " price_cents, currency, grant_millicredits, stripe_session_id, payment_intent, source)"
+        " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, t.source"
+        " FROM journal_transactions t WHERE t.id = $3",
+        terms["purchase_id"],
+        terms["user_id"],
+        transaction_id,
+        terms["package_code"],
+        terms["price_cents"],
+        terms["currency"],
+        terms["grant_millicredits"],
+        session_id,
+        payment_intent,
+    )
+
+
+async def grant_for_refund(conn: Any, purchase_id: str | None, payment_intent: str | None) -> Any:
+    """The grant a refund belongs to, locked so concurrent refunds apply one at a time."""
+    return await conn.fetchrow(
+        "SELECT * FROM purchase_grants WHERE purchase_id = $1"
+        " OR ($1::text IS NULL AND payment_intent = $2) LIMIT 1 FOR UPDATE",
+        purchase_id,
+        payment_intent,
+    )
+
+
+async def grant_of(conn: Any, purchase_id: str) -> Any:
+    return await conn.fetchrow("SELECT * FROM purchase_grants WHERE purchase_id = $1", purchase_id)
+
+
+async def record_refund(
+    conn: Any, purchase_id: str, refunded_cents: int, clawed_back_millicredits: int
+) -> None:
+    await conn.execute(
+        "UPDATE purchase_grants SET refunded_cents = $2, clawed_back_millicredits = $3"
+        " WHERE purchase_id = $1",
+        purchase_id,
+        refunded_cents,
+        clawed_back_millicredits,
+    )
+
+
+async def balance(conn: Any, user_id: str) -> tuple[int, int]:
+    row = await conn.fetchrow(
+        "SELECT balance_millicredits, held_millicredits FROM balances WHERE user_id = $1", user_id
+    )
+    return (row["balance_millicredits"], row["held_millicredits"]) if row else (0, 0)
+
+
+_WALLET_ENTRY_COLUMNS = (
+    "e.id AS entry_id, t.id AS transaction_id, t.kind, e.amount_millicredits,"
+    " e.balance_after_millicredits, t.reference_id, t.correlation_id, e.created_at,"
+    " t.details ->> 'model' AS model"
+)
+
+
+async def wallet_entries_newest_first(
+    conn: Any, user_id: str, before_entry_id: int | None, limit: int
+) -> list[Any]:
+    rows: list[Any] = await conn.fetch(
+        f"SELECT {_WALLET_ENTRY_COLUMNS} FROM journal_entries e"
+        " JOIN journal_transactions t ON t.id = e.transaction_id"
+        " WHERE e.user_id = $1 AND ($2::bigint IS NULL OR e.id < $2)"
+        " ORDER BY e.id DESC LIMIT $3",
+        user_id,
+        before_entry_id,
+        limit,
+    )
+    return rows
+
+
+async def wallet_entries_oldest_first(
+    conn: Any, user_id: str, after_entry_id: int, limit: int
+) -> list[Any]:
+    rows: list[Any] = await conn.fetch(
+        f"SELECT {_WALLET_ENTRY_COLUMNS} FROM journal_entries e"
+        " JOIN journal_transactions t ON t.id = e.transaction_id"
+        " WHERE e.user_id = $1 AND e.id > $2 ORDER BY e.id LIMIT $3",
+        user_id,
+        after_entry_id,
+        limit,
+    )
+    return rows
+
+
+async def transaction_of_user(conn: Any, transaction_id: str, user_id: str) -> Any:
+    return await conn.fetchrow(
+        "SELECT id, kind, reference_id FROM journal_transactions"
+        " WHERE id::text = $1 AND user_id = $2",
+        transaction_id,
+        user_id,
+    )
+
+
+async def transaction_by_idempotency_key(conn: Any, key: str) -> Any:
+    return await conn.fetchrow(
+        "SELECT t.id, t.kind, t.user_id, t.reference_id, e.amount_millicredits,"
+        " e.balance_after_millicredits FROM journal_transactions t"
+        " JOIN journal_entries e ON e.transaction_id = t.id AND e.user_id IS NOT NULL"
+        " WHERE t.idempotency_key = $1",
+        key,
+    )
+
+
+async def insert_audit(
+    conn: Any,
+    *,
+    actor: str,
+    action: str,
+    target_user_id: str | None,
+    reference_id: str | None,
+    reason: str | None,
+    correlation_id: str,
+    details: dict[str, Any],
+) -> None:
+    await conn.execute(
+        "INSERT INTO audit_log (actor, action, target_user_id, reference_id, reason,"
+        " correlation_id, details) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)",
+        actor,
+        action,
+        target_user_id,
+        reference_id,
+        reason,
+        correlation_id,
+        json.dumps(details),
+    )

@@ -13,3 +13,11 @@ class Settings(ServiceSettings):
     service_name: str = "ledger"
     port: int = 8103
     db_schema: str = "ledger"
+    # Checkout's schema, whose read-only `purchase_terms` view sizes every grant.
+    checkout_schema: str = "checkout"
+    # How long an event may name a purchase (or grant) the ledger cannot see yet and still be
+    # retried; past it the event is refused with an alert. Counted from the event's creation.
+    unknown_purchase_grace_s: float = 30.0
+    stripe_timeout_s: float = 10.0
+    # Depth of the dead-letter topics, refreshed on this period for the DLQ gauge.
+    dlq_depth_interval_s: float = 15.0

@@ -30,8 +30,8 @@ def envelope_from_body(body: bytes) -> stripe_pb2.StripeEventReceived:
                 correlation_id=context.current_correlation_id(),
                 producer="webhook-ingest",
             ),
-            stripe_event_id=str(event["id"]),
-            type=str(event["type"]),
+            stripe_event_id=_required_text(event, "id"),
+            type=_required_text(event, "type"),
             api_version=str(event.get("api_version") or ""),
             object_id=str(obj.get("id") or ""),
             livemode=bool(event.get("livemode", False)),
@@ -39,15 +39,29 @@ def envelope_from_body(body: bytes) -> stripe_pb2.StripeEventReceived:
             received_at=timestamp_now(),
             payload=body,
         )
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
         raise MalformedEvent(f"not a Stripe event: {exc}") from exc
+
+
+def _required_text(event: dict[str, object], name: str) -> str:
+    # The event id is the store's primary key and the consumers' idempotency key.
+    value = event[name]
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string")
+    return value
+
+
+def event_key(envelope: stripe_pb2.StripeEventReceived) -> str:
+    """Kafka key: the Stripe object id, so all events of one session/charge stay in order."""
+    return envelope.object_id or envelope.stripe_event_id
 
 
 async def publish_stripe_event(
     publisher: KafkaPublisher, topics: Topics, envelope: stripe_pb2.StripeEventReceived
 ) -> None:
-    """Keyed by the Stripe object id so all events of one session/charge stay in order."""
-    key = envelope.object_id or envelope.stripe_event_id
     await publisher.publish(
-        topics.stripe_events, key, envelope, correlation_id=envelope.meta.correlation_id
+        topics.stripe_events,
+        event_key(envelope),
+        envelope,
+        correlation_id=envelope.meta.correlation_id,
     )

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import sys
 import time
-from typing import Annotated
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any
 
+import httpx
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from billing_cli import keys
+from billing_cli import stripe_sim as sim
 from billing_cli.layout import Layout
 from billing_cli.procs import LaunchError
 from billing_cli.stack import Stack
+
+if TYPE_CHECKING:
+    from billing_cli.dlq import Letter
 
 app = typer.Typer(
     help="Credits billing platform: local stack and operations.",
@@ -113,3 +123,219 @@ def setup() -> None:
         Stack(Layout.selected()).install(_report)
     except LaunchError as exc:
         _fail(exc)
+
+
+# --- operations: simulated Stripe deliveries, dead letters, stored webhooks -------------------
+
+stripe_app = typer.Typer(
+    help="Send the webhooks Stripe would send, signed, to the local webhook-ingest.",
+    no_args_is_help=True,
+)
+dlq_app = typer.Typer(help="List and replay dead-lettered Kafka records.", no_args_is_help=True)
+webhook_app = typer.Typer(help="Stored Stripe webhook events.", no_args_is_help=True)
+app.add_typer(stripe_app, name="stripe")
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(webhook_app, name="webhook")
+
+OPS_SUBJECT = "billing-cli"
+
+
+class OpsError(Exception):
+    """A failed operation, reported on stderr with exit code 1."""
+
+
+@contextmanager
+def _ops_errors(*also: type[Exception]) -> Iterator[None]:
+    """Expected failures (plus ``also``) -> a one-line message on stderr and exit code 1."""
+    caught: tuple[type[Exception], ...] = (OpsError, httpx.HTTPError, OSError, *also)
+    try:
+        yield
+    except caught as exc:
+        # Text, not markup: response bodies and broker errors may contain brackets.
+        console.print(Text.assemble(("✗ ", "red"), str(exc) or type(exc).__name__))
+        raise typer.Exit(1) from None
+
+
+def _kafka_errors() -> tuple[type[Exception], ...]:
+    # Imported on demand: the Kafka stack is slow to import and only the dlq commands need it.
+    from aiokafka.errors import KafkaError
+
+    from billing_cli.dlq import DlqError
+
+    return KafkaError, DlqError
+
+
+def _ops_stack() -> Stack:
+    # Services inherit BILLING_TOPIC_NAMESPACE from the shell that started them; so do these.
+    return Stack(Layout.selected(), os.environ.get("BILLING_TOPIC_NAMESPACE", ""))
+
+
+def _http() -> httpx.Client:
+    return httpx.Client(timeout=10.0)
+
+
+def _admin_headers(stack: Stack) -> dict[str, str]:
+    token = keys.mint_token(stack.layout, OPS_SUBJECT, ["admin"], 300)
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _fetch_purchase(stack: Stack, client: httpx.Client, purchase_id: str) -> sim.SimPurchase:
+    url = f"{stack.services['checkout'].url}/api/purchases/{purchase_id}"
+    response = client.get(url, headers=_admin_headers(stack))
+    if not response.is_success:
+        raise OpsError(f"GET {url} -> {response.status_code} {response.text}")
+    try:
+        return sim.SimPurchase.from_api(response.json())
+    except (KeyError, TypeError, ValueError) as exc:
+        raise OpsError(f"GET {url}: unexpected purchase body ({exc!r}): {response.text}") from exc
+
+
+def _deliver(stack: Stack, client: httpx.Client, events: list[dict[str, Any]], times: int) -> None:
+    url = f"{stack.services['webhook-ingest'].url}/webhooks/stripe"
+    secret = stack.secrets["stripe_webhook_secret"]
+    for evt in events:
+        for _ in range(times):
+            response = sim.send_sync(client, url, evt, secret)
+            sys.stdout.write(f"{evt['type']} {evt['id']} {response.status_code} {response.text}\n")
+            if not response.is_success:
+                raise OpsError(f"webhook-ingest answered {response.status_code} for {evt['id']}")
+
+
+@stripe_app.command("simulate-payment")
+def simulate_payment(
+    purchase_id: Annotated[str, typer.Argument(help="The checkout purchase id")],
+    async_payment: Annotated[
+        bool, typer.Option("--async-payment", help="A delayed method: unpaid, then succeeded")
+    ] = False,
+    times: Annotated[int, typer.Option(min=1, help="Deliveries of each event")] = 1,
+) -> None:
+    """Pay a purchase: the Checkout Session webhooks Stripe sends, each delivered N times."""
+    with _ops_errors(), _http() as client:
+        stack = _ops_stack()
+        purchase = _fetch_purchase(stack, client, purchase_id)
+        if async_payment:
+            events = [
+                sim.session_completed(purchase, paid=False),
+                sim.async_payment_succeeded(purchase),
+            ]
+        else:
+            events = [sim.session_completed(purchase)]
+        _deliver(stack, client, events, times)
+
+
+@stripe_app.command("simulate-refund")
+def simulate_refund(
+    purchase_id: Annotated[str, typer.Argument(help="The checkout purchase id")],
+    refunded_total: Annotated[
+        int | None,
+        typer.Option(
+            "--refunded-total",
+            min=1,
+            help="Cents refunded on the charge so far, this refund included (cumulative, as "
+            "Stripe's charge.amount_refunded); default: the full price",
+        ),
+    ] = None,
+) -> None:
+    """Refund a purchase: the charge.refunded webhook for its charge, as Stripe sends it."""
+    with _ops_errors(), _http() as client:
+        stack = _ops_stack()
+        purchase = _fetch_purchase(stack, client, purchase_id)
+        total = purchase.price_cents if refunded_total is None else refunded_total
+        if total > purchase.price_cents:
+            raise OpsError(f"--refunded-total {total} exceeds the price {purchase.price_cents}")
+        # The amount of earlier refunds is unknown here, so this refund is the whole total.
+        evt = sim.charge_refunded(purchase, refunded_total_cents=total, refund_cents=total)
+        _deliver(stack, client, [evt], 1)
+
+
+def _dlq_names(topic: str) -> tuple[str, str, str]:
+    from billing_events.topics import Topics
+
+    from billing_cli.dlq import replay_group_for
+
+    stack = _ops_stack()
+    namespace = stack.topic_namespace
+    return stack.kafka.bootstrap, Topics(namespace).name(topic), replay_group_for(namespace)
+
+
+TopicOption = Annotated[
+    str, typer.Option(help="DLQ topic, before the BILLING_TOPIC_NAMESPACE prefix")
+]
+
+
+@dlq_app.command("list")
+def dlq_list(
+    topic: TopicOption = "stripe.events.dlq.v1",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
+) -> None:
+    """Every dead letter of the topic, pending or already replayed."""
+    from billing_cli.dlq import read_letters
+
+    with _ops_errors(*_kafka_errors()):
+        bootstrap, dlq_topic, group = _dlq_names(topic)
+        letters = asyncio.run(read_letters(bootstrap, dlq_topic, group))
+    if as_json:
+        sys.stdout.writelines(json.dumps(x.as_dict()) + "\n" for x in letters)
+    elif letters:
+        sys.stdout.writelines(_letter_rows(letters))
+    else:
+        console.print(f"no dead letters in {dlq_topic}")
+
+
+def _letter_rows(letters: list[Letter]) -> list[str]:
+    header = ("WHERE", "STATE", "ORIGINAL TOPIC", "KEY", "GROUP", "TRIES", "LAST FAILED", "ERROR")
+    rows = [header] + [
+        (
+            f"{x.partition}:{x.offset}",
+            "replayed" if x.replayed else "pending",
+            x.original_topic,
+            x.key,
+            x.consumer_group,
+            str(x.attempts),
+            x.last_failed_at[:19],
+            " ".join(f"{x.error_type}: {x.error_message}".split())[:100],
+        )
+        for x in letters
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    return [
+        "  ".join([*(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)), r[-1]]) + "\n"
+        for r in rows
+    ]
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    topic: TopicOption = "stripe.events.dlq.v1",
+    offset: Annotated[
+        list[int] | None, typer.Option(help="Only the letter at this DLQ offset (repeatable)")
+    ] = None,
+) -> None:
+    """Re-publish pending letters to their original topics (all of them without --offset)."""
+    from billing_cli.dlq import replay
+
+    with _ops_errors(*_kafka_errors()):
+        bootstrap, dlq_topic, group = _dlq_names(topic)
+        done = asyncio.run(replay(bootstrap, dlq_topic, group, offset))
+        for x in done:
+            sys.stdout.write(
+                f"replayed {dlq_topic}:{x.partition}:{x.offset} -> {x.original_topic} key={x.key}\n"
+            )
+        console.print(f"{len(done)} letter(s) replayed")
+        missed = sorted(set(offset or ()) - {x.offset for x in done})
+        if missed:
+            raise OpsError(f"not replayed (no pending letter at): {', '.join(map(str, missed))}")
+
+
+@webhook_app.command("replay")
+def webhook_replay(
+    event_id: Annotated[str, typer.Option("--event-id", help="Stripe event id (evt_...)")],
+) -> None:
+    """Publish a stored Stripe event again (webhook-ingest's admin replay)."""
+    with _ops_errors(), _http() as client:
+        stack = _ops_stack()
+        url = f"{stack.services['webhook-ingest'].url}/api/admin/webhooks/replay"
+        response = client.post(url, json={"eventId": event_id}, headers=_admin_headers(stack))
+        sys.stdout.write(f"{response.status_code} {response.text}\n")
+        if not response.is_success:
+            raise OpsError(f"POST {url} -> {response.status_code}")

@@ -20,7 +20,12 @@ def _quiet(_: str, __: float) -> None:
 
 
 class Stack:
-    def __init__(self, layout: Layout, topic_namespace: str = "") -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        topic_namespace: str = "",
+        service_env: dict[str, str] | None = None,
+    ) -> None:
         self.layout = layout
         self.topic_namespace = topic_namespace
         self.procs = ProcessManager(layout.run, layout.logs)
@@ -30,7 +35,8 @@ class Stack:
         self.kafka = Kafka(layout, self.procs)
         self.stripe_mock = StripeMock(layout, self.procs)
         self.devllm = DevLLM(layout, self.procs)
-        env = self.env()
+        # Settings for the services only (e.g. test-suite limits); not part of `billing env`.
+        env = {**self.env(), **(service_env or {})}
         self.services = {
             name: Service(layout, self.procs, name, pkg, env) for name, (pkg, _) in SERVICES.items()
         }

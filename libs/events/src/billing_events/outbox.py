@@ -1,0 +1,205 @@
+"""Transactional outbox: write a record in the caller's DB transaction, publish it later.
+
+A service that must both change its tables and publish (webhook-ingest storing a verified
+event, the ledger posting a transaction) writes the record to its ``outbox`` table in the
+same transaction as the change. The relay publishes unpublished rows in id order and marks
+them, so a crash between commit and publish loses nothing (the row is published on
+restart) and a broker outage only delays. Delivery is at least once: a crash after the
+broker's ack and before the mark publishes a row again, which consumers absorb by key.
+
+Every service using it creates the table with the DDL in ``OUTBOX_DDL`` (copied into its
+own migration, since each service owns its schema).
+
+The relay never holds a row lock across the publish: one replica at a time relays, chosen
+by a session advisory lock, and rows are read, published, then marked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+from billing_platform import context, tracing
+from billing_platform.db import Database
+from google.protobuf.message import Message
+from prometheus_client import Counter, Gauge
+
+from billing_events.kafka import CORRELATION_HEADER, KafkaPublisher
+
+log = logging.getLogger(__name__)
+
+OUTBOX_DDL = """
+CREATE TABLE outbox (
+    id           bigserial PRIMARY KEY,
+    topic        text NOT NULL,
+    message_key  bytea,
+    payload      bytea NOT NULL,
+    headers      jsonb NOT NULL DEFAULT '{}',
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    published_at timestamptz
+);
+CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
+CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify(TG_TABLE_SCHEMA || '.outbox', '');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+"""
+
+OUTBOX_PUBLISHED = Counter(
+    "outbox_published_total", "Outbox rows published to Kafka", ["schema", "topic"]
+)
+OUTBOX_PENDING = Gauge("outbox_pending", "Outbox rows not yet published", ["schema"])
+
+
+async def write_outbox(
+    conn: Any,
+    topic: str,
+    key: str | bytes | None,
+    message: Message | bytes,
+    *,
+    correlation_id: str | None = None,
+) -> int:
+    """Add a record to the outbox inside the caller's transaction; returns its row id."""
+    corr = correlation_id or context.current_correlation_id()
+    headers = {k: v.decode() for k, v in tracing.inject_headers({CORRELATION_HEADER: corr})}
+    value = message if isinstance(message, bytes) else message.SerializeToString()
+    raw_key = key.encode() if isinstance(key, str) else key
+    row_id: int = await conn.fetchval(
+        "INSERT INTO outbox (topic, message_key, payload, headers)"
+        " VALUES ($1, $2, $3, $4::jsonb) RETURNING id",
+        topic,
+        raw_key,
+        value,
+        json.dumps(headers),
+    )
+    return row_id
+
+
+class OutboxRelay:
+    """Publishes a schema's outbox; a lifecycle part of the service that owns the table."""
+
+    def __init__(
+        self,
+        db: Database,
+        publisher: KafkaPublisher,
+        *,
+        batch_size: int = 500,
+        idle_poll_s: float = 1.0,
+        retention_days: int = 7,
+    ) -> None:
+        self._db = db
+        self._publisher = publisher
+        self._batch_size = batch_size
+        self._idle_poll_s = idle_poll_s
+        self._retention_days = retention_days
+        self._wakeup = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lock_key = zlib.crc32(f"{db.schema}.outbox".encode())
+
+    async def start(self) -> None:
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run_forever(), name=f"outbox:{self._db.schema}")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self._wakeup.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def poke(self) -> None:
+        """Wake the relay now (the writer of a row calls this after its commit)."""
+        self._wakeup.set()
+
+    async def _run_forever(self) -> None:
+        pause = 0.5
+        while not self._stopping.is_set():
+            try:
+                await self._lead_and_relay()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox relay failed; retrying", extra={"schema": self._db.schema})
+            await self._sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+    async def _lead_and_relay(self) -> None:
+        conn = await asyncpg.connect(self._db.dsn, server_settings={"search_path": self._db.schema})
+        try:
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
+                await self._sleep(self._idle_poll_s)
+                if self._stopping.is_set():
+                    return
+            await conn.add_listener(f"{self._db.schema}.outbox", self._on_notify)
+            await self._relay_until_stopped(conn)
+        finally:
+            await conn.close()
+
+    def _on_notify(self, *_: object) -> None:
+        self._wakeup.set()
+
+    async def _relay_until_stopped(self, conn: Any) -> None:
+        cycles = 0
+        while not self._stopping.is_set():
+            self._wakeup.clear()
+            while await self.relay_once(conn) == self._batch_size:
+                pass
+            cycles += 1
+            if cycles % 600 == 0:
+                await self._prune(conn)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self._idle_poll_s)
+
+    async def relay_once(self, conn: Any) -> int:
+        """Publish one batch of unpublished rows in id order; returns how many."""
+        rows = await conn.fetch(
+            "SELECT id, topic, message_key, payload, headers FROM outbox"
+            " WHERE published_at IS NULL ORDER BY id LIMIT $1",
+            self._batch_size,
+        )
+        if not rows:
+            OUTBOX_PENDING.labels(self._db.schema).set(0)
+            return 0
+        await self._publish(rows)
+        await conn.execute(
+            "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
+            [r["id"] for r in rows],
+        )
+        pending = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        OUTBOX_PENDING.labels(self._db.schema).set(pending)
+        return len(rows)
+
+    async def _publish(self, rows: Sequence[Any]) -> None:
+        futures = []
+        for row in rows:
+            headers = [(k, str(v).encode()) for k, v in json.loads(row["headers"]).items()]
+            futures.append(
+                await self._publisher.enqueue(
+                    row["topic"], row["message_key"], bytes(row["payload"]), headers=headers
+                )
+            )
+        await asyncio.gather(*futures)
+        for row in rows:
+            OUTBOX_PUBLISHED.labels(self._db.schema, row["topic"]).inc()
+
+    async def _prune(self, conn: Any) -> None:
+        await conn.execute(
+            "DELETE FROM outbox WHERE published_at < now() - make_interval(days => $1)",
+            self._retention_days,
+        )
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)

@@ -1,0 +1,125 @@
+"""HTTP API of checkout: the package catalog, buying a package, a purchase's status.
+
+``POST /api/purchases`` flow, in this order:
+1. per-IP rate limit (429 ``rate_limited``), bearer token (401);
+2. purchases switched off -> 503 ``purchases_disabled``;
+3. the package code must be in the catalog (422 ``unknown_package`` + ``knownPackages``),
+   ``returnTo`` must be a same-origin relative path (422 ``invalid_return_to``); any
+   amount the client sends is ignored, prices come from the server-side catalog;
+4. with an ``Idempotency-Key`` header the key is claimed first (see ``idempotency``): a
+   repeat answers the stored response (``Idempotent-Replayed: true``), another body 409;
+5. the purchase is committed as pending, then a Stripe Checkout Session is created for it
+   (no transaction open), then its id and URL are stored -> 201 ``{purchaseId,
+   checkoutUrl, status}``. Stripe failing -> the purchase is marked failed, 502.
+Credits are granted later by the ledger, only on Stripe's paid webhook; the purchase's
+status follows from those events (see ``handlers``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from billing_platform.auth import CurrentUser, current_principal
+from billing_platform.errors import ApiError
+from billing_platform.ratelimit import SlidingWindowLimiter, per_ip
+from fastapi import APIRouter, Depends, Header
+from fastapi.responses import JSONResponse
+
+from checkout import catalog
+from checkout.idempotency import Answer, IdempotencyKeys, check_key, request_hash
+from checkout.redirects import DEFAULT_RETURN_TO, MAX_RETURN_TO_LENGTH, is_valid_return_to
+from checkout.schemas import PackageOut, PurchaseCreated, PurchaseOut, PurchaseRequest
+from checkout.service import PurchaseService
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+
+
+def purchases_switch(is_enabled: Callable[[], bool]) -> Callable[[], Any]:
+    """Dependency answering 503 while purchases are off; asked on every request."""
+
+    async def check() -> None:
+        if not is_enabled():
+            raise ApiError(503, "purchases_disabled", "purchases are switched off")
+
+    return check
+
+
+def valid_package(code: str) -> catalog.Package:
+    package = catalog.find_package(code)
+    if package is None:
+        raise ApiError(
+            422,
+            "unknown_package",
+            f"unknown package: {code[:64]}",
+            knownPackages=catalog.package_codes(),
+        )
+    return package
+
+
+def valid_return_to(value: str | None) -> str:
+    return_to = DEFAULT_RETURN_TO if value is None else value
+    if not is_valid_return_to(return_to):
+        raise ApiError(
+            422,
+            "invalid_return_to",
+            f"returnTo must be a relative path starting with '/' (at most "
+            f"{MAX_RETURN_TO_LENGTH} characters)",
+        )
+    return return_to
+
+
+def respond(answer: Answer) -> JSONResponse:
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
+    return JSONResponse(answer.body, status_code=answer.status, headers=headers)
+
+
+def router(
+    purchases: PurchaseService,
+    keys: IdempotencyKeys,
+    *,
+    rate_limit_per_minute: int,
+    purchases_enabled: Callable[[], bool],
+) -> APIRouter:
+    api = APIRouter(tags=["checkout"])
+    limiter = SlidingWindowLimiter(rate_limit_per_minute, 60.0)
+    enabled = purchases_switch(purchases_enabled)
+
+    @api.get("/api/packages", response_model=list[PackageOut])
+    async def list_packages() -> list[PackageOut]:
+        return [PackageOut.of(p) for p in catalog.PACKAGES]
+
+    @api.post(
+        "/api/purchases",
+        status_code=201,
+        response_model=PurchaseCreated,
+        # In this order: rate limit, bearer token, the purchases switch (the principal is
+        # resolved once per request and handed to the endpoint from the cache).
+        dependencies=[Depends(per_ip(limiter)), Depends(current_principal), Depends(enabled)],
+    )
+    async def create_purchase(
+        principal: CurrentUser,
+        body: PurchaseRequest,
+        idempotency_key: IdempotencyKey = None,
+    ) -> JSONResponse:
+        package = valid_package(body.packageCode)
+        return_to = valid_return_to(body.returnTo)
+
+        async def create() -> tuple[int, dict[str, Any]]:
+            return 201, await purchases.create(principal.user_id, package, return_to)
+
+        if idempotency_key is None:
+            status, created = await create()
+            return respond(Answer(status, created))
+        req_hash = request_hash({"packageCode": package.code, "returnTo": return_to})
+        key = check_key(idempotency_key)
+        return respond(await keys.run(principal.user_id, key, req_hash, create))
+
+    @api.get("/api/purchases/{purchase_id}", response_model=PurchaseOut)
+    async def get_purchase(purchase_id: str, principal: CurrentUser) -> PurchaseOut:
+        purchase = await purchases.get(purchase_id)
+        if purchase is None or not (purchase.user_id == principal.user_id or principal.is_admin):
+            raise ApiError(404, "purchase_not_found", "no such purchase")
+        return purchase
+
+    return api

@@ -1,0 +1,114 @@
+"""The purchase status consumer: Stripe events and ledger transactions move purchases.
+
+Each message that concerns a purchase is claimed in ``inbox`` (``stripe:<event id>`` /
+``ledger:<transaction id>``) in the same transaction as its effect, so a redelivery changes
+nothing; the purchase row is locked meanwhile, so events about one purchase that arrive on
+both topics at once are applied one after the other. Messages about nothing of ours
+(other event types, other transaction kinds) are skipped without a claim.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from billing_events.kafka import Handler, InboundMessage, PermanentError
+from billing_events.topics import Topics
+from billing_events.v1 import ledger_pb2, stripe_pb2
+from billing_platform.db import Database
+
+from checkout import metrics, repository
+from checkout.transitions import (
+    FULFILLED,
+    clawed_back,
+    next_status,
+    observed_status,
+    parse_payload,
+    purchase_id_of,
+    refund_status,
+)
+
+log = logging.getLogger(__name__)
+
+# A purchase row -> its new (status, refunded_millicredits).
+Effect = Callable[[dict[str, Any]], tuple[str, int]]
+
+
+def handlers_for(db: Database, topics: Topics) -> dict[str, Handler]:
+    return {topics.stripe_events: stripe_event_handler(db), topics.ledger: ledger_handler(db)}
+
+
+def stripe_event_handler(db: Database) -> Handler:
+    async def handle(message: InboundMessage) -> None:
+        event = message.decode(stripe_pb2.StripeEventReceived)
+        if not event.stripe_event_id:
+            raise PermanentError("stripe event without an id")
+        try:
+            payload = parse_payload(event.payload)
+        except ValueError as exc:
+            raise PermanentError(f"stripe event payload is not JSON: {exc}") from exc
+        observed = observed_status(event.type, payload)
+        purchase_id = purchase_id_of(payload)
+        if observed is None or purchase_id is None:
+            log.info("stripe event ignored", extra={"event_type": event.type})
+            return
+
+        def effect(row: dict[str, Any]) -> tuple[str, int]:
+            return next_status(row["status"], observed), row["refunded_millicredits"]
+
+        key = f"stripe:{event.stripe_event_id}"
+        await apply(db, key, purchase_id, effect, event.type)
+
+    return handle
+
+
+def ledger_handler(db: Database) -> Handler:
+    async def handle(message: InboundMessage) -> None:
+        txn = message.decode(ledger_pb2.LedgerTransactionPosted)
+        effect = ledger_effect(txn)
+        if effect is None or not txn.reference_id:
+            return
+        if not txn.transaction_id:
+            raise PermanentError("ledger transaction without an id")
+        kind = ledger_pb2.TransactionKind.Name(txn.kind)
+        await apply(db, f"ledger:{txn.transaction_id}", txn.reference_id, effect, kind)
+
+    return handle
+
+
+def ledger_effect(txn: ledger_pb2.LedgerTransactionPosted) -> Effect | None:
+    """How a ledger transaction moves the purchase it references; None: it does not."""
+    if txn.kind == ledger_pb2.TRANSACTION_KIND_PURCHASE:
+        return lambda row: (next_status(row["status"], FULFILLED), row["refunded_millicredits"])
+    if txn.kind == ledger_pb2.TRANSACTION_KIND_REFUND:
+
+        def refund(row: dict[str, Any]) -> tuple[str, int]:
+            refunded = row["refunded_millicredits"] + clawed_back(txn.entries, row["user_id"])
+            observed = refund_status(refunded, row["grant_millicredits"])
+            return next_status(row["status"], observed), refunded
+
+        return refund
+    return None
+
+
+async def apply(db: Database, message_key: str, purchase_id: str, effect: Effect, why: str) -> None:
+    """Claim the message and apply ``effect`` to the purchase, in one transaction."""
+    async with db.pool.acquire() as conn, conn.transaction():
+        if not await repository.claim_message(conn, message_key):
+            log.info("duplicate message", extra={"message_key": message_key})
+            return
+        row = await repository.lock_purchase(conn, purchase_id)
+        if row is None:
+            # Not ours (or not a purchase id at all): the ledger alerts on unknown purchases.
+            log.info("unknown purchase", extra={"purchase_id": purchase_id[:64], "cause": why})
+            return
+        status, refunded = effect(row)
+        if (status, refunded) == (row["status"], row["refunded_millicredits"]):
+            return
+        await repository.set_status(conn, purchase_id, status, refunded)
+    metrics.PURCHASE_STATUS_CHANGES.labels(status).inc()
+    log.info(
+        "purchase status changed",
+        extra={"purchase_id": purchase_id, "from": row["status"], "to": status, "cause": why},
+    )

@@ -1,0 +1,163 @@
+"""All SQL of the checkout service (asyncpg; the pool's search_path is the service schema)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from checkout.catalog import Package
+
+_PURCHASE_COLUMNS = (
+    "id, user_id, package_code, package_name, price_cents, currency, credits, bonus_credits,"
+    " grant_millicredits, status, return_to, stripe_session_id, checkout_url, failure_code,"
+    " refunded_millicredits, created_at, updated_at"
+)
+
+
+@dataclass(frozen=True)
+class NewPurchase:
+    id: str
+    user_id: str
+    package: Package
+    return_to: str
+
+
+# -- purchases ---------------------------------------------------------------------------
+
+
+async def insert_purchase(conn: Any, p: NewPurchase) -> None:
+    """A pending purchase with a snapshot of its package's terms."""
+    pkg = p.package
+    await conn.execute(
+        "INSERT INTO purchases (id, user_id, package_code, package_name, price_cents,"
+        " currency, credits, bonus_credits, grant_millicredits, status, return_to)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10)",
+        p.id,
+        p.user_id,
+        pkg.code,
+        pkg.name,
+        pkg.price_cents,
+        pkg.currency,
+        pkg.credits,
+        pkg.bonus_credits,
+        pkg.grant_millicredits,
+        p.return_to,
+    )
+
+
+async def attach_session(conn: Any, purchase_id: str, session_id: str, url: str) -> None:
+    await conn.execute(
+        "UPDATE purchases SET stripe_session_id = $2, checkout_url = $3, updated_at = now()"
+        " WHERE id = $1",
+        purchase_id,
+        session_id,
+        url,
+    )
+
+
+async def mark_failed(conn: Any, purchase_id: str, failure_code: str) -> None:
+    await conn.execute(
+        "UPDATE purchases SET status = 'failed', failure_code = $2, updated_at = now()"
+        " WHERE id = $1 AND status = 'pending'",
+        purchase_id,
+        failure_code,
+    )
+
+
+async def purchase(conn: Any, purchase_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        f"SELECT {_PURCHASE_COLUMNS} FROM purchases WHERE id = $1", purchase_id
+    )
+    return dict(row) if row else None
+
+
+async def lock_purchase(conn: Any, purchase_id: str) -> dict[str, Any] | None:
+    """The purchase, locked until the end of the caller's transaction."""
+    row = await conn.fetchrow(
+        f"SELECT {_PURCHASE_COLUMNS} FROM purchases WHERE id = $1 FOR UPDATE", purchase_id
+    )
+    return dict(row) if row else None
+
+
+async def set_status(conn: Any, purchase_id: str, status: str, refunded_millicredits: int) -> None:
+    await conn.execute(
+        "UPDATE purchases SET status = $2, refunded_millicredits = $3, updated_at = now()"
+        " WHERE id = $1",
+        purchase_id,
+        status,
+        refunded_millicredits,
+    )
+
+
+# -- idempotency keys --------------------------------------------------------------------
+
+
+async def claim_idempotency_key(
+    conn: Any, user_id: str, key: str, request_hash: str, abandoned_after_s: float
+) -> bool:
+    """True when this request now holds the key: it was free, or an identical request's
+    claim was abandoned (never finished within ``abandoned_after_s``)."""
+    claimed = await conn.fetchval(
+        "INSERT INTO idempotency_keys (user_id, idempotency_key, request_hash, state)"
+        " VALUES ($1, $2, $3, 'in_progress')"
+        " ON CONFLICT (user_id, idempotency_key) DO UPDATE SET created_at = now()"
+        " WHERE idempotency_keys.state = 'in_progress'"
+        " AND idempotency_keys.request_hash = EXCLUDED.request_hash"
+        " AND idempotency_keys.created_at < now() - make_interval(secs => $4)"
+        " RETURNING true",
+        user_id,
+        key,
+        request_hash,
+        abandoned_after_s,
+    )
+    return bool(claimed)
+
+
+async def idempotency_key(conn: Any, user_id: str, key: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        "SELECT request_hash, state, response_status, response_body FROM idempotency_keys"
+        " WHERE user_id = $1 AND idempotency_key = $2",
+        user_id,
+        key,
+    )
+    if row is None:
+        return None
+    stored = dict(row)
+    if stored["response_body"] is not None:
+        stored["response_body"] = json.loads(stored["response_body"])
+    return stored
+
+
+async def complete_idempotency_key(
+    conn: Any, user_id: str, key: str, status: int, body: dict[str, Any]
+) -> None:
+    await conn.execute(
+        "UPDATE idempotency_keys SET state = 'done', response_status = $3,"
+        " response_body = $4::jsonb WHERE user_id = $1 AND idempotency_key = $2",
+        user_id,
+        key,
+        status,
+        json.dumps(body),
+    )
+
+
+async def release_idempotency_key(conn: Any, user_id: str, key: str) -> None:
+    await conn.execute(
+        "DELETE FROM idempotency_keys WHERE user_id = $1 AND idempotency_key = $2"
+        " AND state = 'in_progress'",
+        user_id,
+        key,
+    )
+
+
+# -- inbox -------------------------------------------------------------------------------
+
+
+async def claim_message(conn: Any, message_key: str) -> bool:
+    """Record a consumed message as handled; False when it already was (a redelivery)."""
+    inserted = await conn.fetchval(
+        "INSERT INTO inbox (message_key) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true",
+        message_key,
+    )
+    return bool(inserted)

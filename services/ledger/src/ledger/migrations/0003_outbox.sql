@@ -1,0 +1,20 @@
+-- Posted transactions and alerts leave through this outbox (billing_events.outbox).
+
+CREATE TABLE outbox (
+    id           bigserial PRIMARY KEY,
+    topic        text NOT NULL,
+    message_key  bytea,
+    payload      bytea NOT NULL,
+    headers      jsonb NOT NULL DEFAULT '{}',
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    published_at timestamptz
+);
+CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
+CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify(TG_TABLE_SCHEMA || '.outbox', '');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+

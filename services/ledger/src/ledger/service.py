@@ -1,0 +1,368 @@
+"""Use cases of the ledger. Each takes the caller's connection; the caller owns the transaction.
+
+Posting a journal transaction writes its entries, moves the user's balance and queues the
+``LedgerTransactionPosted`` record in the outbox, all in that one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from billing_events.outbox import write_outbox
+from billing_events.topics import Topics
+from billing_events.v1 import alert_pb2, common_pb2, ledger_pb2
+from billing_platform import context
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ledger import journal, repository
+from ledger.stripe_events import ChargeRefunded, LedgerEvent, SessionPaid
+
+log = logging.getLogger(__name__)
+
+_KINDS = {
+    "purchase": ledger_pb2.TRANSACTION_KIND_PURCHASE,
+    "usage": ledger_pb2.TRANSACTION_KIND_USAGE,
+    "refund": ledger_pb2.TRANSACTION_KIND_REFUND,
+    "adjustment": ledger_pb2.TRANSACTION_KIND_ADJUSTMENT,
+    "reversal": ledger_pb2.TRANSACTION_KIND_REVERSAL,
+}
+
+
+class NotVisibleYet(Exception):
+    """What the event refers to is not in the database yet; the consumer retries it."""
+
+
+@dataclass(frozen=True)
+class LedgerContext:
+    topics: Topics
+    checkout_schema: str
+    grace_s: float
+    clock: Callable[[], float] = time.time
+
+
+@dataclass(frozen=True)
+class Posted:
+    transaction_id: str
+    balance_after: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What handling one event did; ``granted`` carries the grant for metrics."""
+
+    name: str
+    detail: str | None = None
+    granted: dict[str, Any] = field(default_factory=dict)
+
+
+async def post(conn: Any, topics: Topics, posting: journal.Posting) -> Posted | None:
+    """Write a posting; None when a unique rule says it was already written."""
+    transaction_id = str(uuid.uuid4())
+    correlation_id = context.current_correlation_id()
+    created = await repository.insert_transaction(conn, transaction_id, posting, correlation_id)
+    if created is None:
+        return None
+    account = journal.wallet(posting.user_id)
+    balance = await repository.apply_wallet_delta(conn, posting.user_id, posting.wallet_delta)
+    await repository.insert_entries(conn, transaction_id, posting, account, balance)
+    posted = Posted(transaction_id, balance, created)
+    record = _posted_record(posting, posted, correlation_id)
+    await write_outbox(conn, topics.ledger, posting.user_id, record, correlation_id=correlation_id)
+    return posted
+
+
+def _posted_record(
+    posting: journal.Posting, posted: Posted, correlation_id: str
+) -> ledger_pb2.LedgerTransactionPosted:
+    at = Timestamp()
+    at.FromDatetime(posted.created_at)
+    return ledger_pb2.LedgerTransactionPosted(
+        meta=common_pb2.EventMeta(
+            event_id=context.new_id(),
+            occurred_at=at,
+            correlation_id=correlation_id,
+            producer="ledger",
+        ),
+        transaction_id=posted.transaction_id,
+        kind=_KINDS[posting.kind],
+        user_id=posting.user_id,
+        reference_id=posting.reference_id,
+        entries=[
+            ledger_pb2.LedgerEntry(account=e.account, amount_millicredits=e.amount_millicredits)
+            for e in posting.entries
+        ],
+        balance_after_millicredits=posted.balance_after,
+        posted_at=at,
+        reverses_transaction_id=posting.reverses_id or "",
+    )
+
+
+async def raise_alert(
+    conn: Any, topics: Topics, kind: str, message: str, *, user_id: str = "", **refs: Any
+) -> None:
+    """Queue a ``BillingAlert`` in the outbox, in the transaction that found the problem."""
+    alert = alert_pb2.BillingAlert(
+        meta=common_pb2.EventMeta(
+            event_id=context.new_id(),
+            correlation_id=context.current_correlation_id(),
+            producer="ledger",
+        ),
+        alert_id=context.new_id(),
+        kind=kind,
+        severity=alert_pb2.SEVERITY_CRITICAL,
+        user_id=user_id,
+        message=message,
+        reference_ids=[str(v) for v in refs.values() if v],
+        details={k: str(v) for k, v in refs.items() if v is not None},
+        source="ledger",
+    )
+    await write_outbox(conn, topics.alerts, user_id or kind, alert)
+    log.warning("alert raised", extra={"alert_kind": kind, **{k: str(v) for k, v in refs.items()}})
+
+
+async def apply_stripe_event(conn: Any, ctx: LedgerContext, event: LedgerEvent) -> Outcome:
+    if isinstance(event, SessionPaid):
+        return await grant_from_session(conn, ctx, event)
+    return await refund_from_charge(conn, ctx, event)
+
+
+async def grant_from_session(conn: Any, ctx: LedgerContext, event: SessionPaid) -> Outcome:
+    if event.purchase_id is None:
+        await raise_alert(
+            conn,
+            ctx.topics,
+            "unidentified_purchase",
+            "paid session names no purchase",
+            session_id=event.session_id,
+        )
+        return Outcome("rejected", "unidentified_purchase")
+    terms = await repository.purchase_terms(conn, ctx.checkout_schema, event.purchase_id)
+    if terms is None:
+        return await _unknown(conn, ctx, event.created, "unknown_purchase", event.purchase_id)
+    problem = session_mismatch(terms, event)
+    if problem:
+        await raise_alert(
+            conn,
+            ctx.topics,
+            problem,
+            f"paid session does not match: {problem}",
+            user_id=terms["user_id"],
+            purchase_id=event.purchase_id,
+            session_id=event.session_id,
+            amount_total=event.amount_total,
+            price_cents=terms["price_cents"],
+        )
+        return Outcome("rejected", problem)
+    posted = await grant(
+        conn, ctx.topics, terms, f"stripe:{event.event_id}", event.session_id, event.payment_intent
+    )
+    return _grant_outcome(terms, posted)
+
+
+def session_mismatch(terms: Any, event: SessionPaid) -> str | None:
+    """Why a paid session must not be granted, or None when it matches its purchase."""
+    if event.amount_total != terms["price_cents"]:
+        return "amount_mismatch"
+    if event.currency != str(terms["currency"]).lower():
+        return "currency_mismatch"
+    if event.user_id is not None and event.user_id != terms["user_id"]:
+        return "user_mismatch"
+    return None
+
+
+async def _unknown(conn: Any, ctx: LedgerContext, created: int, kind: str, ref: str) -> Outcome:
+    # A fresh event may just be ahead of the row it names: retry it; an old one is a fault.
+    if ctx.clock() - created < ctx.grace_s:
+        raise NotVisibleYet(f"{kind}: {ref} not visible yet")
+    await raise_alert(conn, ctx.topics, kind, f"{kind.replace('_', ' ')}: {ref}", purchase_id=ref)
+    return Outcome("rejected", kind)
+
+
+def _grant_outcome(terms: Any, posted: Posted | None) -> Outcome:
+    if posted is None:
+        return Outcome("already_granted")
+    grant = {"package_code": terms["package_code"], "millicredits": terms["grant_millicredits"]}
+    return Outcome("granted", posted.transaction_id, grant)
+
+
+async def grant(
+    conn: Any,
+    topics: Topics,
+    terms: Any,
+    source: str,
+    session_id: str | None,
+    payment_intent: str | None,
+) -> Posted | None:
+    """Grant a purchase's credits; None if it was already granted (by any path)."""
+    posting = journal.Posting(
+        kind="purchase",
+        user_id=terms["user_id"],
+        reference_id=terms["purchase_id"],
+        source=source,
+        entries=journal.purchase_entries(
+            terms["user_id"], terms["price_cents"], terms["grant_millicredits"]
+        ),
+        details={"package_code": terms["package_code"], "price_cents": terms["price_cents"]},
+    )
+    posted = await post(conn, topics, posting)
+    if posted is not None:
+        await repository.insert_grant(
+            conn, terms, posted.transaction_id, session_id, payment_intent
+        )
+    return posted
+
+
+async def refund_from_charge(conn: Any, ctx: LedgerContext, event: ChargeRefunded) -> Outcome:
+    grant_row = await repository.grant_for_refund(conn, event.purchase_id, event.payment_intent)
+    if grant_row is None:
+        ref = event.purchase_id or event.payment_intent or event.charge_id
+        return await _unknown(conn, ctx, event.created, "refund_without_grant", ref)
+    clawback = journal.refund_clawback(
+        price_cents=grant_row["price_cents"],
+        grant_millicredits=grant_row["grant_millicredits"],
+        refunded_cents_before=grant_row["refunded_cents"],
+        clawed_back_before=grant_row["clawed_back_millicredits"],
+        refunded_total_cents=event.amount_refunded,
+    )
+    if clawback is None:
+        return Outcome("already_applied")
+    posted = await _post_refund(conn, ctx.topics, grant_row, event, clawback)
+    return Outcome("refunded", posted.transaction_id)
+
+
+async def _post_refund(
+    conn: Any, topics: Topics, grant_row: Any, event: ChargeRefunded, claw: journal.Clawback
+) -> Posted:
+    user_id, purchase_id = grant_row["user_id"], grant_row["purchase_id"]
+    posting = journal.Posting(
+        kind="refund",
+        user_id=user_id,
+        reference_id=purchase_id,
+        source=f"stripe:{event.event_id}",
+        entries=journal.refund_entries(user_id, claw),
+        details={
+            "charge_id": event.charge_id,
+            "refund_cents": claw.refund_cents,
+            "refunded_total_cents": event.amount_refunded,
+        },
+    )
+    posted = await post(conn, topics, posting)
+    if posted is None:  # a fresh uuid and no idempotency key: nothing can conflict
+        raise RuntimeError("refund posting was refused")
+    await repository.record_refund(
+        conn,
+        purchase_id,
+        grant_row["refunded_cents"] + claw.refund_cents,
+        grant_row["clawed_back_millicredits"] + claw.clawback_millicredits,
+    )
+    if posted.balance_after < 0:
+        # Credits were spent before the refund: the debt stays on the books, and ops hear of it.
+        await raise_alert(
+            conn,
+            topics,
+            "negative_balance_after_refund",
+            "refund left a negative balance",
+            user_id=user_id,
+            purchase_id=purchase_id,
+            balance_after=posted.balance_after,
+        )
+    return posted
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    user_id: str
+    amount_millicredits: int
+    reason: str
+    reference_id: str
+    actor: str
+    idempotency_key: str | None
+
+
+async def adjust(conn: Any, topics: Topics, adj: Adjustment) -> dict[str, Any]:
+    """An admin correction, posted as new entries (a reversal when it names a transaction)."""
+    if adj.idempotency_key:
+        done = await repository.transaction_by_idempotency_key(conn, adj.idempotency_key)
+        if done is not None:
+            return _adjustment_body(
+                done["id"],
+                done["kind"],
+                done["amount_millicredits"],
+                done["balance_after_millicredits"],
+            )
+    reverses = await repository.transaction_of_user(conn, adj.reference_id, adj.user_id)
+    posting = journal.Posting(
+        kind="reversal" if reverses else "adjustment",
+        user_id=adj.user_id,
+        reference_id=adj.reference_id,
+        source=f"admin:{adj.actor}",
+        entries=journal.adjustment_entries(adj.user_id, adj.amount_millicredits),
+        reverses_id=str(reverses["id"]) if reverses else None,
+        idempotency_key=adj.idempotency_key,
+        details={"reason": adj.reason},
+    )
+    posted = await post(conn, topics, posting)
+    if posted is None:
+        raise RuntimeError("adjustment posting was refused")
+    await audit(
+        conn,
+        adj.actor,
+        "adjustment",
+        adj.user_id,
+        adj.reference_id,
+        adj.reason,
+        {
+            "transaction_id": posted.transaction_id,
+            "kind": posting.kind,
+            "amount_millicredits": adj.amount_millicredits,
+        },
+    )
+    return _adjustment_body(
+        posted.transaction_id, posting.kind, adj.amount_millicredits, posted.balance_after
+    )
+
+
+def _adjustment_body(transaction_id: Any, kind: str, amount: int, balance: int) -> dict[str, Any]:
+    return {
+        "transactionId": str(transaction_id),
+        "kind": kind,
+        "amountMillicredits": amount,
+        "balanceAfterMillicredits": balance,
+    }
+
+
+async def audit(
+    conn: Any,
+    actor: str,
+    action: str,
+    user_id: str | None,
+    reference_id: str | None,
+    reason: str | None,
+    details: dict[str, Any],
+) -> None:
+    await repository.insert_audit(
+        conn,
+        actor=actor,
+        action=action,
+        target_user_id=user_id,
+        reference_id=reference_id,
+        reason=reason,
+        correlation_id=context.current_correlation_id(),
+        details=details,
+    )
+
+
+def paid_session_problem(session: Any, terms: Any) -> str | None:
+    """Why Stripe's own view of a Checkout Session does not allow a grant, if it does not."""
+    if session.get("payment_status") != "paid":
+        return "purchase_not_paid"
+    if session.get("amount_total") != terms["price_cents"]:
+        return "amount_mismatch"
+    return None

@@ -1,0 +1,147 @@
+"""HTTP routes of webhook-ingest: Stripe's webhook endpoint and the admin replay.
+
+The webhook endpoint never parses a body before its signature is verified, stores a
+verified event (and its outbox record) before answering 2xx, and logs only the event id,
+type, outcome or failure code: payloads and secrets never reach a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from billing_events.topics import Topics
+from billing_events.v1 import stripe_pb2
+from billing_platform.auth import AdminUser
+from billing_platform.errors import ApiError
+from billing_platform.ratelimit import SlidingWindowLimiter, per_ip
+from fastapi import APIRouter, Depends, Request
+from prometheus_client import Counter
+
+from webhook_ingest import service
+from webhook_ingest.schemas import ReplayAccepted, ReplayRequest, WebhookReceived
+from webhook_ingest.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EVENTS = Counter("stripe_webhook_events_total", "Verified Stripe events stored", ["event_type"])
+DUPLICATES = Counter(
+    "stripe_webhook_duplicates_total",
+    "Deliveries of Stripe events already stored",
+    ["event_type"],
+)
+FAILURES = Counter(
+    "stripe_webhook_failures_total", "Stripe deliveries refused, by error code", ["reason"]
+)
+REPLAYS = Counter("stripe_webhook_replays_total", "Stored Stripe events published again")
+
+
+class HasPool(Protocol):
+    @property
+    def pool(self) -> Any: ...
+
+
+class Pokeable(Protocol):
+    def poke(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Deps:
+    db: HasPool
+    topics: Topics
+    relay: Pokeable
+    settings: Settings
+    clock: Callable[[], float] = time.time
+
+
+def router(deps: Deps) -> APIRouter:
+    routes = APIRouter()
+    secrets = [s.get_secret_value() for s in deps.settings.infra.stripe_webhook_secrets]
+    if not secrets:
+        log.warning("no Stripe webhook signing secrets configured: every delivery is refused")
+    limiter = SlidingWindowLimiter(deps.settings.rate_limit_per_minute, 60.0)
+
+    @routes.post("/webhooks/stripe", tags=["webhooks"], dependencies=[Depends(_counted(limiter))])
+    async def stripe_webhook(request: Request) -> WebhookReceived:
+        """Stripe's deliveries: verified on the raw body, stored before the 2xx."""
+        try:
+            envelope = await _verified(request, deps, secrets)
+        except ApiError as exc:
+            _refused(exc)
+            raise
+        async with deps.db.pool.acquire() as conn, conn.transaction():
+            new = await service.store_event(conn, deps.topics, envelope)
+        if new:
+            deps.relay.poke()
+        _accepted(envelope, new)
+        return WebhookReceived(received=True, duplicate=not new)
+
+    @routes.post("/api/admin/webhooks/replay", tags=["admin"], status_code=202)
+    async def replay(body: ReplayRequest, admin: AdminUser) -> ReplayAccepted:
+        """Publish a stored event again (consumers absorb it by its Stripe event id)."""
+        async with deps.db.pool.acquire() as conn, conn.transaction():
+            envelope = await service.replay_event(conn, deps.topics, body.event_id)
+        deps.relay.poke()
+        REPLAYS.inc()
+        log.info(
+            "stripe event replayed",
+            extra={"actor": admin.user_id, "event_id": body.event_id, "event_type": envelope.type},
+        )
+        return ReplayAccepted(event_id=body.event_id, replayed=True)
+
+    return routes
+
+
+def _counted(limiter: SlidingWindowLimiter) -> Callable[[Request], Awaitable[None]]:
+    check = per_ip(limiter)
+
+    # async so the limiter's counts are only ever touched from the event loop's thread.
+    async def rate_limit(request: Request) -> None:
+        try:
+            check(request)
+        except ApiError as exc:
+            _refused(exc)
+            raise
+
+    return rate_limit
+
+
+async def _verified(
+    request: Request, deps: Deps, secrets: list[str]
+) -> stripe_pb2.StripeEventReceived:
+    body = await _read_body(request, deps.settings.max_body_bytes)
+    signature = request.headers.get("stripe-signature")
+    tolerance = deps.settings.signature_tolerance_s
+    return service.verified_envelope(body, signature, secrets, tolerance, deps.clock())
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The raw body as sent; refused as soon as it passes ``limit``, never buffered whole."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, "payload_too_large", f"body over {limit} bytes", limitBytes=limit)
+    if not body:
+        raise ApiError(400, "empty_body", "request body is empty")
+    return bytes(body)
+
+
+def _refused(exc: ApiError) -> None:
+    FAILURES.labels(exc.code).inc()
+    log.warning("stripe webhook refused", extra={"reason": exc.code, "status": exc.status})
+
+
+def _accepted(envelope: stripe_pb2.StripeEventReceived, new: bool) -> None:
+    (EVENTS if new else DUPLICATES).labels(envelope.type).inc()
+    log.info(
+        "stripe event received",
+        extra={
+            "event_id": envelope.stripe_event_id,
+            "event_type": envelope.type,
+            "outcome": "new" if new else "duplicate",
+        },
+    )

@@ -1,0 +1,65 @@
+"""Use cases of webhook-ingest: accept a signed Stripe delivery, replay a stored event.
+
+Functions taking ``conn`` run inside the caller's transaction and never commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from billing_events.outbox import write_outbox
+from billing_events.topics import Topics
+from billing_events.v1 import stripe_pb2
+from billing_platform.errors import ApiError
+
+from webhook_ingest import repository
+from webhook_ingest.events import MalformedEvent, envelope_from_body, event_key
+from webhook_ingest.signature import SignatureError, verify_signature
+
+
+def verified_envelope(
+    body: bytes, signature: str | None, secrets: Sequence[str], tolerance_s: int, now: float
+) -> stripe_pb2.StripeEventReceived:
+    """The envelope of a genuine delivery; 400 with a stable code for anything else."""
+    try:
+        verify_signature(body, signature, secrets, tolerance_s, now)
+    except SignatureError as exc:
+        raise ApiError(400, exc.code, str(exc)) from exc
+    try:
+        return envelope_from_body(body)
+    except MalformedEvent as exc:
+        # The parser's message may quote the body, so it is not passed on.
+        raise ApiError(400, "malformed_payload", "body is not a Stripe event") from exc
+
+
+async def store_event(conn: Any, topics: Topics, envelope: stripe_pb2.StripeEventReceived) -> bool:
+    """Store the event with its outbox record; False (nothing written) for a redelivery."""
+    if not await repository.insert_event(conn, envelope):
+        return False
+    await _publish_later(conn, topics, envelope)
+    return True
+
+
+async def replay_event(conn: Any, topics: Topics, event_id: str) -> stripe_pb2.StripeEventReceived:
+    """Queue a stored event for publishing again, as a new envelope of the current request."""
+    stored = await repository.stored_event(conn, event_id)
+    if stored is None:
+        raise ApiError(404, "event_not_found", "no stored Stripe event with this id")
+    envelope = envelope_from_body(stored.payload)
+    # Consumers see when the delivery really arrived, not when it was replayed.
+    envelope.received_at.FromDatetime(stored.received_at)
+    await _publish_later(conn, topics, envelope)
+    return envelope
+
+
+async def _publish_later(
+    conn: Any, topics: Topics, envelope: stripe_pb2.StripeEventReceived
+) -> None:
+    await write_outbox(
+        conn,
+        topics.stripe_events,
+        event_key(envelope),
+        envelope,
+        correlation_id=envelope.meta.correlation_id,
+    )
