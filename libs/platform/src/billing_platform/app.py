@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar, Token
 from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -20,7 +21,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from billing_platform import context, metrics, tracing
 from billing_platform.auth import CurrentUser, JwtVerifier
@@ -57,7 +60,7 @@ def create_app(
     for router in routers:
         app.include_router(router)
     _install_error_handlers(app)
-    app.middleware("http")(_RequestScope(settings.service_name))
+    app.add_middleware(_RequestScope, service=settings.service_name)
     return app
 
 
@@ -152,45 +155,60 @@ def _internal_error(exc: Exception) -> JSONResponse:
 
 
 class _RequestScope:
-    """Ids, a server span, metrics and one access log line per request."""
+    """Ids, a server span, metrics and one access log line per request.
 
-    def __init__(self, service: str) -> None:
+    Plain ASGI rather than ``BaseHTTPMiddleware``: the app runs in this task, so the
+    access line sees context set by the endpoint (the user id) and no per-request task
+    or memory streams are paid for.
+    """
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self._app = app
         self._service = service
         self._tracer = tracing.tracer("billing.http")
 
-    async def __call__(
-        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        request = Request(scope)
         request_id = request.headers.get("x-request-id") or context.new_id()
         correlation_id = request.headers.get("x-correlation-id") or request_id
-        context.request_id_var.set(request_id)
-        context.correlation_id_var.set(correlation_id)
-        parent = tracing.extract_context((k, v.encode()) for k, v in request.headers.items())
-        started = time.perf_counter()
-        name = f"{request.method} {request.url.path}"
-        with self._tracer.start_as_current_span(name, context=parent, kind=SpanKind.SERVER):
-            response = await self._call(request, call_next)
-            trace.get_current_span().set_attribute("http.status_code", response.status_code)
-        self._record(request, response, time.perf_counter() - started)
-        response.headers["x-request-id"] = request_id
-        response.headers["x-correlation-id"] = correlation_id
-        return response
-
-    @staticmethod
-    async def _call(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        # Starlette re-raises unhandled errors past this middleware; answering here keeps
-        # the 500 inside the request scope, so it carries ids and is counted.
+        bound = _bind_ids(request_id, correlation_id)
         try:
-            return await call_next(request)
-        except Exception as exc:
-            return _internal_error(exc)
+            ids = {"x-request-id": request_id, "x-correlation-id": correlation_id}
+            await self._traced(request, receive, _Reply(send, ids))
+        finally:
+            _unbind(bound)
 
-    def _record(self, request: Request, response: Response, elapsed: float) -> None:
+    async def _traced(self, request: Request, receive: Receive, reply: _Reply) -> None:
+        parent = tracing.extract_context((k, v.encode()) for k, v in request.headers.items())
+        name = f"{request.method} {request.url.path}"
+        started = time.perf_counter()
+        try:
+            with self._tracer.start_as_current_span(name, context=parent, kind=SpanKind.SERVER):
+                await self._call(request.scope, receive, reply)
+                trace.get_current_span().set_attribute("http.status_code", reply.status or 0)
+        finally:
+            # A failure after the head went out still answered the client: count it.
+            if reply.status is not None:
+                self._record(request, reply.status, time.perf_counter() - started)
+
+    async def _call(self, scope: Scope, receive: Receive, reply: _Reply) -> None:
+        # Starlette re-raises unhandled errors past this middleware; answering here keeps
+        # the 500 inside the request scope, so it carries ids and is counted. Once the
+        # head is sent no other answer is possible, so the error goes on up.
+        try:
+            await self._app(scope, receive, reply.send)
+        except Exception as exc:
+            if reply.status is not None:
+                raise
+            await _internal_error(exc)(scope, receive, reply.send)
+
+    def _record(self, request: Request, status: int, elapsed: float) -> None:
         route = getattr(request.scope.get("route"), "path", "unmatched")
         labels = (self._service, request.method, route)
-        metrics.HTTP_REQUESTS.labels(*labels, str(response.status_code)).inc()
+        metrics.HTTP_REQUESTS.labels(*labels, str(status)).inc()
         metrics.HTTP_LATENCY.labels(*labels).observe(elapsed)
         if route not in ("/health", "/readyz", "/metrics"):
             log.info(
@@ -198,7 +216,45 @@ class _RequestScope:
                 extra={
                     "method": request.method,
                     "route": route,
-                    "status": response.status_code,
+                    "status": status,
                     "duration_ms": round(elapsed * 1000, 2),
                 },
             )
+
+
+class _Reply:
+    """The app's ``send``, noting the status and stamping the ids on the response head."""
+
+    def __init__(self, send: Send, ids: dict[str, str]) -> None:
+        self._send = send
+        self._ids = ids
+        self.status: int | None = None
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            # Noted before sending: if sending fails, the head may be half out already.
+            self.status = message["status"]
+            headers = MutableHeaders(scope=message)
+            for name, value in self._ids.items():
+                headers[name] = value
+        await self._send(message)
+
+
+_Bound = list[tuple[ContextVar[str | None], Token[str | None]]]
+
+
+def _bind_ids(request_id: str, correlation_id: str) -> _Bound:
+    # The user var is cleared too: auth sets it inside the app, and without a token of
+    # our own it would outlive the request whenever the caller reuses one task/context
+    # (in-process ASGI clients do; uvicorn gives each request its own task).
+    values = (
+        (context.request_id_var, request_id),
+        (context.correlation_id_var, correlation_id),
+        (context.user_id_var, None),
+    )
+    return [(var, var.set(value)) for var, value in values]
+
+
+def _unbind(bound: _Bound) -> None:
+    for var, token in reversed(bound):
+        var.reset(token)

@@ -353,8 +353,17 @@ class StripeMock(Component):
 
     def start(self) -> None:
         binary = installers.ensure_stripe_mock(self.layout)
-        cmd = [str(binary), "-http-addr", f"127.0.0.1:{self.layout.stripe_mock_port}"]
-        self.procs.start(self.name, cmd, dict(os.environ), self.layout.stripe_mock_port)
+        port = self.layout.stripe_mock_port
+        # stripe-mock also serves HTTPS, by default on :12112 on every interface; pinning
+        # it next to the HTTP port keeps it on loopback and lets two stacks run side by side.
+        cmd = [
+            str(binary),
+            "-http-addr",
+            f"127.0.0.1:{port}",
+            "-https-addr",
+            f"127.0.0.1:{port + 1}",
+        ]
+        self.procs.start(self.name, cmd, dict(os.environ), port)
 
     def ready(self) -> bool:
         try:
