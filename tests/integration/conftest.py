@@ -11,6 +11,7 @@ import asyncio
 import functools
 import os
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -220,6 +221,18 @@ class Platform:
             assert time.monotonic() < deadline, why
             await asyncio.sleep(0.1)
 
+    async def insert_starter_row(self, purchase: stripe_sim.SimPurchase) -> None:
+        """A starter purchase row written straight into checkout's table, as if just created."""
+        await self.sql(
+            "INSERT INTO checkout.purchases (id, user_id, package_code, package_name,"
+            " price_cents, currency, credits, bonus_credits, grant_millicredits, status,"
+            " return_to, stripe_session_id) VALUES ($1, $2, 'starter', 'Starter', 999, 'usd',"
+            " 9990, 0, 9990000, 'pending', '/', $3)",
+            purchase.purchase_id,
+            purchase.user_id,
+            purchase.stripe_session_id,
+        )
+
     async def sql(self, query: str, *args: Any) -> Any:
         """One value from the platform's database, as the services' own role sees it."""
         conn = await asyncpg.connect(self.stack.postgres.dsn)
@@ -238,3 +251,23 @@ async def platform(stack: Stack) -> AsyncIterator[Platform]:
 @pytest.fixture
 def user() -> str:
     return f"user-{uuid.uuid4().hex[:12]}"
+
+
+def run_billing(*args: str) -> str:
+    env = {**os.environ, "BILLING_LOCAL_STACK": "test"}
+    result = subprocess.run(
+        [sys.executable, "-m", "billing_cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.fixture
+def billing() -> Callable[..., str]:
+    """Run the `billing` CLI against the test stack; its stdout (asserting exit code 0)."""
+    return run_billing

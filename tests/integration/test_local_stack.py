@@ -5,29 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
+from typing import Any
 
 import httpx
 from billing_cli.procs import pid_alive, wait_until
 from billing_cli.stack import Stack
 
 KAFKA_USERS = ("webhook-ingest", "ledger", "metering", "reconciler")
-
-
-def billing(*args: str) -> str:
-    env = {**os.environ, "BILLING_LOCAL_STACK": "test"}
-    result = subprocess.run(
-        [sys.executable, "-m", "billing_cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def readyz(stack: Stack) -> dict[str, int]:
@@ -37,7 +22,7 @@ def readyz(stack: Stack) -> dict[str, int]:
     }
 
 
-def test_status_json_lists_every_component_ready(stack: Stack) -> None:
+def test_status_json_lists_every_component_ready(stack: Stack, billing: Any) -> None:
     status = json.loads(billing("status", "--json"))
     expected = {
         "postgres",
@@ -56,7 +41,7 @@ def test_status_json_lists_every_component_ready(stack: Stack) -> None:
     assert stack.secrets["postgres_password"] not in json.dumps(status)
 
 
-def test_env_prints_the_dev_settings(stack: Stack) -> None:
+def test_env_prints_the_dev_settings(stack: Stack, billing: Any) -> None:
     lines = dict(line.split("=", 1) for line in billing("env").splitlines())
     assert lines["BILLING_KAFKA_BOOTSTRAP"] == "127.0.0.1:29092"
     assert lines["BILLING_DATABASE_URL"].startswith("postgresql://billing:")
@@ -64,7 +49,7 @@ def test_env_prints_the_dev_settings(stack: Stack) -> None:
     assert lines["BILLING_OPENAI_BASE_URL"] == "http://127.0.0.1:18110/v1"
 
 
-def test_printed_token_is_accepted_by_every_service(stack: Stack) -> None:
+def test_printed_token_is_accepted_by_every_service(stack: Stack, billing: Any) -> None:
     user_token = billing("token", "--user", "alice").strip()
     admin_token = billing("token", "--user", "root", "--admin").strip()
     for svc in stack.services.values():

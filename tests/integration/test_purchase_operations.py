@@ -4,10 +4,7 @@ outages, idempotent purchase creation, and the README walk-through with the `bil
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
-import subprocess
-import sys
 import uuid
 from typing import Any
 
@@ -19,20 +16,6 @@ from billing_events.topics import Topics
 
 STARTER_GRANT = 9_990 * 1000
 DLQ = Topics("").stripe_events_dlq
-
-
-def billing(*args: str) -> str:
-    env = {**os.environ, "BILLING_LOCAL_STACK": "test"}
-    result = subprocess.run(
-        [sys.executable, "-m", "billing_cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
 
 
 def metric(url: str, name: str, **labels: str) -> float:
@@ -49,19 +32,6 @@ def closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port  # released again: nothing listens there
-
-
-async def insert_purchase_row(platform: Any, purchase: stripe_sim.SimPurchase) -> None:
-    await platform.sql(
-        "INSERT INTO checkout.purchases (id, user_id, package_code, package_name, price_cents,"
-        " currency, credits, bonus_credits, grant_millicredits, status, return_to,"
-        " stripe_session_id) VALUES ($1, $2, 'starter', 'Starter', 999, 'usd', 9990, 0,"
-        " $3, 'pending', '/', $4)",
-        purchase.purchase_id,
-        purchase.user_id,
-        STARTER_GRANT,
-        purchase.stripe_session_id,
-    )
 
 
 async def letters_for(stack: Stack, purchase_id: str) -> list[dlq.Letter]:
@@ -100,7 +70,7 @@ async def test_poison_event_is_dead_lettered_and_replays_once_after_the_fix(
     await platform.deliver(stripe_sim.session_completed(fine))
     await platform.wait_balance(other_user, STARTER_GRANT)
 
-    await insert_purchase_row(platform, stuck)  # the fix: the purchase now exists
+    await platform.insert_starter_row(stuck)  # the fix: the purchase now exists
     replayed = await dlq.replay(stack.kafka.bootstrap, DLQ, replay_group(""), None)
     assert letter.offset in [x.offset for x in replayed]
     await platform.wait_balance(user, STARTER_GRANT)
@@ -121,7 +91,7 @@ async def test_poison_event_is_dead_lettered_and_replays_once_after_the_fix(
 
 
 async def test_admin_webhook_replay_republishes_without_a_second_grant(
-    platform: Any, user: str, stack: Stack
+    platform: Any, user: str, stack: Stack, billing: Any
 ) -> None:
     ledger_url = stack.services["ledger"].url
     purchase = await platform.buy(user, "starter")
@@ -151,7 +121,7 @@ async def test_admin_webhook_replay_republishes_without_a_second_grant(
     assert forbidden.status_code == 403
 
 
-async def test_readme_walk_through_with_the_cli(platform: Any, user: str) -> None:
+async def test_readme_walk_through_with_the_cli(platform: Any, user: str, billing: Any) -> None:
     token = billing("token", "--user", user).strip()
     created = await platform.http.post(
         f"{platform.checkout}/api/purchases",

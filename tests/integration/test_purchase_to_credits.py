@@ -121,16 +121,7 @@ async def test_event_ahead_of_its_purchase_row_is_retried_then_granted(
     response = await platform.deliver(stripe_sim.session_completed(purchase))
     assert response.status_code == 200
     await asyncio.sleep(1.0)  # the ledger is retrying: the purchase is not there yet
-    await platform.sql(
-        "INSERT INTO checkout.purchases (id, user_id, package_code, package_name, price_cents,"
-        " currency, credits, bonus_credits, grant_millicredits, status, return_to,"
-        " stripe_session_id) VALUES ($1, $2, 'starter', 'Starter', 999, 'usd', 9990, 0,"
-        " $3, 'pending', '/', $4)",
-        purchase.purchase_id,
-        user,
-        STARTER_GRANT,
-        purchase.stripe_session_id,
-    )
+    await platform.insert_starter_row(purchase)
     await platform.wait_balance(user, STARTER_GRANT)
     assert await grants_of(platform, purchase.purchase_id) == 1
 

@@ -188,10 +188,10 @@ class _RequestScope:
         try:
             with self._tracer.start_as_current_span(name, context=parent, kind=SpanKind.SERVER):
                 await self._call(request.scope, receive, reply)
-                trace.get_current_span().set_attribute("http.status_code", reply.status or 0)
+                trace.get_current_span().set_attribute("http.status_code", reply.status)
         finally:
             # A failure after the head went out still answered the client: count it.
-            if reply.status is not None:
+            if reply.started:
                 self._record(request, reply.status, time.perf_counter() - started)
 
     async def _call(self, scope: Scope, receive: Receive, reply: _Reply) -> None:
@@ -200,8 +200,10 @@ class _RequestScope:
         # head is sent no other answer is possible, so the error goes on up.
         try:
             await self._app(scope, receive, reply.send)
+            if not reply.started:
+                raise RuntimeError("no response returned")
         except Exception as exc:
-            if reply.status is not None:
+            if reply.started:
                 raise
             await _internal_error(exc)(scope, receive, reply.send)
 
@@ -228,11 +230,13 @@ class _Reply:
     def __init__(self, send: Send, ids: dict[str, str]) -> None:
         self._send = send
         self._ids = ids
-        self.status: int | None = None
+        self.started = False
+        self.status = 0
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             # Noted before sending: if sending fails, the head may be half out already.
+            self.started = True
             self.status = message["status"]
             headers = MutableHeaders(scope=message)
             for name, value in self._ids.items():

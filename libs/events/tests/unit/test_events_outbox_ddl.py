@@ -1,0 +1,34 @@
+"""Every service that owns an outbox creates it with the relay's DDL, word for word.
+
+Each service owns its schema and migrations, so the DDL is copied into them; this keeps
+the copies from drifting away from what ``OutboxRelay`` reads and writes.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from billing_events.outbox import OUTBOX_DDL
+
+ROOT = Path(__file__).resolve().parents[4]
+
+
+def squeeze(sql: str) -> str:
+    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
+    return re.sub(r"\s+", " ", " ".join(lines)).strip()
+
+
+def outbox_migrations() -> list[Path]:
+    found = ROOT.glob("services/*/src/*/migrations/*.sql")
+    return [p for p in found if "CREATE TABLE outbox" in p.read_text()]
+
+
+def test_the_services_that_publish_through_an_outbox_have_one() -> None:
+    owners = {p.parts[p.parts.index("services") + 1] for p in outbox_migrations()}
+    assert {"webhook-ingest", "ledger"} <= owners
+
+
+def test_each_copy_matches_the_relay_ddl() -> None:
+    for migration in outbox_migrations():
+        assert squeeze(OUTBOX_DDL) in squeeze(migration.read_text()), migration
