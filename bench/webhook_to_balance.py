@@ -1,7 +1,8 @@
 """Webhook -> visible balance latency, and how many webhooks per second are accepted.
 
-Runs against the test-layout stack (ports +10000, so a dev stack is left alone), started
-here with the per-IP limits lifted, exactly as ``billing up`` runs the services otherwise.
+Runs against the dev stack by default, because its PostgreSQL commits durably (the test
+stack turns fsync off for speed; ``--stack test`` uses it anyway). The stack is restarted
+here with the per-IP limits lifted, and otherwise runs exactly as ``billing up`` runs it.
 
 1. Latency: one purchase at a time, a signed ``checkout.session.completed`` is posted and
    ``GET /api/balance`` is polled every 2 ms until the grant shows; the time from sending
@@ -11,7 +12,7 @@ here with the per-IP limits lifted, exactly as ``billing up`` runs the services 
    the time until the ledger has granted all of them.
 
 Run: ``uv run python bench/webhook_to_balance.py [--samples 200] [--burst 2000]
-[--concurrency 32] [--keep]``.
+[--concurrency 32] [--stack dev|test] [--keep]``.
 """
 
 from __future__ import annotations
@@ -145,7 +146,8 @@ def report_latency(samples: list[tuple[float, float]]) -> None:
 
 
 async def run(stack: Stack, samples: int, burst_size: int, concurrency: int) -> None:
-    limits = httpx.Limits(max_connections=concurrency * 2)
+    # Idle connections are dropped before uvicorn's 5 s keep-alive closes them under us.
+    limits = httpx.Limits(max_connections=concurrency * 2, keepalive_expiry=2.0)
     async with httpx.AsyncClient(timeout=30, limits=limits) as http:
         bench = Bench(stack, http)
         for _ in range(10):  # warm-up: connection pools, first-use code paths
@@ -166,9 +168,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--burst", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--stack", choices=["dev", "test"], default="dev")
     parser.add_argument("--keep", action="store_true", help="leave the stack running")
     args = parser.parse_args()
-    stack = Stack(Layout.test(), service_env=LIFTED_LIMITS)
+    layout = Layout.test() if args.stack == "test" else Layout.dev()
+    stack = Stack(layout, service_env=LIFTED_LIMITS)
     stack.down()  # services must run with the lifted limits above
     stack.up()
     try:
