@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 
 from billing_events.kafka import Handler, InboundMessage, PermanentError
-from billing_events.v1 import stripe_pb2
+from billing_events.topics import Topics
+from billing_events.v1 import stripe_pb2, usage_pb2
 from billing_platform import tracing
 from billing_platform.db import Database
+from billing_platform.errors import ApiError
 from prometheus_client import Counter
 
-from ledger import repository, service
+from ledger import holds, repository, service
 from ledger.stripe_events import UnreadableEvent, interpret
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,9 @@ CREDITS_PURCHASED = Counter(
     ["package_code"],
 )
 ALERTS = Counter("billing_ledger_rejections_total", "Stripe events refused a grant", ["reason"])
+USAGE_RECEIVED = Counter(
+    "ledger_usage_records_received_total", "Usage records consumed by the ledger", ["outcome"]
+)
 
 
 def stripe_event_handler(db: Database, ctx: service.LedgerContext) -> Handler:
@@ -83,3 +88,50 @@ def _count(event_type: str, outcome: service.Outcome) -> None:
         CREDITS_PURCHASED.labels(outcome.granted["package_code"]).inc(credits)
     if outcome.name == "rejected":
         ALERTS.labels(outcome.detail or "unknown").inc()
+
+
+def usage_handler(db: Database, topics: Topics) -> Handler:
+    """Posts each charged usage record once (by usage id), capturing its hold if it has one.
+
+    Metering usually captured the hold over HTTP already; then this finds the posting and
+    changes nothing. It matters when metering published but its capture call never landed.
+    """
+
+    async def handle(message: InboundMessage) -> None:
+        record = message.decode(usage_pb2.UsageRecorded)
+        if not record.usage_id or not record.user_id:
+            raise PermanentError("usage record without usage id or user id")
+        key = f"usage:{record.usage_id}"
+        async with db.pool.acquire() as conn, conn.transaction():
+            trace_id = tracing.current_trace_id()
+            if not await repository.claim_message(conn, key, "usage", message, trace_id):
+                outcome = "duplicate"
+            else:
+                outcome = await _post_usage(conn, topics, record)
+                await repository.set_outcome(conn, key, outcome, None)
+        USAGE_RECEIVED.labels(outcome).inc()
+
+    return handle
+
+
+async def _post_usage(conn: object, topics: Topics, record: usage_pb2.UsageRecorded) -> str:
+    if record.mode != usage_pb2.BILLING_MODE_CHARGED:
+        return "not_billed"
+    usage = holds.Usage(
+        record.usage_id,
+        record.charged_millicredits,
+        record.model,
+        record.input_tokens,
+        record.output_tokens,
+        record.rate_card_version,
+    )
+    if record.hold_id:
+        try:
+            await holds.capture(conn, topics, record.hold_id, usage)
+            return "posted"
+        except ApiError as exc:
+            if exc.code != "hold_not_found":
+                raise PermanentError(f"usage {record.usage_id}: {exc.code}") from exc
+    await repository.lock_balance(conn, record.user_id)
+    posted = await holds.charge_usage(conn, topics, record.user_id, usage, None)
+    return "posted" if posted else "uncollected"

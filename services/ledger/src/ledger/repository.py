@@ -203,7 +203,7 @@ async def wallet_entries_oldest_first(
 async def transaction_of_user(conn: Any, transaction_id: str, user_id: str) -> Any:
     return await conn.fetchrow(
         "SELECT id, kind, reference_id FROM journal_transactions"
-        " WHERE id::text = $1 AND user_id = $2",
+        " WHERE id = $1::uuid AND user_id = $2",
         transaction_id,
         user_id,
     )
@@ -241,3 +241,117 @@ async def insert_audit(
         correlation_id,
         json.dumps(details),
     )
+
+
+# --- holds -------------------------------------------------------------------------------
+# Lock order everywhere: the user's balances row first, then hold rows.
+
+
+async def lock_balance(conn: Any, user_id: str) -> Any:
+    return await conn.fetchrow(
+        "SELECT balance_millicredits, held_millicredits FROM balances"
+        " WHERE user_id = $1 FOR UPDATE",
+        user_id,
+    )
+
+
+async def expire_due_holds(conn: Any, user_id: str) -> int:
+    """Expire the user's overdue holds and free what they held; returns how many."""
+    freed = await conn.fetchrow(
+        "WITH due AS (UPDATE holds SET status = 'expired', settled_at = now()"
+        " WHERE user_id = $1 AND status = 'active' AND expires_at <= now()"
+        " RETURNING amount_millicredits)"
+        " SELECT count(*) AS n, coalesce(sum(amount_millicredits), 0) AS amount FROM due",
+        user_id,
+    )
+    if freed["n"]:
+        await unhold(conn, user_id, freed["amount"])
+    return int(freed["n"])
+
+
+async def reserve(conn: Any, user_id: str, amount: int) -> Any:
+    """Hold ``amount`` if it is available, in one statement; None when it is not."""
+    return await conn.fetchrow(
+        "UPDATE balances SET held_millicredits = held_millicredits + $2, updated_at = now()"
+        " WHERE user_id = $1 AND balance_millicredits - held_millicredits >= $2"
+        " RETURNING balance_millicredits, held_millicredits",
+        user_id,
+        amount,
+    )
+
+
+async def unhold(conn: Any, user_id: str, amount: int) -> None:
+    await conn.execute(
+        "UPDATE balances SET held_millicredits = held_millicredits - $2, updated_at = now()"
+        " WHERE user_id = $1",
+        user_id,
+        amount,
+    )
+
+
+async def insert_hold(
+    conn: Any, hold_id: str, user_id: str, amount: int, key: str, ttl_s: int
+) -> Any:
+    return await conn.fetchrow(
+        "INSERT INTO holds (id, user_id, amount_millicredits, idempotency_key, expires_at)"
+        " VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) RETURNING *",
+        hold_id,
+        user_id,
+        amount,
+        key,
+        ttl_s,
+    )
+
+
+async def hold_by_key(conn: Any, user_id: str, key: str) -> Any:
+    return await conn.fetchrow(
+        "SELECT * FROM holds WHERE user_id = $1 AND idempotency_key = $2", user_id, key
+    )
+
+
+async def hold_owner(conn: Any, hold_id: str) -> str | None:
+    owner: str | None = await conn.fetchval(
+        "SELECT user_id FROM holds WHERE id = $1::uuid", hold_id
+    )
+    return owner
+
+
+async def lock_hold(conn: Any, hold_id: str) -> Any:
+    return await conn.fetchrow("SELECT * FROM holds WHERE id = $1::uuid FOR UPDATE", hold_id)
+
+
+async def settle_hold(
+    conn: Any,
+    hold_id: str,
+    status: str,
+    usage_id: str | None,
+    charged: int | None,
+    transaction_id: str | None,
+) -> None:
+    await conn.execute(
+        "UPDATE holds SET status = $2, usage_id = $3, charged_millicredits = $4,"
+        " transaction_id = $5, settled_at = now() WHERE id = $1::uuid",
+        hold_id,
+        status,
+        usage_id,
+        charged,
+        transaction_id,
+    )
+
+
+async def usage_posting(conn: Any, usage_id: str) -> Any:
+    return await conn.fetchrow(
+        "SELECT t.id, t.user_id, e.amount_millicredits FROM journal_transactions t"
+        " JOIN journal_entries e ON e.transaction_id = t.id AND e.user_id IS NOT NULL"
+        " WHERE t.kind = 'usage' AND t.reference_id = $1",
+        usage_id,
+    )
+
+
+async def users_with_due_holds(conn: Any, limit: int) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT DISTINCT user_id FROM holds WHERE status = 'active' AND expires_at <= now()"
+        " LIMIT $1",
+        limit,
+    )
+    return [r["user_id"] for r in rows]

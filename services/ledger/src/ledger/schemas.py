@@ -60,3 +60,19 @@ class AdjustmentOut(Body):
     kind: str
     amount_millicredits: int
     balance_after_millicredits: int
+
+
+class HoldIn(Body):
+    user_id: str = Field(min_length=1, max_length=200)
+    amount_millicredits: int = Field(gt=0)
+    idempotency_key: str = Field(min_length=1, max_length=200)
+    ttl_seconds: int = Field(default=120, ge=1, le=3600)
+
+
+class CaptureIn(Body):
+    amount_millicredits: int = Field(ge=0)
+    usage_id: str = Field(min_length=1, max_length=200)
+    model: str = Field(min_length=1, max_length=100)
+    input_tokens: int = Field(ge=0)
+    output_tokens: int = Field(ge=0)
+    rate_card_version: str = Field(default="", max_length=100)

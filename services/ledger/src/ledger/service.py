@@ -297,7 +297,11 @@ async def adjust(conn: Any, topics: Topics, adj: Adjustment) -> dict[str, Any]:
                 done["amount_millicredits"],
                 done["balance_after_millicredits"],
             )
-    reverses = await repository.transaction_of_user(conn, adj.reference_id, adj.user_id)
+    reverses = (
+        await repository.transaction_of_user(conn, adj.reference_id, adj.user_id)
+        if is_uuid(adj.reference_id)
+        else None
+    )
     posting = journal.Posting(
         kind="reversal" if reverses else "adjustment",
         user_id=adj.user_id,
@@ -366,3 +370,11 @@ def paid_session_problem(session: Any, terms: Any) -> str | None:
     if session.get("amount_total") != terms["price_cents"]:
         return "amount_mismatch"
     return None
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True

@@ -21,3 +21,6 @@ class Settings(ServiceSettings):
     stripe_timeout_s: float = 10.0
     # Depth of the dead-letter topics, refreshed on this period for the DLQ gauge.
     dlq_depth_interval_s: float = 15.0
+    # How often overdue holds are looked for and expired (holds also expire lazily when
+    # their user asks for a new one).
+    hold_sweep_interval_s: float = 5.0

@@ -64,6 +64,11 @@ class Stack:
             "BILLING_STRIPE_WEBHOOK_SECRETS": self.secrets["stripe_webhook_secret"],
             "BILLING_OPENAI_BASE_URL": self.devllm.url,
             "BILLING_OPENAI_API_KEY": self.secrets["openai_api_key"],
+            # metering reserves and captures credits through the ledger's internal API.
+            "METERING_LEDGER_URL": f"http://127.0.0.1:{self.layout.service_port('ledger')}",
+            "METERING_LEDGER_TOKEN": keys.mint_token(
+                self.layout, "metering", ["service"], ttl_s=30 * 24 * 3600
+            ),
         }
         return {k: v for k, v in values.items() if v != ""}
 

@@ -1,0 +1,225 @@
+"""Holds: reserve credits before an AI call, then capture what it really cost or release.
+
+Every operation locks the user's ``balances`` row first, so holds, captures, releases and
+expiry of one user run one at a time, and availability (balance - held) is checked and
+reserved in the same statement: concurrent holds can never reserve more than the balance.
+Usage is charged only from what is available, so a capture never drives a balance below
+zero; what could not be collected is reported, not silently dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from billing_events.topics import Topics
+from billing_platform.errors import ApiError
+from prometheus_client import Counter
+
+from ledger import journal, repository, service
+
+REVENUE = "revenue"
+log = logging.getLogger(__name__)
+HOLDS_EXPIRED = Counter("ledger_holds_expired_total", "Holds that expired unsettled")
+
+
+class InsufficientCredits(ApiError):
+    def __init__(self, required: int, available: int) -> None:
+        super().__init__(
+            402,
+            "insufficient_credits",
+            "not enough credits for this request",
+            requiredMillicredits=required,
+            currentMillicredits=available,
+            requiredCredits=journal.credits_text(required),
+            currentCredits=journal.credits_text(available),
+        )
+
+
+@dataclass(frozen=True)
+class Usage:
+    usage_id: str
+    amount_millicredits: int
+    model: str
+    input_tokens: int
+    output_tokens: int
+    rate_card_version: str
+
+
+def balance_fields(balance: int, held: int) -> dict[str, int]:
+    return {
+        "balanceMillicredits": balance,
+        "heldMillicredits": held,
+        "availableMillicredits": balance - held,
+    }
+
+
+async def _balances(conn: Any, user_id: str) -> dict[str, int]:
+    balance, held = await repository.balance(conn, user_id)
+    return balance_fields(balance, held)
+
+
+def _hold_body(hold: Any) -> dict[str, Any]:
+    return {
+        "holdId": str(hold["id"]),
+        "userId": hold["user_id"],
+        "amountMillicredits": hold["amount_millicredits"],
+        "status": hold["status"],
+        "expiresAt": hold["expires_at"].isoformat(),
+    }
+
+
+async def create_hold(
+    conn: Any, user_id: str, amount: int, key: str, ttl_s: int
+) -> tuple[bool, dict[str, Any]]:
+    """(created, body); the same key again answers the hold it made (created False)."""
+    await repository.lock_balance(conn, user_id)
+    existing = await repository.hold_by_key(conn, user_id, key)
+    if existing is not None:
+        if existing["amount_millicredits"] != amount:
+            raise ApiError(409, "idempotency_key_reused", "this key holds another amount")
+        return False, {**_hold_body(existing), **await _balances(conn, user_id)}
+    await repository.expire_due_holds(conn, user_id)
+    reserved = await repository.reserve(conn, user_id, amount)
+    if reserved is None:
+        balance, held = await repository.balance(conn, user_id)
+        raise InsufficientCredits(amount, max(0, balance - held))
+    hold = await repository.insert_hold(conn, str(uuid.uuid4()), user_id, amount, key, ttl_s)
+    fields = balance_fields(reserved["balance_millicredits"], reserved["held_millicredits"])
+    return True, {**_hold_body(hold), **fields}
+
+
+async def _locked_hold(conn: Any, hold_id: str) -> Any:
+    owner = await repository.hold_owner(conn, hold_id)
+    if owner is None:
+        raise ApiError(404, "hold_not_found", "no such hold")
+    await repository.lock_balance(conn, owner)
+    return await repository.lock_hold(conn, hold_id)
+
+
+async def release(conn: Any, hold_id: str) -> dict[str, Any]:
+    hold = await _locked_hold(conn, hold_id)
+    if hold["status"] == "active":
+        await repository.unhold(conn, hold["user_id"], hold["amount_millicredits"])
+        await repository.settle_hold(conn, hold_id, "released", None, None, None)
+        hold = await repository.lock_hold(conn, hold_id)
+    return {**_hold_body(hold), **await _balances(conn, hold["user_id"])}
+
+
+async def capture(conn: Any, topics: Topics, hold_id: str, usage: Usage) -> dict[str, Any]:
+    """Charge a hold's real usage once per usage id; the rest of the hold is freed."""
+    hold = await _locked_hold(conn, hold_id)
+    if hold["status"] == "captured":
+        if hold["usage_id"] != usage.usage_id:
+            raise ApiError(409, "hold_already_captured", "the hold was captured for other usage")
+        return await _capture_body(conn, hold, usage)
+    held_part = hold["amount_millicredits"] if hold["status"] == "active" else 0
+    if held_part:
+        await repository.unhold(conn, hold["user_id"], held_part)
+    posted = await charge_usage(conn, topics, hold["user_id"], usage, str(hold["id"]))
+    charged = posted[1] if posted else 0
+    txn = posted[0] if posted else None
+    status = "captured" if hold["status"] == "active" else hold["status"]
+    await repository.settle_hold(conn, hold_id, status, usage.usage_id, charged, txn)
+    return await _capture_body(conn, await repository.lock_hold(conn, hold_id), usage)
+
+
+async def charge_usage(
+    conn: Any, topics: Topics, user_id: str, usage: Usage, hold_id: str | None
+) -> tuple[str, int] | None:
+    """Post a usage charge of at most what is available (the caller locked the balance).
+
+    Returns (transaction id, charged) or None when nothing was charged; a usage id that
+    was already posted returns that posting.
+    """
+    done = await repository.usage_posting(conn, usage.usage_id)
+    if done is not None:
+        if done["user_id"] != user_id:  # usage ids are unique platform-wide, never reused
+            raise ApiError(409, "usage_id_conflict", "this usage id was charged to another user")
+        return str(done["id"]), -done["amount_millicredits"]
+    balance, held = await repository.balance(conn, user_id)
+    charge = min(usage.amount_millicredits, max(0, balance - held))
+    if charge == 0:
+        return None
+    posting = journal.Posting(
+        kind="usage",
+        user_id=user_id,
+        reference_id=usage.usage_id,
+        source=f"hold:{hold_id}" if hold_id else "usage",
+        entries=(journal.Entry(journal.wallet(user_id), -charge), journal.Entry(REVENUE, charge)),
+        details=_usage_details(usage, hold_id),
+    )
+    posted = await service.post(conn, topics, posting)
+    if posted is None:  # the unique usage index: posted meanwhile by the other path
+        raise RuntimeError(f"usage {usage.usage_id} was posted concurrently")
+    return posted.transaction_id, charge
+
+
+def _usage_details(usage: Usage, hold_id: str | None) -> dict[str, Any]:
+    return {
+        "model": usage.model,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "rate_card_version": usage.rate_card_version,
+        "requested_millicredits": usage.amount_millicredits,
+        "hold_id": hold_id,
+    }
+
+
+async def _capture_body(conn: Any, hold: Any, usage: Usage) -> dict[str, Any]:
+    charged = hold["charged_millicredits"] or 0
+    return {
+        "holdId": str(hold["id"]),
+        "status": hold["status"],
+        "usageId": usage.usage_id,
+        "chargedMillicredits": charged,
+        "uncollectedMillicredits": max(0, usage.amount_millicredits - charged),
+        "transactionId": str(hold["transaction_id"]) if hold["transaction_id"] else None,
+        **await _balances(conn, hold["user_id"]),
+    }
+
+
+async def expire_due(conn: Any, user_id: str) -> int:
+    await repository.lock_balance(conn, user_id)
+    return await repository.expire_due_holds(conn, user_id)
+
+
+class HoldSweeper:
+    """Expires overdue holds on a period, so reserved credits come back by themselves."""
+
+    def __init__(self, db: Any, interval_s: float, batch: int = 500) -> None:
+        self._db = db
+        self._interval_s = interval_s
+        self._batch = batch
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="hold-sweeper")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def sweep(self) -> int:
+        async with self._db.pool.acquire() as conn:
+            users = await repository.users_with_due_holds(conn, self._batch)
+        expired = 0
+        for user_id in users:
+            async with self._db.pool.acquire() as conn, conn.transaction():
+                expired += await expire_due(conn, user_id)
+        HOLDS_EXPIRED.inc(expired)
+        return expired
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:  # the database may be away; the next round tries again
+                log.warning("hold sweep failed", exc_info=True)
+            await asyncio.sleep(self._interval_s)

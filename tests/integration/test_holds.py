@@ -1,0 +1,220 @@
+"""Holds in the ledger: reserve, capture, release, expire, and usage records off the topic.
+
+Credits are given with an admin adjustment; the hold API is called with a `service` token,
+as metering calls it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from billing_cli import keys
+from billing_events.kafka import KafkaPublisher
+from billing_events.topics import Topics
+from billing_events.v1 import usage_pb2
+
+CALL = 5_000  # millicredits one call reserves in these tests
+
+
+def service_auth(platform: Any) -> dict[str, str]:
+    token = keys.mint_token(platform.stack.layout, "metering", ["service"])
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def give(platform: Any, user: str, millicredits: int) -> None:
+    answer = await platform.http.post(
+        f"{platform.ledger}/api/admin/adjustments",
+        json={
+            "userId": user,
+            "amountMillicredits": millicredits,
+            "reason": "test credits",
+            "referenceId": f"seed-{uuid.uuid4().hex[:8]}",
+        },
+        headers=platform.auth("ops", admin=True),
+    )
+    assert answer.status_code == 201, answer.text
+
+
+async def hold(platform: Any, user: str, amount: int, key: str, ttl: int = 120) -> Any:
+    return await platform.http.post(
+        f"{platform.ledger}/internal/holds",
+        json={
+            "userId": user,
+            "amountMillicredits": amount,
+            "idempotencyKey": key,
+            "ttlSeconds": ttl,
+        },
+        headers=service_auth(platform),
+    )
+
+
+async def capture(platform: Any, hold_id: str, amount: int, usage_id: str) -> Any:
+    return await platform.http.post(
+        f"{platform.ledger}/internal/holds/{hold_id}/capture",
+        json={
+            "amountMillicredits": amount,
+            "usageId": usage_id,
+            "model": "gpt-4o",
+            "inputTokens": 1000,
+            "outputTokens": 500,
+            "rateCardVersion": "test",
+        },
+        headers=service_auth(platform),
+    )
+
+
+async def test_hold_capture_release_and_the_402_body(platform: Any, user: str) -> None:
+    await give(platform, user, 12_000)
+    first = await hold(platform, user, 10_000, "k1")
+    assert first.status_code == 201, first.text
+    assert first.json()["availableMillicredits"] == 2_000
+    again = await hold(platform, user, 10_000, "k1")
+    assert again.status_code == 200
+    assert again.json()["holdId"] == first.json()["holdId"]
+
+    refused = await hold(platform, user, 3_000, "k2")
+    assert refused.status_code == 402
+    body = refused.json()
+    assert body["error"] == "insufficient_credits"
+    assert (body["requiredMillicredits"], body["currentMillicredits"]) == (3_000, 2_000)
+    assert (body["requiredCredits"], body["currentCredits"]) == ("3.000", "2.000")
+
+    hold_id = first.json()["holdId"]
+    usage_a, usage_b = f"usage-a-{user}", f"usage-b-{user}"
+    charged = await capture(platform, hold_id, 7_500, usage_a)
+    assert charged.status_code == 200, charged.text
+    assert charged.json()["chargedMillicredits"] == 7_500
+    assert charged.json()["balanceMillicredits"] == 4_500
+    assert charged.json()["heldMillicredits"] == 0
+    repeat = await capture(platform, hold_id, 7_500, usage_a)
+    assert repeat.json() == charged.json()
+    other = await capture(platform, hold_id, 1, usage_b)
+    assert other.status_code == 409
+
+    balance = await platform.balance(user)
+    assert (balance["balanceMillicredits"], balance["heldMillicredits"]) == (4_500, 0)
+    ledger = await platform.http.get(f"{platform.ledger}/api/ledger", headers=platform.auth(user))
+    newest = ledger.json()["entries"][0]
+    assert (newest["kind"], newest["model"], newest["referenceId"]) == (
+        "usage",
+        "gpt-4o",
+        usage_a,
+    )
+
+
+async def test_capture_above_the_hold_takes_only_what_is_available(
+    platform: Any, user: str
+) -> None:
+    await give(platform, user, 6_000)
+    held = (await hold(platform, user, 4_000, "over")).json()
+    over = await capture(platform, held["holdId"], 9_000, f"usage-over-{user}")
+    assert over.json()["chargedMillicredits"] == 6_000
+    assert over.json()["uncollectedMillicredits"] == 3_000
+    assert (await platform.balance(user))["balanceMillicredits"] == 0
+
+
+async def test_release_frees_the_hold_and_charges_nothing(platform: Any, user: str) -> None:
+    await give(platform, user, 10_000)
+    held = (await hold(platform, user, 8_000, "rel")).json()
+    url = f"{platform.ledger}/internal/holds/{held['holdId']}/release"
+    released = await platform.http.post(url, headers=service_auth(platform))
+    assert released.status_code == 200
+    assert released.json()["status"] == "released"
+    assert released.json()["availableMillicredits"] == 10_000
+    twice = await platform.http.post(url, headers=service_auth(platform))
+    assert twice.json()["status"] == "released"
+    assert (await platform.balance(user))["balanceMillicredits"] == 10_000
+
+
+async def test_hundred_concurrent_holds_never_reserve_more_than_the_balance(
+    platform: Any, user: str
+) -> None:
+    await give(platform, user, 10 * CALL)
+    answers = await asyncio.gather(*(hold(platform, user, CALL, f"c-{i}") for i in range(100)))
+    statuses = [a.status_code for a in answers]
+    assert statuses.count(201) == 10
+    assert statuses.count(402) == 90
+    granted = [a.json()["holdId"] for a in answers if a.status_code == 201]
+    captures = await asyncio.gather(*(capture(platform, h, CALL, f"u-{h}") for h in granted))
+    assert all(c.json()["chargedMillicredits"] == CALL for c in captures)
+    balance = await platform.balance(user)
+    assert (balance["balanceMillicredits"], balance["heldMillicredits"]) == (0, 0)
+    lowest = await platform.sql(
+        "SELECT min(balance_after_millicredits) FROM ledger.journal_entries WHERE user_id = $1",
+        user,
+    )
+    assert lowest == 0
+
+
+async def test_holds_expire_by_themselves(platform: Any, user: str) -> None:
+    await give(platform, user, 5_000)
+    assert (await hold(platform, user, 5_000, "short", ttl=1)).status_code == 201
+    assert (await platform.balance(user))["availableMillicredits"] == 0
+
+    async def freed() -> bool:
+        return bool((await platform.balance(user))["heldMillicredits"] == 0)
+
+    await platform.eventually(freed, "the hold never expired", timeout=15)
+    status = await platform.sql(
+        "SELECT status FROM ledger.holds WHERE user_id = $1 AND idempotency_key = 'short'", user
+    )
+    assert status == "expired"
+    assert (await hold(platform, user, 5_000, "after")).status_code == 201
+
+
+@pytest.mark.parametrize("with_hold", [True, False])
+async def test_usage_records_on_the_topic_are_posted_once(
+    platform: Any, user: str, publisher: KafkaPublisher, with_hold: bool
+) -> None:
+    await give(platform, user, 20_000)
+    hold_id = (await hold(platform, user, 9_000, "topic")).json()["holdId"] if with_hold else ""
+    usage_id = f"usage-{uuid.uuid4().hex[:10]}"
+    record = usage_pb2.UsageRecorded(
+        usage_id=usage_id,
+        user_id=user,
+        model="gpt-4o-mini",
+        input_tokens=100,
+        output_tokens=50,
+        charged_millicredits=7_000,
+        rate_card_version="test",
+        hold_id=hold_id,
+        mode=usage_pb2.BILLING_MODE_CHARGED,
+    )
+    shadow = usage_pb2.UsageRecorded(
+        usage_id=f"{usage_id}-shadow",
+        user_id=user,
+        model="gpt-4o-mini",
+        charged_millicredits=3_000,
+        mode=usage_pb2.BILLING_MODE_SHADOW,
+    )
+    topic = Topics("").usage
+    for message in (record, record, shadow, record):
+        await publisher.publish(topic, user, message)
+    await platform.wait_balance(user, 13_000)
+
+    async def all_seen() -> bool:
+        seen = await platform.sql(
+            "SELECT count(*) FROM ledger.inbox WHERE message_key LIKE $1", f"usage:{usage_id}%"
+        )
+        return bool(seen == 2)
+
+    await platform.eventually(all_seen, "the ledger did not see every usage record")
+    postings = await platform.sql(
+        "SELECT count(*) FROM ledger.journal_transactions WHERE kind = 'usage' AND user_id = $1",
+        user,
+    )
+    assert postings == 1
+    balance = await platform.balance(user)
+    assert (balance["balanceMillicredits"], balance["heldMillicredits"]) == (13_000, 0)
+
+
+async def test_only_services_may_hold(platform: Any, user: str) -> None:
+    answer = await platform.http.post(
+        f"{platform.ledger}/internal/holds",
+        json={"userId": user, "amountMillicredits": 1, "idempotencyKey": "x"},
+        headers=platform.auth(user),
+    )
+    assert answer.status_code == 403
