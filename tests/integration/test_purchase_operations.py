@@ -184,21 +184,41 @@ async def test_stripe_outage_fails_the_purchase_and_rate_limit_applies(
     assert (await platform.balance(user))["balanceMillicredits"] == 0
 
 
-async def test_purchases_switched_off_answer_503(
-    platform: Any, user: str, run_service: Any
-) -> None:
-    with run_service("checkout", {"CHECKOUT_PURCHASES_ENABLED": "false"}) as checkout:
-        off = await platform.http.post(
-            f"{checkout.url}/api/purchases",
-            json={"packageCode": "starter"},
-            headers=platform.auth(user),
+async def test_purchases_switch_flips_at_run_time_without_restart(platform: Any, user: str) -> None:
+    admin = platform.auth("ops", admin=True)
+    features = f"{platform.checkout}/api/admin/features"
+    buy = {"packageCode": "starter"}
+    off = await platform.http.patch(
+        features, json={"purchasesEnabled": False, "reason": "incident drill"}, headers=admin
+    )
+    assert off.status_code == 200, off.text
+    try:
+
+        async def refused() -> bool:
+            answer = await platform.http.post(
+                f"{platform.checkout}/api/purchases", json=buy, headers=platform.auth(user)
+            )
+            return bool(
+                answer.status_code == 503 and answer.json()["error"] == "purchases_disabled"
+            )
+
+        await platform.eventually(refused, "purchases were not switched off", timeout=10)
+        meta = await platform.http.get(f"{platform.checkout}/api/v1/meta/features")
+        assert meta.json()["purchasesEnabled"] is False
+        packages = await platform.http.get(f"{platform.checkout}/api/packages")
+        assert len(packages.json()) == 5
+    finally:
+        back = await platform.http.patch(
+            features, json={"purchasesEnabled": True, "reason": "drill over"}, headers=admin
         )
-        packages = await platform.http.get(f"{checkout.url}/api/packages")
-    assert off.status_code == 503
-    assert off.json()["error"] == "purchases_disabled"
-    codes = [p["code"] for p in packages.json()]
-    assert len(codes) == 5
-    assert {"starter", "professional", "enterprise"} <= set(codes)
+        assert back.status_code == 200, back.text
+    await platform.buy(user, "starter")  # selling again, same process, no restart
+    logged = await platform.sql(
+        "SELECT count(*) FROM checkout.feature_switch_changes"
+        " WHERE name = 'purchasesEnabled' AND reason IN ('incident drill', 'drill over')"
+        " AND actor = 'ops' AND changed_at > now() - interval '1 minute'"
+    )
+    assert logged >= 2
 
 
 async def test_webhook_rate_limit_per_source_ip(platform: Any, user: str, run_service: Any) -> None:

@@ -1,8 +1,11 @@
-"""HTTP API of checkout: the package catalog, buying a package, a purchase's status.
+"""HTTP API of checkout: the package catalog, buying a package, a purchase's status, and
+the billing switches (public values, admin view and change).
 
 ``POST /api/purchases`` flow, in this order:
 1. per-IP rate limit (429 ``rate_limited``), bearer token (401);
-2. purchases switched off -> 503 ``purchases_disabled``;
+2. purchases switched off (``billingEnabled`` or ``purchasesEnabled`` false, as read from
+   the switches on every request, cached for at most ``CHECKOUT_SWITCH_CACHE_S``) -> 503
+   ``purchases_disabled``;
 3. the package code must be in the catalog (422 ``unknown_package`` + ``knownPackages``),
    ``returnTo`` must be a same-origin relative path (422 ``invalid_return_to``); any
    amount the client sends is ignored, prices come from the server-side catalog;
@@ -13,14 +16,18 @@
    checkoutUrl, status}``. Stripe failing -> the purchase is marked failed, 502.
 Credits are granted later by the ledger, only on Stripe's paid webhook; the purchase's
 status follows from those events (see ``handlers``).
+
+``PATCH /api/admin/features``: admin token (401/403), then the body: unknown fields or
+values of the wrong JSON type -> 422 ``validation_error``; a null value, a percentage
+outside 0..100, a bad allowlist entry or no switch at all -> 422 ``invalid_switch``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
-from billing_platform.auth import CurrentUser, current_principal
+from billing_platform.auth import AdminUser, CurrentUser, current_principal
 from billing_platform.errors import ApiError
 from billing_platform.ratelimit import SlidingWindowLimiter, per_ip
 from fastapi import APIRouter, Depends, Header
@@ -29,17 +36,38 @@ from fastapi.responses import JSONResponse
 from checkout import catalog
 from checkout.idempotency import Answer, IdempotencyKeys, check_key, request_hash
 from checkout.redirects import DEFAULT_RETURN_TO, MAX_RETURN_TO_LENGTH, is_valid_return_to
-from checkout.schemas import PackageOut, PurchaseCreated, PurchaseOut, PurchaseRequest
+from checkout.schemas import (
+    AdminFeaturesOut,
+    FeaturesOut,
+    FeaturesPatch,
+    PackageOut,
+    PurchaseCreated,
+    PurchaseOut,
+    PurchaseRequest,
+)
 from checkout.service import PurchaseService
+from checkout.switches import SwitchValues, checked_value, purchases_allowed
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 
-def purchases_switch(is_enabled: Callable[[], bool]) -> Callable[[], Any]:
+class SwitchReader(Protocol):
+    async def current(self) -> SwitchValues: ...
+
+
+class SwitchAdmin(Protocol):
+    async def view(self) -> AdminFeaturesOut: ...
+
+    async def change(
+        self, actor: str, changes: dict[str, Any], reason: str
+    ) -> AdminFeaturesOut: ...
+
+
+def purchases_switch(switches: SwitchReader) -> Callable[[], Any]:
     """Dependency answering 503 while purchases are off; asked on every request."""
 
     async def check() -> None:
-        if not is_enabled():
+        if not purchases_allowed(await switches.current()):
             raise ApiError(503, "purchases_disabled", "purchases are switched off")
 
     return check
@@ -69,6 +97,14 @@ def valid_return_to(value: str | None) -> str:
     return return_to
 
 
+def valid_changes(body: FeaturesPatch) -> dict[str, Any]:
+    """Switch name -> value to store, for each switch the body names."""
+    changes = {name: checked_value(name, value) for name, value in body.changes().items()}
+    if not changes:
+        raise ApiError(422, "invalid_switch", "name at least one switch to change")
+    return changes
+
+
 def respond(answer: Answer) -> JSONResponse:
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
     return JSONResponse(answer.body, status_code=answer.status, headers=headers)
@@ -79,11 +115,11 @@ def router(
     keys: IdempotencyKeys,
     *,
     rate_limit_per_minute: int,
-    purchases_enabled: Callable[[], bool],
+    switches: SwitchReader,
 ) -> APIRouter:
     api = APIRouter(tags=["checkout"])
     limiter = SlidingWindowLimiter(rate_limit_per_minute, 60.0)
-    enabled = purchases_switch(purchases_enabled)
+    enabled = purchases_switch(switches)
 
     @api.get("/api/packages", response_model=list[PackageOut])
     async def list_packages() -> list[PackageOut]:
@@ -121,5 +157,25 @@ def router(
         if purchase is None or not (purchase.user_id == principal.user_id or principal.is_admin):
             raise ApiError(404, "purchase_not_found", "no such purchase")
         return purchase
+
+    return api
+
+
+def features_router(switches: SwitchReader, admin: SwitchAdmin) -> APIRouter:
+    api = APIRouter(tags=["features"])
+
+    @api.get("/api/v1/meta/features", response_model=FeaturesOut)
+    async def features() -> FeaturesOut:
+        """The live switch values. No token: nothing here is secret, and the web app reads
+        them before login. The shadow allowlist (user ids) is left out."""
+        return FeaturesOut.of(await switches.current())
+
+    @api.get("/api/admin/features", response_model=AdminFeaturesOut)
+    async def admin_features(_admin: AdminUser) -> AdminFeaturesOut:
+        return await admin.view()
+
+    @api.patch("/api/admin/features", response_model=AdminFeaturesOut)
+    async def change_features(body: FeaturesPatch, principal: AdminUser) -> AdminFeaturesOut:
+        return await admin.change(principal.user_id, valid_changes(body), body.reason)
 
     return api

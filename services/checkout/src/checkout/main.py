@@ -1,7 +1,9 @@
 """Wiring of the checkout service: the one place its parts are put together.
 
-Parts: the DB pool, the Kafka publisher (used by the consumer for dead letters) and the
-purchase status consumer (Stripe events and ledger transactions -> purchase status).
+Parts: the DB pool, the billing switches (seeded from the settings once the pool is up,
+then read through a short cache), the Kafka publisher (used by the consumer for dead
+letters) and the purchase status consumer (Stripe events and ledger transactions ->
+purchase status).
 
 Readiness checks the database only: selling credits needs Postgres and Stripe, not the
 broker, so checkout must keep selling during a broker outage. The consumer reconnects by
@@ -26,9 +28,10 @@ from fastapi import FastAPI
 from checkout import api
 from checkout.handlers import handlers_for
 from checkout.idempotency import IdempotencyKeys
-from checkout.service import PurchaseService
+from checkout.service import PurchaseService, StoredSwitches, SwitchService
 from checkout.settings import Settings
 from checkout.stripe_checkout import StripeCheckout
+from checkout.switches import Switches, defaults_from
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,19 @@ class BackgroundStart:
         await self._publisher.stop()
 
 
+class SeedSwitches:
+    """Writes the settings' switch values where no row exists yet, before serving."""
+
+    def __init__(self, switches: SwitchService) -> None:
+        self._switches = switches
+
+    async def start(self) -> None:
+        await self._switches.seed()
+
+    async def stop(self) -> None:
+        return None
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     db = Database.for_service(settings)
@@ -72,15 +88,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings, publisher, handlers_for(db, wiring.topics_for(settings))
     )
     sessions = StripeCheckout(stripe_client(settings.infra, timeout_s=settings.stripe_timeout_s))
+    defaults = defaults_from(settings)
+    switches = Switches(StoredSwitches(db), defaults, settings.switch_cache_s)
+    switch_admin = SwitchService(db, switches, defaults)
     routes = api.router(
         PurchaseService(db, sessions, settings.public_base_url),
         IdempotencyKeys(db),
         rate_limit_per_minute=settings.purchase_rate_limit_per_minute,
-        purchases_enabled=lambda: settings.purchases_enabled,
+        switches=switches,
     )
     return build_app(
         settings,
-        routers=[routes],
-        lifecycle=[db, BackgroundStart(publisher), consumer],
+        routers=[routes, api.features_router(switches, switch_admin)],
+        lifecycle=[db, SeedSwitches(switch_admin), BackgroundStart(publisher), consumer],
         checks={"database": db.ping},
     )

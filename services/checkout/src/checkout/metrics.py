@@ -17,3 +17,8 @@ PURCHASE_STATUS_CHANGES = Counter(
     "Purchase status transitions applied by the status consumer",
     ["status"],
 )
+FEATURE_SWITCH_CHANGES = Counter(
+    "feature_switch_changes_total",
+    "Billing switch values changed through the admin API, by switch",
+    ["name"],
+)

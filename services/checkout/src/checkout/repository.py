@@ -151,6 +151,77 @@ async def release_idempotency_key(conn: Any, user_id: str, key: str) -> None:
     )
 
 
+# -- feature switches --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SwitchChange:
+    name: str
+    old_value: Any
+    new_value: Any
+    actor: str
+    reason: str
+    correlation_id: str | None
+
+
+async def seed_feature_switches(
+    conn: Any, values: dict[str, Any], actor: str, reason: str
+) -> list[str]:
+    """Rows for the switches that have none (never overwriting one), each logged as its
+    first value; the names seeded. Safe when replicas start at once."""
+    rows = await conn.fetch(
+        "WITH seeded AS ("
+        " INSERT INTO feature_switches (name, value, updated_by)"
+        " SELECT key, value, $2 FROM jsonb_each($1::jsonb)"
+        " ON CONFLICT (name) DO NOTHING RETURNING name, value)"
+        " INSERT INTO feature_switch_changes (name, old_value, new_value, actor, reason)"
+        " SELECT name, NULL, value, $2, $3 FROM seeded RETURNING name",
+        json.dumps(values),
+        actor,
+        reason,
+    )
+    return [r["name"] for r in rows]
+
+
+async def feature_switches(conn: Any) -> list[dict[str, Any]]:
+    """Every switch row: name, value (decoded JSON), updated_by, updated_at."""
+    rows = await conn.fetch(
+        "SELECT name, value, updated_by, updated_at FROM feature_switches ORDER BY name"
+    )
+    return [{**dict(r), "value": json.loads(r["value"])} for r in rows]
+
+
+async def lock_feature_switches(conn: Any) -> dict[str, Any]:
+    """Name -> value of every switch, locked until the end of the caller's transaction."""
+    rows = await conn.fetch("SELECT name, value FROM feature_switches ORDER BY name FOR UPDATE")
+    return {r["name"]: json.loads(r["value"]) for r in rows}
+
+
+async def set_feature_switch(conn: Any, name: str, value: Any, actor: str) -> None:
+    await conn.execute(
+        "INSERT INTO feature_switches (name, value, updated_by) VALUES ($1, $2::jsonb, $3)"
+        " ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value,"
+        " updated_by = EXCLUDED.updated_by, updated_at = now()",
+        name,
+        json.dumps(value),
+        actor,
+    )
+
+
+async def insert_feature_switch_change(conn: Any, change: SwitchChange) -> None:
+    await conn.execute(
+        "INSERT INTO feature_switch_changes"
+        " (name, old_value, new_value, actor, reason, correlation_id)"
+        " VALUES ($1, $2::jsonb, $3::jsonb, $4, $5, $6)",
+        change.name,
+        None if change.old_value is None else json.dumps(change.old_value),
+        json.dumps(change.new_value),
+        change.actor,
+        change.reason,
+        change.correlation_id,
+    )
+
+
 # -- inbox -------------------------------------------------------------------------------
 
 

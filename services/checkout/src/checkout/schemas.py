@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from checkout.catalog import Package
+from checkout.switches import SwitchValues
 
 
 class CamelModel(BaseModel):
@@ -76,3 +77,59 @@ class PurchaseOut(CamelModel):
     @classmethod
     def of(cls, row: dict[str, Any]) -> PurchaseOut:
         return cls.model_validate({**row, "purchase_id": row["id"]})
+
+
+class FeaturesOut(CamelModel):
+    """The public switch values: nothing here identifies a user."""
+
+    billing_enabled: bool
+    purchases_enabled: bool
+    charging_enabled: bool
+    shadow_billing: bool
+    rollout_percentage: int
+
+    @classmethod
+    def of(cls, values: SwitchValues) -> FeaturesOut:
+        return cls(
+            billing_enabled=values.billing_enabled,
+            purchases_enabled=values.purchases_enabled,
+            charging_enabled=values.charging_enabled,
+            shadow_billing=values.shadow_billing,
+            rollout_percentage=values.rollout_percentage,
+        )
+
+
+class AdminFeaturesOut(FeaturesOut):
+    shadow_allowlist: list[str]
+    # Switch name -> when its row last changed (None: no row yet, the default applies).
+    updated_at: dict[str, datetime | None]
+
+    @classmethod
+    def of_rows(
+        cls, values: SwitchValues, updated_at: dict[str, datetime | None]
+    ) -> AdminFeaturesOut:
+        public = FeaturesOut.of(values).model_dump()
+        return cls(**public, shadow_allowlist=list(values.shadow_allowlist), updated_at=updated_at)
+
+
+class FeaturesPatch(BaseModel):
+    """Switches to change (any subset) and why; any other field is refused.
+
+    Strict types: a value must already be what the table stores and metering reads (no
+    "false" string or 0 for a boolean, no 50.0 or true for the percentage). Field names
+    are the JSON names (see PurchaseRequest).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)
+
+    billingEnabled: bool | None = None
+    purchasesEnabled: bool | None = None
+    chargingEnabled: bool | None = None
+    shadowBilling: bool | None = None
+    rolloutPercentage: int | None = None
+    shadowAllowlist: list[str] | None = None
+    reason: str = Field(min_length=3, max_length=500)
+
+    def changes(self) -> dict[str, Any]:
+        """Switch name -> value, for the switches the body names (null included)."""
+        return {name: getattr(self, name) for name in self.model_fields_set - {"reason"}}

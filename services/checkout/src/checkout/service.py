@@ -1,27 +1,33 @@
-"""Creating purchases and reading them back.
+"""Use cases of checkout: creating purchases and reading them back; the billing switches.
 
 A purchase row is committed (pending) before Stripe is called, so every Checkout Session
 names a purchase that exists; no transaction or pooled connection is held during the
 Stripe call; the session id and URL are stored afterwards in a second transaction.
 Nothing here grants credits: the ledger grants only on a paid webhook.
+
+A switch change updates the rows and appends one change-log row per switch whose value
+changes, all in one transaction, with the rows locked so concurrent changes queue up.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from datetime import datetime
 from typing import Any
 
 import stripe
+from billing_platform import context
 from billing_platform.db import Database
 from billing_platform.errors import ApiError
 
 from checkout import metrics, repository
 from checkout.catalog import Package
 from checkout.redirects import redirect_urls
-from checkout.repository import NewPurchase
-from checkout.schemas import PurchaseCreated, PurchaseOut
+from checkout.repository import NewPurchase, SwitchChange
+from checkout.schemas import AdminFeaturesOut, PurchaseCreated, PurchaseOut
 from checkout.stripe_checkout import CheckoutSession, CheckoutSessions, failure_code, is_unavailable
+from checkout.switches import NAMES, Switches, SwitchValues, as_stored, from_stored
 
 log = logging.getLogger(__name__)
 
@@ -95,3 +101,74 @@ class PurchaseService:
         async with self._db.pool.acquire() as conn:
             row = await repository.purchase(conn, purchase_id)
         return PurchaseOut.of(row) if row else None
+
+
+SEED_ACTOR = "checkout:settings"
+SEED_REASON = "initial value from the CHECKOUT_* settings"
+
+
+class StoredSwitches:
+    """The switch rows, as the source of the ``Switches`` cache."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def load(self) -> dict[str, Any]:
+        async with self._db.pool.acquire() as conn:
+            rows = await repository.feature_switches(conn)
+        return {r["name"]: r["value"] for r in rows}
+
+
+class SwitchService:
+    def __init__(self, db: Database, switches: Switches, defaults: SwitchValues) -> None:
+        self._db = db
+        self._switches = switches
+        self._defaults = defaults
+
+    async def seed(self) -> None:
+        """A row from the settings for each switch that has none; existing rows are kept."""
+        async with self._db.pool.acquire() as conn, conn.transaction():
+            seeded = await repository.seed_feature_switches(
+                conn, as_stored(self._defaults), SEED_ACTOR, SEED_REASON
+            )
+        if seeded:
+            log.info("feature switches seeded from settings", extra={"switches": seeded})
+
+    async def view(self) -> AdminFeaturesOut:
+        """The stored values, read now (not from the cache): admins see the truth."""
+        async with self._db.pool.acquire() as conn:
+            rows = await repository.feature_switches(conn)
+        return admin_view(rows, self._defaults)
+
+    async def change(self, actor: str, changes: dict[str, Any], reason: str) -> AdminFeaturesOut:
+        """Apply checked ``changes`` (switch name -> value); the admin view afterwards."""
+        async with self._db.pool.acquire() as conn, conn.transaction():
+            changed = await _apply(conn, actor, changes, reason)
+            rows = await repository.feature_switches(conn)
+        self._switches.invalidate()
+        for name in changed:
+            metrics.FEATURE_SWITCH_CHANGES.labels(name).inc()
+        if changed:
+            log.info("feature switches changed", extra={"switches": changed})
+        return admin_view(rows, self._defaults)
+
+
+async def _apply(conn: Any, actor: str, changes: dict[str, Any], reason: str) -> list[str]:
+    """Write the switches whose value differs, one log row each; their names."""
+    before = await repository.lock_feature_switches(conn)
+    correlation_id = context.current_correlation_id()
+    changed = [n for n, v in changes.items() if before.get(n) != v]
+    for name in changed:
+        old, new = before.get(name), changes[name]
+        await repository.set_feature_switch(conn, name, new, actor)
+        await repository.insert_feature_switch_change(
+            conn, SwitchChange(name, old, new, actor, reason, correlation_id)
+        )
+    return changed
+
+
+def admin_view(rows: list[dict[str, Any]], defaults: SwitchValues) -> AdminFeaturesOut:
+    values = from_stored({r["name"]: r["value"] for r in rows}, defaults)
+    updated_at: dict[str, datetime | None] = dict.fromkeys(NAMES)
+    updated_at.update({r["name"]: r["updated_at"] for r in rows})
+    return AdminFeaturesOut.of_rows(values, updated_at)

@@ -24,6 +24,7 @@ from checkout.repository import NewPurchase
 from checkout.service import PurchaseService
 from checkout.settings import Settings
 from checkout.stripe_checkout import CheckoutSession
+from checkout.switches import SwitchValues, defaults_from
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
@@ -38,6 +39,16 @@ class _NoStripe:
         self, purchase: NewPurchase, success_url: str, cancel_url: str
     ) -> CheckoutSession:
         raise AssertionError("Stripe must not be called")
+
+
+class _SwitchesFromSettings:
+    """The switch values read from the settings on every call (there is no database)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    async def current(self) -> SwitchValues:
+        return defaults_from(self._settings)
 
 
 class Keys:
@@ -74,7 +85,7 @@ def _app(settings: Settings) -> FastAPI:
         PurchaseService(db, _NoStripe(), settings.public_base_url),
         IdempotencyKeys(db),
         rate_limit_per_minute=settings.purchase_rate_limit_per_minute,
-        purchases_enabled=lambda: settings.purchases_enabled,
+        switches=_SwitchesFromSettings(settings),
     )
     return build_app(settings, routers=[routes])
 
@@ -213,6 +224,7 @@ async def test_service_wiring_builds(settings: Settings, monkeypatch: pytest.Mon
     assert len(made) == 1
     paths = {getattr(route, "path", None) for route in app.routes}
     assert {"/api/packages", "/api/purchases", "/api/purchases/{purchase_id}"} <= paths
+    assert {"/api/v1/meta/features", "/api/admin/features"} <= paths
 
 
 def test_openapi_documents_the_routes(client: TestClient) -> None:

@@ -1,21 +1,77 @@
-"""Wiring of the metering service: the one place its parts are put together."""
+"""Wiring of the metering service: the one place its parts are put together.
+
+Parts: the DB pool, the Kafka publisher and the outbox relay (usage records leave through
+the outbox), the ledger's hold API over HTTP, and the model provider through the official
+OpenAI SDK. Readiness checks the database and the broker.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+
 from billing_events import wiring
+from billing_events.outbox import OutboxRelay
+from billing_platform.app import Lifecycle, ReadinessCheck
 from billing_platform.app import create_app as build_app
 from billing_platform.db import Database
 from fastapi import FastAPI
 
+from metering import api, service
+from metering.ledger_client import HttpLedgerClient
+from metering.model_client import OpenAIModelClient
+from metering.overhead import OverheadHeader
+from metering.rate_card import RateCardBook, load_rate_cards
 from metering.settings import Settings
+from metering.usage_store import PgUsageStore
+
+log = logging.getLogger(__name__)
+
+GATEWAY_PREFIXES = ("/api/ai/",)
+
+
+def limits(settings: Settings) -> service.Limits:
+    return service.Limits(
+        hold_ttl_s=settings.hold_ttl_s,
+        default_max_output_tokens=settings.default_max_output_tokens,
+        max_output_tokens=settings.max_output_tokens,
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     db = Database.for_service(settings)
     publisher = wiring.publisher_for(settings)
-    return build_app(
+    relay = OutboxRelay(db, publisher)
+    # A claim left in progress is taken over only once its hold can no longer be active.
+    takeover_s = settings.hold_ttl_s + settings.model_timeout_s
+    store = PgUsageStore(db, wiring.topics_for(settings), relay, takeover_after_s=takeover_s)
+    ledger = HttpLedgerClient(
+        settings.ledger_url, settings.ledger_token, timeout_s=settings.ledger_timeout_s
+    )
+    model = OpenAIModelClient(
+        settings.infra.openai_base_url, settings.infra.openai_api_key, settings.model_timeout_s
+    )
+    if not settings.ledger_token.get_secret_value():
+        log.warning("METERING_LEDGER_TOKEN is empty: the ledger will refuse every hold")
+    cards = RateCardBook(load_rate_cards(), settings.rate_card_version)
+    gateway = service.Gateway(cards, ledger, model, store, limits(settings))
+    return gateway_app(
         settings,
-        lifecycle=[db, publisher],
+        api.ApiDeps(gateway, store, cards),
+        lifecycle=[db, publisher, relay, ledger, model],
         checks={"database": db.ping, "kafka": wiring.kafka_check(settings)},
     )
+
+
+def gateway_app(
+    settings: Settings,
+    deps: api.ApiDeps,
+    *,
+    lifecycle: Sequence[Lifecycle] = (),
+    checks: dict[str, ReadinessCheck] | None = None,
+) -> FastAPI:
+    """The app around the routes, with the overhead header on every gateway answer."""
+    app = build_app(settings, routers=[api.router(deps)], lifecycle=lifecycle, checks=checks)
+    app.add_middleware(OverheadHeader, prefixes=GATEWAY_PREFIXES)
+    return app

@@ -1,0 +1,146 @@
+"""HTTP routes of metering: the rate card, the AI gateway, usage reconcile and usage totals.
+
+Each route hands a validated request to the gateway (``service``), which owns the order of
+checks, holds and charges; a route only turns the outcome into a response. A replayed
+answer (same idempotency key) carries ``Idempotent-Replayed: true``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Annotated
+
+from billing_platform.auth import ADMIN_ROLE, SERVICE_ROLE, CurrentUser, Principal, require_role
+from billing_platform.errors import ApiError
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from metering import service
+from metering.model_client import ChatMessage
+from metering.rate_card import RateCardBook
+from metering.schemas import (
+    MAX_KEY_LENGTH,
+    ChatRequest,
+    RateCardOut,
+    ReconcileRequest,
+    UsageSummaryOut,
+)
+from metering.usage_store import UsageStore
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+ServiceOrAdmin = Annotated[Principal, require_role(SERVICE_ROLE, ADMIN_ROLE)]
+
+
+def _today() -> date:
+    return datetime.now(UTC).date()
+
+
+@dataclass(frozen=True)
+class ApiDeps:
+    gateway: service.Gateway
+    store: UsageStore
+    cards: RateCardBook
+    today: Callable[[], date] = _today
+
+
+def router(deps: ApiDeps) -> APIRouter:
+    api = APIRouter(tags=["metering"])
+    _rate_card_routes(api, deps)
+    _gateway_routes(api, deps)
+    _usage_routes(api, deps)
+    return api
+
+
+def _rate_card_routes(api: APIRouter, deps: ApiDeps) -> None:
+    @api.get("/api/rate-card", response_model=RateCardOut)
+    async def rate_card(_: CurrentUser) -> RateCardOut:
+        return RateCardOut.of(deps.cards.current())
+
+
+def _gateway_routes(api: APIRouter, deps: ApiDeps) -> None:
+    @api.post("/api/ai/chat", response_model=None)
+    async def chat(
+        body: ChatRequest, user: CurrentUser, idempotency_key: IdempotencyKey = None
+    ) -> Response:
+        """Call a model, paid in credits: the completion plus its usage and balance.
+
+        With ``"stream": true`` the answer is Server-Sent Events: the model's chunks as
+        ``data:`` lines, then ``event: billing`` with usage and balance, then ``[DONE]``.
+        """
+        call = service.ChatCall(
+            user_id=user.user_id,
+            model=body.model,
+            messages=[ChatMessage(m.role, m.content) for m in body.messages],
+            max_tokens=body.max_tokens,
+            stream=body.stream,
+            return_to=body.returnTo,
+            idempotency_key=_one_key(body.idempotencyKey, idempotency_key),
+        )
+        return respond(await deps.gateway.chat(call))
+
+    @api.post("/api/usage/reconcile", response_model=None)
+    async def reconcile(body: ReconcileRequest, _: ServiceOrAdmin) -> Response:
+        """Charge usage made outside the gateway; one key is charged once."""
+        call = service.ReconcileCall(
+            body.userId, body.model, body.inputTokens, body.outputTokens, body.idempotencyKey
+        )
+        return respond(await deps.gateway.reconcile(call))
+
+
+def _usage_routes(api: APIRouter, deps: ApiDeps) -> None:
+    @api.get("/api/usage", response_model=UsageSummaryOut)
+    async def usage(
+        user: CurrentUser,
+        start: Annotated[date | None, Query(alias="from")] = None,
+        end: Annotated[date | None, Query(alias="to")] = None,
+        user_id: Annotated[str | None, Query(alias="userId")] = None,
+    ) -> JSONResponse:
+        """Calls, tokens and credits per model over whole UTC days (default: the last 30)."""
+        target = user_id or user.user_id
+        user.ensure_can_access(target)
+        first, last = service.usage_window(start, end, deps.today())
+        return JSONResponse(await service.usage_report(deps.store, target, first, last))
+
+
+def _one_key(in_body: str | None, in_header: str | None) -> str | None:
+    if in_header is not None and not 0 < len(in_header) <= MAX_KEY_LENGTH:
+        raise ApiError(
+            422,
+            "invalid_idempotency_key",
+            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters",
+        )
+    if in_body is not None and in_header is not None and in_body != in_header:
+        raise ApiError(
+            422,
+            "idempotency_key_mismatch",
+            "the Idempotency-Key header and the body's idempotencyKey differ",
+        )
+    return in_body or in_header
+
+
+def respond(answer: service.Answer | service.StreamAnswer) -> Response:
+    if isinstance(answer, service.StreamAnswer):
+        return SettledStream(answer)
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
+    return JSONResponse(answer.body, status_code=answer.status, headers=headers)
+
+
+class SettledStream(StreamingResponse):
+    """An event stream whose call is settled once the response is over, however it ended."""
+
+    def __init__(self, answer: service.StreamAnswer) -> None:
+        super().__init__(
+            answer.events,
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+        self._answer = answer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._answer.close()

@@ -1,0 +1,56 @@
+"""JSON bodies of the gateway's answers (camelCase, money as integers plus credit text)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from billing_platform.errors import ApiError
+
+from metering import return_to
+from metering.ledger_client import Balance, Captured
+from metering.model_client import Completion, TokenUsage
+from metering.pricing import credits_text
+
+
+def usage(tokens: TokenUsage, captured: Captured) -> dict[str, int]:
+    return {
+        "inputTokens": tokens.input_tokens,
+        "outputTokens": tokens.output_tokens,
+        "chargedMillicredits": captured.charged_millicredits,
+    }
+
+
+def balance(of: Balance) -> dict[str, Any]:
+    return {
+        "balanceMillicredits": of.balance_millicredits,
+        "heldMillicredits": of.held_millicredits,
+        "availableMillicredits": of.available_millicredits,
+        "balanceCredits": credits_text(of.balance_millicredits),
+        "availableCredits": credits_text(of.available_millicredits),
+    }
+
+
+def completion(answer: Completion) -> dict[str, Any]:
+    """The provider's answer as the SDK returned it, with the first message lifted out."""
+    fields = answer.fields
+    keep = ("id", "object", "created", "model", "choices", "system_fingerprint")
+    body = {k: fields[k] for k in keep if k in fields}
+    choices = fields.get("choices") or [{}]
+    message = choices[0].get("message") or {}
+    body["message"] = {"role": message.get("role", "assistant"), "content": message.get("content")}
+    return body
+
+
+def insufficient_credits(required: int, current: int, back: str) -> ApiError:
+    """The contract's 402: both figures in millicredits and credits, and the way to top up."""
+    return ApiError(
+        402,
+        "insufficient_credits",
+        f"this request needs up to {credits_text(required)} credits;"
+        f" {credits_text(current)} are available",
+        requiredCredits=credits_text(required),
+        currentCredits=credits_text(current),
+        requiredMillicredits=required,
+        currentMillicredits=current,
+        returnTo=return_to.credits_link(back),
+    )

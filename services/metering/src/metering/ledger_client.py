@@ -1,0 +1,206 @@
+"""The ledger's hold API as a port, and its HTTP implementation.
+
+Every call is idempotent on the ledger's side (a hold by its key, a capture by its usage
+id, a release by its hold), so the HTTP client retries network failures and 5xx answers a
+few times before giving up with ``LedgerError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+from billing_platform.http_client import traced_client
+from pydantic import SecretStr
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Balance:
+    balance_millicredits: int
+    held_millicredits: int
+    available_millicredits: int
+
+
+@dataclass(frozen=True)
+class Hold:
+    hold_id: str
+    amount_millicredits: int
+    balance: Balance
+
+
+@dataclass(frozen=True)
+class Capture:
+    """What a capture charges, and the usage it charges for (the ledger's posting details)."""
+
+    amount_millicredits: int
+    usage_id: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    rate_card_version: str
+
+
+@dataclass(frozen=True)
+class Captured:
+    charged_millicredits: int
+    uncollected_millicredits: int
+    transaction_id: str | None
+    balance: Balance
+
+
+class InsufficientCredits(Exception):
+    """The ledger refused a hold: the user's available balance does not cover it."""
+
+    def __init__(self, required_millicredits: int, current_millicredits: int) -> None:
+        super().__init__(f"requires {required_millicredits}, has {current_millicredits}")
+        self.required_millicredits = required_millicredits
+        self.current_millicredits = current_millicredits
+
+
+class LedgerError(Exception):
+    """The ledger could not be reached, or answered something other than the contract."""
+
+
+class LedgerClient(Protocol):
+    async def create_hold(
+        self, user_id: str, amount_millicredits: int, idempotency_key: str, ttl_s: int
+    ) -> Hold: ...
+
+    async def capture(self, hold_id: str, capture: Capture) -> Captured: ...
+
+    async def release(self, hold_id: str) -> Balance: ...
+
+
+class HttpLedgerClient:
+    """``LedgerClient`` over HTTP, with the service token, trace context and correlation id."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: SecretStr,
+        *,
+        timeout_s: float = 5.0,
+        attempts: int = 3,
+        backoff_s: float = 0.1,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._client = traced_client(
+            transport=transport,
+            base_url=base_url,
+            timeout=timeout_s,
+            headers={"authorization": f"Bearer {token.get_secret_value()}"},
+        )
+        self._attempts = attempts
+        self._backoff_s = backoff_s
+
+    async def start(self) -> None:
+        """Nothing to open: connections are made on first use."""
+
+    async def stop(self) -> None:
+        await self._client.aclose()
+
+    async def create_hold(
+        self, user_id: str, amount_millicredits: int, idempotency_key: str, ttl_s: int
+    ) -> Hold:
+        body = {
+            "userId": user_id,
+            "amountMillicredits": amount_millicredits,
+            "idempotencyKey": idempotency_key,
+            "ttlSeconds": ttl_s,
+        }
+        response = await self._post("/internal/holds", body)
+        if response.status_code == 402:
+            refusal = _json(response)
+            raise InsufficientCredits(
+                _int(refusal, "requiredMillicredits"), _int(refusal, "currentMillicredits")
+            )
+        data = _expect(response, "create hold")
+        return Hold(_str(data, "holdId"), _int(data, "amountMillicredits"), _balance(data))
+
+    async def capture(self, hold_id: str, capture: Capture) -> Captured:
+        body = {
+            "amountMillicredits": capture.amount_millicredits,
+            "usageId": capture.usage_id,
+            "model": capture.model,
+            "inputTokens": capture.input_tokens,
+            "outputTokens": capture.output_tokens,
+            "rateCardVersion": capture.rate_card_version,
+        }
+        data = _expect(await self._post(f"/internal/holds/{hold_id}/capture", body), "capture")
+        return Captured(
+            _int(data, "chargedMillicredits"),
+            _int(data, "uncollectedMillicredits"),
+            str(data["transactionId"]) if data.get("transactionId") else None,
+            _balance(data),
+        )
+
+    async def release(self, hold_id: str) -> Balance:
+        return _balance(_expect(await self._post(f"/internal/holds/{hold_id}/release"), "release"))
+
+    async def _post(self, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        failure = "no attempt made"
+        for attempt in range(1, self._attempts + 1):
+            try:
+                response = await self._client.post(path, json=body)
+            except httpx.HTTPError as exc:
+                failure = type(exc).__name__
+            else:
+                if response.status_code < 500:
+                    return response
+                failure = f"HTTP {response.status_code}"
+            log.warning(
+                "ledger call failed", extra={"path": path, "attempt": attempt, "error": failure}
+            )
+            if attempt < self._attempts:
+                await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
+        raise LedgerError(f"POST {path}: {failure}")
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError as exc:
+        raise LedgerError(f"ledger answered HTTP {response.status_code} without JSON") from exc
+    if not isinstance(data, dict):
+        raise LedgerError(f"ledger answered HTTP {response.status_code} with a non-object")
+    return data
+
+
+def _expect(response: httpx.Response, what: str) -> dict[str, Any]:
+    if response.status_code not in (200, 201):
+        raise LedgerError(f"{what}: HTTP {response.status_code} {_error_code(response)}".rstrip())
+    return _json(response)
+
+
+def _error_code(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
+def _str(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value:
+        raise LedgerError(f"ledger answer lacks {name}")
+    return value
+
+
+def _int(data: dict[str, Any], name: str) -> int:
+    value = data.get(name)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise LedgerError(f"ledger answer lacks integer {name}")
+    return value
+
+
+def _balance(data: dict[str, Any]) -> Balance:
+    return Balance(
+        _int(data, "balanceMillicredits"),
+        _int(data, "heldMillicredits"),
+        _int(data, "availableMillicredits"),
+    )

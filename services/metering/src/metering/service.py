@@ -1,0 +1,450 @@
+"""Use cases of metering: the AI gateway (plain and streamed chat), reconcile, usage totals.
+
+A chat, in order:
+1. the model must be on the rate card in force (422 ``unknown_model``), ``max_tokens`` at
+   most the configured cap (422 ``max_tokens_too_large``), ``returnTo`` a local path;
+2. a client idempotency key is claimed (a repeat gets the stored answer, charged once);
+3. the worst case (estimated prompt + every allowed output token) is held in the ledger
+   (402 ``insufficient_credits`` when the user cannot cover it);
+4. the model is called; if it fails, the hold is released and nothing is charged;
+5. the actual tokens are priced and the hold captured for exactly that; the usage record
+   and its ``UsageRecorded`` event are stored in one transaction.
+A streamed chat follows the same steps; ``streaming`` relays it and settles it once.
+No database transaction is open while the ledger or the model is awaited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from functools import partial
+from typing import Any
+
+from billing_platform import context
+from billing_platform.errors import ApiError
+
+from metering import bodies, metrics, overhead, pricing, return_to, streaming
+from metering.ledger_client import (
+    Capture,
+    Captured,
+    Hold,
+    InsufficientCredits,
+    LedgerClient,
+    LedgerError,
+)
+from metering.model_client import (
+    ChatMessage,
+    Chunk,
+    Completion,
+    ModelClient,
+    ModelError,
+    ModelRequest,
+    ModelTimeout,
+    TokenUsage,
+)
+from metering.rate_card import ModelRate, RateCardBook
+from metering.records import UsageRecord
+from metering.usage_store import Claimed, Taken, UsageStore
+
+log = logging.getLogger(__name__)
+
+# A usage id derives from (user, key): every attempt under one client key captures with the
+# same usage id, which the ledger charges at most once.
+_USAGE_IDS = uuid.UUID("6f0c2d55-3a8e-4d8e-9f3b-2b5f1c7a9e41")
+
+
+@dataclass(frozen=True)
+class Limits:
+    hold_ttl_s: int
+    default_max_output_tokens: int
+    max_output_tokens: int
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    user_id: str
+    model: str
+    messages: Sequence[ChatMessage]
+    max_tokens: int | None = None
+    stream: bool = False
+    return_to: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class ReconcileCall:
+    user_id: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class StreamAnswer:
+    """Events to send; ``close`` must run once the response is over, however it ended."""
+
+    events: AsyncGenerator[str, None]
+    finish: Callable[[], Awaitable[None]]
+
+    async def close(self) -> None:
+        await self.events.aclose()
+        await self.finish()
+
+
+@dataclass(frozen=True)
+class Job:
+    """One chargeable request: who pays, under which key, at which rate, how much to hold."""
+
+    user_id: str
+    key: str
+    keyed: bool
+    request_hash: str
+    rate: ModelRate
+    rate_card_version: str
+    hold_millicredits: int
+    return_to: str
+
+    @property
+    def usage_id(self) -> str:
+        return str(uuid.uuid5(_USAGE_IDS, f"{self.user_id}\n{self.key}"))
+
+    def hold_key(self, attempt: int) -> str:
+        # An attempt after a failed one needs a hold of its own: the first was released.
+        return self.key if attempt == 1 else f"{self.key}:{attempt}"
+
+
+class Gateway:
+    def __init__(
+        self,
+        cards: RateCardBook,
+        ledger: LedgerClient,
+        model: ModelClient,
+        store: UsageStore,
+        limits: Limits,
+    ) -> None:
+        self._cards = cards
+        self._ledger = ledger
+        self._model = model
+        self._store = store
+        self._limits = limits
+
+    async def chat(self, call: ChatCall) -> Answer | StreamAnswer:
+        job, request = self._chat_job(call)
+        attempt = await self._claim(job)
+        if isinstance(attempt, Answer):
+            return attempt
+        if call.stream:
+            return await self._stream(job, request, attempt)
+        async with self._reserved(job, attempt) as hold:
+            completion = await self._complete(request)
+        body = bodies.completion(completion)
+        return Answer(200, await self._settle(job, hold, completion.usage, completion.id, body))
+
+    async def reconcile(self, call: ReconcileCall) -> Answer:
+        """Charge usage made elsewhere: a hold of exactly its price, captured at once."""
+        job = self._reconcile_job(call)
+        attempt = await self._claim(job)
+        if isinstance(attempt, Answer):
+            return attempt
+        hold = await self._hold(job, attempt)
+        usage = TokenUsage(call.input_tokens, call.output_tokens)
+        body = {
+            "usageId": job.usage_id,
+            "userId": call.user_id,
+            "model": call.model,
+            "rateCardVersion": job.rate_card_version,
+        }
+        return Answer(200, await self._settle(job, hold, usage, None, body))
+
+    # --- planning --------------------------------------------------------------------
+
+    def _chat_job(self, call: ChatCall) -> tuple[Job, ModelRequest]:
+        card = self._cards.current()
+        rate = card.rate_for(call.model)
+        request = ModelRequest(call.model, tuple(call.messages), self._max_tokens(call.max_tokens))
+        job = Job(
+            user_id=call.user_id,
+            key=f"chat:{call.user_id}:{call.idempotency_key or context.new_id()}",
+            keyed=call.idempotency_key is not None,
+            request_hash=chat_hash(request, call.stream),
+            rate=rate,
+            rate_card_version=card.version,
+            hold_millicredits=pricing.hold_amount(
+                rate, (m.content for m in call.messages), request.max_output_tokens
+            ),
+            return_to=return_to.checked(call.return_to),
+        )
+        return job, request
+
+    def _reconcile_job(self, call: ReconcileCall) -> Job:
+        if call.input_tokens + call.output_tokens == 0:
+            raise ApiError(422, "empty_usage", "inputTokens and outputTokens are both 0")
+        card = self._cards.current()
+        rate = card.rate_for(call.model)
+        fields = [call.user_id, call.model, call.input_tokens, call.output_tokens]
+        return Job(
+            user_id=call.user_id,
+            key=f"reconcile:{call.idempotency_key}",
+            keyed=True,
+            request_hash=_hash(fields),
+            rate=rate,
+            rate_card_version=card.version,
+            hold_millicredits=pricing.price(
+                rate, call.input_tokens, call.output_tokens
+            ).charged_millicredits,
+            return_to=return_to.DEFAULT,
+        )
+
+    def _max_tokens(self, asked: int | None) -> int:
+        cap = self._limits.max_output_tokens
+        if asked is None:
+            return min(self._limits.default_max_output_tokens, cap)
+        if asked > cap:
+            raise ApiError(
+                422, "max_tokens_too_large", f"max_tokens may be at most {cap}", maxTokens=cap
+            )
+        return asked
+
+    # --- idempotency and holds -------------------------------------------------------
+
+    async def _claim(self, job: Job) -> int | Answer:
+        """The attempt number this request runs as, or the stored answer of its key."""
+        if not job.keyed:
+            return 1
+        claim = await self._store.claim(job.user_id, job.key, job.request_hash)
+        if isinstance(claim, Claimed):
+            return claim.attempt
+        return _replay(claim, job.request_hash)
+
+    async def _unclaim(self, job: Job) -> None:
+        if not job.keyed:
+            return
+        try:
+            await self._store.release(job.user_id, job.key)
+        except Exception:
+            log.warning("claim not released; it is taken over once abandoned", exc_info=True)
+
+    async def _hold(self, job: Job, attempt: int) -> Hold:
+        try:
+            return await self._ledger.create_hold(
+                job.user_id, job.hold_millicredits, job.hold_key(attempt), self._limits.hold_ttl_s
+            )
+        except (InsufficientCredits, LedgerError) as exc:
+            await self._unclaim(job)
+            raise _hold_refused(exc, job.return_to) from exc
+        except BaseException:
+            await self._unclaim(job)
+            raise
+
+    @asynccontextmanager
+    async def _reserved(self, job: Job, attempt: int) -> AsyncIterator[Hold]:
+        """A hold for the block; released (nothing charged) if the block fails."""
+        hold = await self._hold(job, attempt)
+        try:
+            yield hold
+        except BaseException:
+            await self._abandon(job, hold)
+            raise
+
+    async def _abandon(self, job: Job, hold: Hold) -> None:
+        try:
+            await self._ledger.release(hold.hold_id)
+        except LedgerError:
+            log.warning("hold not released; it expires by itself", extra={"hold_id": hold.hold_id})
+        await self._unclaim(job)
+
+    # --- the model -------------------------------------------------------------------
+
+    async def _complete(self, request: ModelRequest) -> Completion:
+        try:
+            with overhead.model_time():
+                completion = await self._model.complete(request)
+        except ModelError as exc:
+            raise _model_failed(request.model, exc) from exc
+        metrics.model_answered(request.model, completion.usage)
+        return completion
+
+    async def _stream(self, job: Job, request: ModelRequest, attempt: int) -> StreamAnswer:
+        async with self._reserved(job, attempt) as hold:
+            chunks = self._model.stream(request)
+            first = await _first_chunk(request.model, chunks)
+
+        async def settle(usage: TokenUsage, provider_request_id: str) -> dict[str, Any]:
+            body = {"id": provider_request_id, "model": request.model}
+            return await self._settle(job, hold, usage, provider_request_id, body)
+
+        relay = streaming.StreamRelay(
+            request.model, first, chunks, settle, partial(self._abandon, job, hold)
+        )
+        return StreamAnswer(relay.events(), relay.close)
+
+    # --- charging --------------------------------------------------------------------
+
+    async def _settle(
+        self,
+        job: Job,
+        hold: Hold,
+        usage: TokenUsage,
+        provider_request_id: str | None,
+        body: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Capture the actual price, store and publish the record; the answer's body."""
+        price = pricing.price(job.rate, usage.input_tokens, usage.output_tokens)
+        captured = await self._capture(job, hold, usage, price.charged_millicredits)
+        body = {
+            **body,
+            "usage": bodies.usage(usage, captured),
+            "balance": bodies.balance(captured.balance),
+        }
+        record = UsageRecord(
+            usage_id=job.usage_id,
+            user_id=job.user_id,
+            model=job.rate.model,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            charged_millicredits=captured.charged_millicredits,
+            uncollected_millicredits=captured.uncollected_millicredits,
+            cost_millicredits=price.cost_millicredits,
+            rate_card_version=job.rate_card_version,
+            hold_id=hold.hold_id,
+            idempotency_key=job.key,
+            provider_request_id=provider_request_id,
+            transaction_id=captured.transaction_id,
+            response_body=body,
+        )
+        return await self._record(record)
+
+    async def _capture(
+        self, job: Job, hold: Hold, usage: TokenUsage, amount_millicredits: int
+    ) -> Captured:
+        capture = Capture(
+            amount_millicredits,
+            job.usage_id,
+            job.rate.model,
+            usage.input_tokens,
+            usage.output_tokens,
+            job.rate_card_version,
+        )
+        try:
+            return await self._ledger.capture(hold.hold_id, capture)
+        except LedgerError:
+            # The record still goes out: the ledger posts it from billing.usage.v1 (once per
+            # usage id), so the answer the model gave is paid for either way.
+            metrics.DEFERRED_CAPTURES.inc()
+            log.exception(
+                "capture failed; usage left to the ledger's consumer",
+                extra={"hold_id": hold.hold_id},
+            )
+            return Captured(amount_millicredits, 0, None, hold.balance)
+
+    async def _record(self, record: UsageRecord) -> dict[str, Any]:
+        earlier = await self._store.record(record)
+        if earlier is not None:
+            return earlier
+        metrics.charged(record.model, record.charged_millicredits)
+        log.info(
+            "usage charged",
+            extra={
+                "usage_id": record.usage_id,
+                "model": record.model,
+                "input_tokens": record.input_tokens,
+                "output_tokens": record.output_tokens,
+                "charged_millicredits": record.charged_millicredits,
+                "hold_id": record.hold_id,
+            },
+        )
+        return record.response_body
+
+
+async def usage_report(store: UsageStore, user_id: str, start: date, end: date) -> dict[str, Any]:
+    """Totals per model from ``start`` to ``end``, both whole days (UTC) included."""
+    since = datetime.combine(start, time.min, UTC)
+    until = datetime.combine(end + timedelta(days=1), time.min, UTC)
+    totals = await store.totals(user_id, since, until)
+    return {
+        "from": start.isoformat(),
+        "to": end.isoformat(),
+        "models": [
+            {
+                "model": t.model,
+                "calls": t.calls,
+                "inputTokens": t.input_tokens,
+                "outputTokens": t.output_tokens,
+                "chargedMillicredits": t.charged_millicredits,
+            }
+            for t in totals
+        ],
+        "totalChargedMillicredits": sum(t.charged_millicredits for t in totals),
+    }
+
+
+def usage_window(start: date | None, end: date | None, today: date) -> tuple[date, date]:
+    """The asked days, by default the last 30 (today included); 422 when reversed."""
+    end = end or today
+    start = start or end - timedelta(days=29)
+    if start > end:
+        raise ApiError(422, "invalid_range", "from must not be after to")
+    return start, end
+
+
+def chat_hash(request: ModelRequest, stream: bool) -> str:
+    messages = [[m.role, m.content] for m in request.messages]
+    return _hash([request.model, messages, request.max_output_tokens, stream])
+
+
+def _hash(fields: list[Any]) -> str:
+    canonical = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _replay(claim: Taken, request_hash: str) -> Answer:
+    if claim.request_hash != request_hash:
+        raise ApiError(
+            409, "idempotency_key_reused", "the idempotency key was used with another body"
+        )
+    if claim.state != "done" or claim.response_body is None:
+        raise ApiError(409, "idempotency_key_in_progress", "a request with this key is in progress")
+    return Answer(200, claim.response_body, replayed=True)
+
+
+def _hold_refused(exc: InsufficientCredits | LedgerError, back: str) -> ApiError:
+    if isinstance(exc, LedgerError):
+        return ApiError(503, "ledger_unavailable", "the ledger did not answer; nothing was charged")
+    metrics.INSUFFICIENT_CREDITS.inc()
+    return bodies.insufficient_credits(exc.required_millicredits, exc.current_millicredits, back)
+
+
+def _model_failed(model: str, exc: ModelError) -> ApiError:
+    timed_out = isinstance(exc, ModelTimeout)
+    metrics.OPENAI_CALLS.labels(model, "timeout" if timed_out else "error").inc()
+    log.warning("model call failed", extra={"model": model, "error": str(exc)})
+    if timed_out:
+        return ApiError(
+            504, "model_timeout", "the model did not answer in time; nothing was charged"
+        )
+    return ApiError(502, "model_error", "the model call failed; nothing was charged")
+
+
+async def _first_chunk(model: str, chunks: AsyncGenerator[Chunk, None]) -> Chunk:
+    try:
+        with overhead.model_time():
+            first = await anext(chunks, None)
+    except ModelError as exc:
+        raise _model_failed(model, exc) from exc
+    if first is None:
+        raise _model_failed(model, ModelError("the model stream was empty"))
+    return first

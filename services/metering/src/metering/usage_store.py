@@ -1,0 +1,106 @@
+"""Where usage records and idempotency claims are kept: a port, and its PostgreSQL version.
+
+Each method is one short transaction of its own, so the gateway never holds a transaction
+(or a pooled connection) while it waits on the ledger or the model. Recording a usage
+writes the row, its ``UsageRecorded`` outbox record and the claim's end together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from billing_events.outbox import write_outbox
+from billing_events.topics import Topics
+from billing_platform import context
+
+from metering import repository
+from metering.records import ModelTotals, UsageRecord
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """This request holds the key now; ``attempt`` counts the requests that held it."""
+
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Taken:
+    """Another request holds the key (``in_progress``) or answered it (``done``)."""
+
+    state: str
+    request_hash: str
+    response_body: dict[str, Any] | None
+
+
+class UsageStore(Protocol):
+    async def claim(self, user_id: str, key: str, request_hash: str) -> Claimed | Taken: ...
+
+    async def release(self, user_id: str, key: str) -> None: ...
+
+    async def record(self, record: UsageRecord) -> dict[str, Any] | None:
+        """Store and publish; None, or the body stored earlier when the key was answered."""
+        ...
+
+    async def totals(self, user_id: str, start: datetime, end: datetime) -> list[ModelTotals]: ...
+
+
+class HasPool(Protocol):
+    @property
+    def pool(self) -> Any: ...
+
+
+class Pokeable(Protocol):
+    def poke(self) -> None: ...
+
+
+class PgUsageStore:
+    def __init__(
+        self, db: HasPool, topics: Topics, relay: Pokeable, *, takeover_after_s: float
+    ) -> None:
+        self._db = db
+        self._topics = topics
+        self._relay = relay
+        self._takeover_after_s = takeover_after_s
+
+    async def claim(self, user_id: str, key: str, request_hash: str) -> Claimed | Taken:
+        for _ in range(3):  # a claim can be released between the INSERT and the SELECT
+            async with self._db.pool.acquire() as conn, conn.transaction():
+                attempt = await repository.claim_key(
+                    conn, user_id, key, request_hash, self._takeover_after_s
+                )
+                row = None if attempt else await repository.claimed_key(conn, user_id, key)
+            if attempt:
+                return Claimed(attempt)
+            if row is not None and row["state"] != "released":
+                body = repository.decode_body(row["response_body"])
+                return Taken(row["state"], row["request_hash"], body)
+        return Taken("in_progress", request_hash, None)
+
+    async def release(self, user_id: str, key: str) -> None:
+        async with self._db.pool.acquire() as conn:
+            await repository.release_claim(conn, user_id, key)
+
+    async def record(self, record: UsageRecord) -> dict[str, Any] | None:
+        correlation_id = context.current_correlation_id()
+        async with self._db.pool.acquire() as conn, conn.transaction():
+            new = await repository.insert_usage(conn, record, correlation_id)
+            if new:
+                await write_outbox(
+                    conn,
+                    self._topics.usage,
+                    record.user_id,
+                    record.event(correlation_id),
+                    correlation_id=correlation_id,
+                )
+            await repository.finish_claim(conn, record.user_id, record.idempotency_key)
+            if not new:
+                return await repository.stored_body(conn, record.user_id, record.idempotency_key)
+        self._relay.poke()
+        return None
+
+    async def totals(self, user_id: str, start: datetime, end: datetime) -> list[ModelTotals]:
+        async with self._db.pool.acquire() as conn:
+            return await repository.totals_by_model(conn, user_id, start, end)

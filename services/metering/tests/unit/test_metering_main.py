@@ -1,0 +1,89 @@
+"""Wiring, settings and migrations: built without touching the network or a database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from billing_events import wiring
+from billing_events.outbox import OUTBOX_DDL
+from billing_platform.db import load_migrations
+from billing_platform.settings import InfraSettings
+from metering.main import create_app
+from metering.records import UsageRecord
+from metering.settings import Settings
+
+
+def test_the_app_serves_the_metering_routes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A real producer needs a running loop and warns when collected unclosed.
+    monkeypatch.setattr(wiring, "publisher_for", lambda _settings: object())
+    app = create_app(Settings(infra=InfraSettings()))
+
+    paths = {getattr(route, "path", "") for route in app.routes}
+    assert {
+        "/api/rate-card",
+        "/api/ai/chat",
+        "/api/usage/reconcile",
+        "/api/usage",
+        "/readyz",
+    } <= paths
+
+
+def test_a_pin_to_an_unknown_rate_card_fails_at_startup(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wiring, "publisher_for", lambda _settings: object())
+
+    with pytest.raises(LookupError):
+        create_app(Settings(infra=InfraSettings(), rate_card_version="1999-01-01"))
+
+
+@pytest.mark.parametrize(
+    ("name", "default"),
+    [
+        ("ledger_url", "http://127.0.0.1:8103"),
+        ("hold_ttl_s", 120),
+        ("default_max_output_tokens", 1024),
+        ("max_output_tokens", 4096),
+        ("model_timeout_s", 60.0),
+        ("rate_card_version", None),
+        ("port", 8104),
+        ("db_schema", "metering"),
+    ],
+)
+def test_settings_defaults(name: str, default: Any) -> None:
+    assert Settings.model_fields[name].default == default
+
+
+def test_settings_are_read_under_the_metering_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METERING_LEDGER_TOKEN", "jwt-abc")
+    monkeypatch.setenv("METERING_HOLD_TTL_S", "30")
+    monkeypatch.setenv("METERING_RATE_CARD_VERSION", "2026-11-01")
+
+    settings = Settings()
+
+    assert settings.ledger_token.get_secret_value() == "jwt-abc"
+    assert "jwt-abc" not in repr(settings)
+    assert (settings.hold_ttl_s, settings.rate_card_version) == (30, "2026-11-01")
+
+
+def _normalised(sql: str) -> str:
+    return " ".join(sql.split())
+
+
+def test_the_outbox_ddl_is_copied_verbatim() -> None:
+    [migration] = load_migrations("metering")
+
+    assert _normalised(OUTBOX_DDL) in _normalised(migration.sql)
+
+
+def test_usage_records_keep_every_field_of_a_record() -> None:
+    sql = _normalised(load_migrations("metering")[0].sql)
+
+    assert "CREATE TABLE usage_records (" in sql
+    assert "usage_id uuid PRIMARY KEY" in sql
+    assert "UNIQUE (user_id, idempotency_key)" in sql
+    for column in UsageRecord.__dataclass_fields__:
+        assert f" {column} " in sql, column
+
+
+def test_tables_are_not_schema_qualified() -> None:
+    assert "metering." not in load_migrations("metering")[0].sql
