@@ -6,7 +6,8 @@ the official SDK. Token counts are deterministic: about one token per four chara
 prompt, and the completion fills ``max_tokens`` unless a directive says otherwise.
 
 Directives in the last user message steer tests: ``[[fail]]`` answers 500,
-``[[sleep=S]]`` waits S seconds first, ``[[tokens=N]]`` makes the completion N tokens long.
+``[[sleep=S]]`` waits S seconds first, ``[[tokens=N]]`` makes the completion N tokens long,
+``[[prompt_tokens=N]]`` reports N prompt tokens (as a provider with another tokenizer would).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pydantic import BaseModel, Field
 
 MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "o3-mini")
 DEFAULT_COMPLETION_TOKENS = 64
-_DIRECTIVE = re.compile(r"\[\[(fail|sleep=[0-9.]+|tokens=\d+)\]\]")
+_DIRECTIVE = re.compile(r"\[\[(fail|sleep=[0-9.]+|tokens=\d+|prompt_tokens=\d+)\]\]")
 
 
 class Message(BaseModel):
@@ -102,7 +103,8 @@ def create_app() -> FastAPI:
             await asyncio.sleep(float(directives["sleep"]))
         if "fail" in directives:
             return _error(500, "The server had an error processing your request.", "server_error")
-        usage = _usage(prompt_tokens(req.messages), _completion_tokens(req, directives))
+        prompt = int(directives.get("prompt_tokens", prompt_tokens(req.messages)))
+        usage = _usage(prompt, _completion_tokens(req, directives))
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if req.stream:
             include = bool(req.stream_options and req.stream_options.include_usage)

@@ -146,3 +146,15 @@ async def test_prompt_tokens_are_deterministic_and_grow_with_the_prompt(
 
     assert first == second
     assert longer > first
+
+
+async def test_prompt_tokens_directive_sets_the_reported_prompt(
+    client: openai.AsyncOpenAI,
+) -> None:
+    answer = await client.chat.completions.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "count me as 1234 [[prompt_tokens=1234]]"}],
+        max_tokens=5,
+    )
+    assert answer.usage is not None
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (1234, 5)
