@@ -1,4 +1,5 @@
-"""HTTP routes of metering: the rate card, the AI gateway, usage reconcile and usage totals.
+"""HTTP routes of metering: the rate card, the AI gateway, usage reconcile, usage totals and
+the guardrails' admin routes (caps, pauses, review flags).
 
 Each route hands a validated request to the gateway (``service``), which owns the order of
 checks, holds and charges; a route only turns the outcome into a response. A replayed
@@ -12,26 +13,41 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Annotated
 
-from billing_platform.auth import ADMIN_ROLE, SERVICE_ROLE, CurrentUser, Principal, require_role
+from billing_platform.auth import (
+    ADMIN_ROLE,
+    SERVICE_ROLE,
+    AdminUser,
+    CurrentUser,
+    Principal,
+    require_role,
+)
 from billing_platform.errors import ApiError
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from metering import service
+from metering.guard_store import GuardStore
 from metering.model_client import ChatMessage
 from metering.rate_card import RateCardBook
 from metering.schemas import (
     MAX_KEY_LENGTH,
+    MAX_USER_ID_LENGTH,
+    CapsOut,
+    CapsRequest,
     ChatRequest,
+    PauseOut,
     RateCardOut,
+    ReasonRequest,
     ReconcileRequest,
+    ReviewFlagsOut,
     UsageSummaryOut,
 )
 from metering.usage_store import UsageStore
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 ServiceOrAdmin = Annotated[Principal, require_role(SERVICE_ROLE, ADMIN_ROLE)]
+UserIdPath = Annotated[str, Path(min_length=1, max_length=MAX_USER_ID_LENGTH)]
 
 
 def _today() -> date:
@@ -43,7 +59,9 @@ class ApiDeps:
     gateway: service.Gateway
     store: UsageStore
     cards: RateCardBook
+    guard: GuardStore
     today: Callable[[], date] = _today
+    clock: Callable[[], datetime] = service.utc_now
 
 
 def router(deps: ApiDeps) -> APIRouter:
@@ -51,6 +69,8 @@ def router(deps: ApiDeps) -> APIRouter:
     _rate_card_routes(api, deps)
     _gateway_routes(api, deps)
     _usage_routes(api, deps)
+    _cap_routes(api, deps)
+    _pause_routes(api, deps)
     return api
 
 
@@ -103,6 +123,41 @@ def _usage_routes(api: APIRouter, deps: ApiDeps) -> None:
         user.ensure_can_access(target)
         first, last = service.usage_window(start, end, deps.today())
         return JSONResponse(await service.usage_report(deps.store, target, first, last))
+
+
+def _cap_routes(api: APIRouter, deps: ApiDeps) -> None:
+    @api.get("/api/admin/caps/{userId}", response_model=CapsOut)
+    async def get_caps(userId: UserIdPath, _: AdminUser) -> CapsOut:
+        """The caps in force for a user, the defaults, and which ones are overridden."""
+        return CapsOut.of(userId, await service.caps_of(deps.guard, userId))
+
+    @api.put("/api/admin/caps/{userId}", response_model=CapsOut)
+    async def put_caps(userId: UserIdPath, body: CapsRequest, admin: AdminUser) -> CapsOut:
+        """Replace a user's cap overrides; an absent or null cap means the default."""
+        view = await service.set_caps(deps.guard, userId, body.caps(), admin.user_id, body.reason)
+        return CapsOut.of(userId, view)
+
+
+def _pause_routes(api: APIRouter, deps: ApiDeps) -> None:
+    @api.get("/api/admin/users/{userId}/pause", response_model=PauseOut)
+    async def get_pause(userId: UserIdPath, _: AdminUser) -> PauseOut:
+        """Whether the session cap paused the user, since when, and any resume."""
+        return PauseOut.of(userId, await service.pause_of(deps.guard, userId))
+
+    @api.post("/api/admin/users/{userId}/resume", response_model=PauseOut)
+    async def resume(userId: UserIdPath, body: ReasonRequest, admin: AdminUser) -> PauseOut:
+        """Lift a pause (409 ``not_paused`` if there is none)."""
+        pause = await service.resume(deps.guard, userId, admin.user_id, body.reason, deps.clock())
+        return PauseOut.of(userId, pause)
+
+    @api.get("/api/admin/review-flags", response_model=ReviewFlagsOut)
+    async def review_flags(
+        _: AdminUser,
+        user_id: Annotated[str | None, Query(alias="userId", max_length=MAX_USER_ID_LENGTH)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> ReviewFlagsOut:
+        """Charged calls flagged by the anomaly breaker, newest first."""
+        return ReviewFlagsOut.of(await service.review_flags(deps.guard, user_id, limit))
 
 
 def _one_key(in_body: str | None, in_header: str | None) -> str | None:

@@ -7,20 +7,23 @@ from typing import Any
 from billing_platform.errors import ApiError
 
 from metering import return_to
-from metering.ledger_client import Balance, Captured
+from metering.ledger_client import Balance
 from metering.model_client import Completion, TokenUsage
 from metering.pricing import credits_text
 
 
-def usage(tokens: TokenUsage, captured: Captured) -> dict[str, int]:
+def usage(tokens: TokenUsage, charged_millicredits: int) -> dict[str, int]:
     return {
         "inputTokens": tokens.input_tokens,
         "outputTokens": tokens.output_tokens,
-        "chargedMillicredits": captured.charged_millicredits,
+        "chargedMillicredits": charged_millicredits,
     }
 
 
-def balance(of: Balance) -> dict[str, Any]:
+def balance(of: Balance | None) -> dict[str, Any] | None:
+    """None for a call the ledger never saw (unbilled or shadow): no balance was read."""
+    if of is None:
+        return None
     return {
         "balanceMillicredits": of.balance_millicredits,
         "heldMillicredits": of.held_millicredits,

@@ -1,8 +1,9 @@
 """Wiring of the metering service: the one place its parts are put together.
 
-Parts: the DB pool, the Kafka publisher and the outbox relay (usage records leave through
-the outbox), the ledger's hold API over HTTP, and the model provider through the official
-OpenAI SDK. Readiness checks the database and the broker.
+Parts: the DB pool, the Kafka publisher and the outbox relay (usage records and alerts
+leave through the outbox), the ledger's hold API over HTTP, the model provider through the
+official OpenAI SDK, checkout's switches (read through the same pool) and the guardrails'
+store. Readiness checks the database and the broker.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from billing_platform.db import Database
 from fastapi import FastAPI
 
 from metering import api, service
+from metering.guard_store import PgGuardStore
+from metering.guardrails import Caps
 from metering.ledger_client import HttpLedgerClient
 from metering.model_client import OpenAIModelClient
 from metering.overhead import OverheadHeader
 from metering.rate_card import RateCardBook, load_rate_cards
 from metering.settings import Settings
+from metering.switches import PgSwitchSource, Switches
 from metering.usage_store import PgUsageStore
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,14 @@ def limits(settings: Settings) -> service.Limits:
         hold_ttl_s=settings.hold_ttl_s,
         default_max_output_tokens=settings.default_max_output_tokens,
         max_output_tokens=settings.max_output_tokens,
+    )
+
+
+def default_caps(settings: Settings) -> Caps:
+    return Caps(
+        per_request=settings.cap_per_request_millicredits,
+        per_day=settings.cap_per_day_millicredits,
+        per_hour=settings.cap_per_hour_millicredits,
     )
 
 
@@ -55,10 +67,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if not settings.ledger_token.get_secret_value():
         log.warning("METERING_LEDGER_TOKEN is empty: the ledger will refuse every hold")
     cards = RateCardBook(load_rate_cards(), settings.rate_card_version)
-    gateway = service.Gateway(cards, ledger, model, store, limits(settings))
+    switches = Switches(PgSwitchSource(db, settings.checkout_schema), settings.switch_cache_s)
+    # A call counts in flight no longer than its claim can stay in progress.
+    guard = PgGuardStore(db, default_caps(settings), inflight_ttl_s=takeover_s)
+    gateway = service.Gateway(
+        cards, ledger, model, store, limits(settings), switches=switches, guard=guard
+    )
     return gateway_app(
         settings,
-        api.ApiDeps(gateway, store, cards),
+        api.ApiDeps(gateway, store, cards, guard),
         lifecycle=[db, publisher, relay, ledger, model],
         checks={"database": db.ping, "kafka": wiring.kafka_check(settings)},
     )

@@ -28,6 +28,25 @@ DEFERRED_CAPTURES = Counter(
     "Usage recorded while the ledger's capture failed; the ledger settles it from the topic",
 )
 
+CAP_TRIPS = Counter(
+    "billing_cap_trips_total",
+    "Charged calls refused by a guardrail (request|daily|hourly caps, or a paused user)",
+    ["cap"],
+)
+ANOMALY_FLAGS = Counter(
+    "billing_anomaly_flags_total", "Charged calls over 5x the user's recent average, flagged"
+)
+UNBILLED_CALLS = Counter(
+    "metering_unbilled_calls_total",
+    "Calls served without a charge, by why (charging_off|rollout|shadow)",
+    ["reason"],
+)
+SHADOW_CHARGES = Counter(
+    "metering_shadow_charges_millicredits_total",
+    "What shadow billing computed for the calls it logged (charged or not)",
+    ["model"],
+)
+
 
 def model_answered(model: str, usage: TokenUsage) -> None:
     OPENAI_CALLS.labels(model, "ok").inc()

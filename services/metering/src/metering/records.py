@@ -1,4 +1,14 @@
-"""A usage record as stored in ``usage_records`` and published as ``UsageRecorded``."""
+"""A usage record as stored in ``usage_records`` and published as ``UsageRecorded``.
+
+Every served call leaves one record, whatever its billing mode:
+- ``charged``: the ledger charged ``charged_millicredits`` (``uncollected`` beyond it);
+- ``shadow``: shadow billing computed the charge and deducted nothing; the stored row says
+  0 charged, and the published record carries the computed charge in
+  ``charged_millicredits`` (its mode tells every consumer that nothing was deducted);
+- ``unbilled``: billing is off for this call (switches or rollout); 0 stored and published.
+``priced_millicredits`` is always the computed price, so reports can show what unbilled and
+shadow calls would have cost.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +20,13 @@ from billing_events.v1 import common_pb2, usage_pb2
 from billing_platform import context
 
 CHARGED = "charged"
-_MODES = {CHARGED: usage_pb2.BILLING_MODE_CHARGED}
+SHADOW = "shadow"
+UNBILLED = "unbilled"
+_MODES = {
+    CHARGED: usage_pb2.BILLING_MODE_CHARGED,
+    SHADOW: usage_pb2.BILLING_MODE_SHADOW,
+    UNBILLED: usage_pb2.BILLING_MODE_UNBILLED,
+}
 
 
 @dataclass(frozen=True)
@@ -22,6 +38,7 @@ class UsageRecord:
     output_tokens: int
     charged_millicredits: int
     uncollected_millicredits: int
+    priced_millicredits: int
     cost_millicredits: int
     rate_card_version: str
     hold_id: str
@@ -32,6 +49,7 @@ class UsageRecord:
     mode: str = CHARGED
 
     def event(self, correlation_id: str | None = None) -> usage_pb2.UsageRecorded:
+        published = self.priced_millicredits if self.mode == SHADOW else self.charged_millicredits
         return usage_pb2.UsageRecorded(
             meta=common_pb2.EventMeta(
                 event_id=context.new_id(),
@@ -44,7 +62,7 @@ class UsageRecord:
             model=self.model,
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
-            charged_millicredits=self.charged_millicredits,
+            charged_millicredits=published,
             cost_millicredits=self.cost_millicredits,
             rate_card_version=self.rate_card_version,
             hold_id=self.hold_id,
@@ -52,6 +70,17 @@ class UsageRecord:
             idempotency_key=self.idempotency_key,
             provider_request_id=self.provider_request_id or "",
         )
+
+
+@dataclass(frozen=True)
+class ShadowCharge:
+    """A call logged by shadow billing, next to its usage record (same usage id).
+
+    ``would_be_mode`` is the mode the call would get with shadow billing switched off
+    (``charged`` or ``unbilled``, from charging and rollout).
+    """
+
+    would_be_mode: str
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,13 @@ import json
 from datetime import datetime
 from typing import Any
 
-from metering.records import ModelTotals, UsageRecord
+from billing_platform.db import check_schema_name
+
+from metering.records import ModelTotals, ShadowCharge, UsageRecord
+
+# First key of the per-user advisory locks the caps take (the second is hashtext(user id));
+# two-key locks never collide with the outbox relay's one-key lock.
+GUARD_LOCK_SPACE = 0x6D657465  # "mete"
 
 
 async def claim_key(
@@ -68,8 +74,9 @@ async def insert_usage(conn: Any, record: UsageRecord, correlation_id: str) -> b
         "INSERT INTO usage_records (usage_id, user_id, model, input_tokens, output_tokens,"
         " charged_millicredits, uncollected_millicredits, cost_millicredits,"
         " rate_card_version, hold_id, idempotency_key, provider_request_id, transaction_id,"
-        " mode, correlation_id, response_body)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::json)"
+        " mode, correlation_id, response_body, priced_millicredits)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::json,"
+        " $17)"
         " ON CONFLICT DO NOTHING RETURNING true",
         record.usage_id,
         record.user_id,
@@ -87,6 +94,7 @@ async def insert_usage(conn: Any, record: UsageRecord, correlation_id: str) -> b
         record.mode,
         correlation_id,
         json.dumps(record.response_body),
+        record.priced_millicredits,
     )
     return bool(inserted)
 
@@ -122,3 +130,224 @@ async def totals_by_model(
         end,
     )
     return [ModelTotals(**dict(r)) for r in rows]
+
+
+# --- settling a call ----------------------------------------------------------------------
+
+
+async def delete_inflight(conn: Any, usage_id: str) -> None:
+    await conn.execute("DELETE FROM inflight_charges WHERE usage_id = $1", usage_id)
+
+
+async def recent_charges(conn: Any, user_id: str, usage_id: str, limit: int) -> tuple[int, int]:
+    """(calls, total charged) over the user's last ``limit`` charged calls but this one."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS calls, coalesce(sum(charged_millicredits), 0)::bigint AS total"
+        " FROM (SELECT charged_millicredits FROM usage_records"
+        " WHERE user_id = $1 AND mode = 'charged' AND usage_id <> $2"
+        " ORDER BY created_at DESC LIMIT $3) recent",
+        user_id,
+        usage_id,
+        limit,
+    )
+    return int(row["calls"]), int(row["total"])
+
+
+async def insert_review_flag(
+    conn: Any, record: UsageRecord, average_millicredits: int, recent_calls: int
+) -> bool:
+    inserted = await conn.fetchval(
+        "INSERT INTO review_flags (user_id, usage_id, model, charge_millicredits,"
+        " average_millicredits, recent_calls) VALUES ($1, $2, $3, $4, $5, $6)"
+        " ON CONFLICT (usage_id) DO NOTHING RETURNING true",
+        record.user_id,
+        record.usage_id,
+        record.model,
+        record.charged_millicredits,
+        average_millicredits,
+        recent_calls,
+    )
+    return bool(inserted)
+
+
+async def insert_shadow_charge(conn: Any, record: UsageRecord, shadow: ShadowCharge) -> None:
+    await conn.execute(
+        "INSERT INTO shadow_charges (usage_id, user_id, model, input_tokens, output_tokens,"
+        " charged_millicredits, mode, would_be_mode, rate_card_version)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (usage_id) DO NOTHING",
+        record.usage_id,
+        record.user_id,
+        record.model,
+        record.input_tokens,
+        record.output_tokens,
+        record.priced_millicredits,
+        record.mode,
+        shadow.would_be_mode,
+        record.rate_card_version,
+    )
+
+
+# --- switches -----------------------------------------------------------------------------
+
+
+async def feature_flags(conn: Any, checkout_schema: str) -> list[tuple[str, Any]]:
+    """(name, value as JSON text) of every row of checkout's read-only feature_flags view."""
+    schema = check_schema_name(checkout_schema)
+    rows = await conn.fetch(f'SELECT name, value FROM "{schema}".feature_flags')
+    return [(r["name"], r["value"]) for r in rows]
+
+
+# --- caps and pauses ----------------------------------------------------------------------
+
+
+async def lock_user_guard(conn: Any, user_id: str) -> None:
+    """Serialise the cap checks of one user until the end of the caller's transaction."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", GUARD_LOCK_SPACE, user_id)
+
+
+async def pause_of(conn: Any, user_id: str) -> Any:
+    return await conn.fetchrow(
+        "SELECT user_id, reason, paused_at, resumed_at, resumed_by, resume_reason"
+        " FROM user_pauses WHERE user_id = $1",
+        user_id,
+    )
+
+
+async def pause_user(conn: Any, user_id: str, reason: str, at: datetime) -> None:
+    """Pause the user (again, if an admin resumed an earlier pause)."""
+    await conn.execute(
+        "INSERT INTO user_pauses (user_id, reason, paused_at) VALUES ($1, $2, $3)"
+        " ON CONFLICT (user_id) DO UPDATE SET reason = EXCLUDED.reason,"
+        " paused_at = EXCLUDED.paused_at, resumed_at = NULL, resumed_by = NULL,"
+        " resume_reason = NULL",
+        user_id,
+        reason,
+        at,
+    )
+
+
+async def resume_user(conn: Any, user_id: str, actor: str, reason: str, at: datetime) -> Any:
+    """The pause, now resumed; None when the user is not paused."""
+    return await conn.fetchrow(
+        "UPDATE user_pauses SET resumed_at = $3, resumed_by = $2, resume_reason = $4"
+        " WHERE user_id = $1 AND resumed_at IS NULL"
+        " RETURNING user_id, reason, paused_at, resumed_at, resumed_by, resume_reason",
+        user_id,
+        actor,
+        at,
+        reason,
+    )
+
+
+async def cap_override(conn: Any, user_id: str) -> Any:
+    return await conn.fetchrow(
+        "SELECT per_request_millicredits, per_day_millicredits, per_hour_millicredits,"
+        " updated_by, reason, updated_at FROM user_caps WHERE user_id = $1",
+        user_id,
+    )
+
+
+async def set_cap_override(
+    conn: Any,
+    user_id: str,
+    caps: tuple[int | None, int | None, int | None],
+    actor: str,
+    reason: str,
+) -> Any:
+    return await conn.fetchrow(
+        "INSERT INTO user_caps (user_id, per_request_millicredits, per_day_millicredits,"
+        " per_hour_millicredits, updated_by, reason) VALUES ($1, $2, $3, $4, $5, $6)"
+        " ON CONFLICT (user_id) DO UPDATE SET"
+        " per_request_millicredits = EXCLUDED.per_request_millicredits,"
+        " per_day_millicredits = EXCLUDED.per_day_millicredits,"
+        " per_hour_millicredits = EXCLUDED.per_hour_millicredits,"
+        " updated_by = EXCLUDED.updated_by, reason = EXCLUDED.reason, updated_at = now()"
+        " RETURNING per_request_millicredits, per_day_millicredits, per_hour_millicredits,"
+        " updated_by, reason, updated_at",
+        user_id,
+        *caps,
+        actor,
+        reason,
+    )
+
+
+async def spending(
+    conn: Any, user_id: str, day_start: datetime, hour_start: datetime, now: datetime
+) -> Any:
+    """Charged since ``day_start``, charged after ``hour_start`` and the worst case in flight."""
+    return await conn.fetchrow(
+        "SELECT"
+        " (SELECT coalesce(sum(charged_millicredits), 0) FROM usage_records"
+        "  WHERE user_id = $1 AND mode = 'charged' AND created_at >= $2)::bigint"
+        "  AS charged_today,"
+        " (SELECT coalesce(sum(charged_millicredits), 0) FROM usage_records"
+        "  WHERE user_id = $1 AND mode = 'charged' AND created_at > $3)::bigint"
+        "  AS charged_last_hour,"
+        " (SELECT coalesce(sum(estimate_millicredits), 0) FROM inflight_charges"
+        "  WHERE user_id = $1 AND expires_at > $4)::bigint AS in_flight",
+        user_id,
+        day_start,
+        hour_start,
+        now,
+    )
+
+
+async def window_charges(conn: Any, user_id: str, since: datetime) -> list[tuple[datetime, int]]:
+    """(created_at, charged) of the user's charged records after ``since``, oldest first."""
+    rows = await conn.fetch(
+        "SELECT created_at, charged_millicredits FROM usage_records"
+        " WHERE user_id = $1 AND mode = 'charged' AND created_at > $2"
+        " ORDER BY created_at, usage_id",
+        user_id,
+        since,
+    )
+    return [(r["created_at"], int(r["charged_millicredits"])) for r in rows]
+
+
+async def drop_expired_inflight(conn: Any, user_id: str, now: datetime) -> None:
+    await conn.execute(
+        "DELETE FROM inflight_charges WHERE user_id = $1 AND expires_at <= $2", user_id, now
+    )
+
+
+async def insert_inflight(
+    conn: Any, usage_id: str, user_id: str, estimate: int, now: datetime, expires_at: datetime
+) -> None:
+    # A row left by a crashed attempt under the same key is replaced, not added to.
+    await conn.execute(
+        "INSERT INTO inflight_charges (usage_id, user_id, estimate_millicredits, created_at,"
+        " expires_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (usage_id) DO UPDATE SET"
+        " estimate_millicredits = EXCLUDED.estimate_millicredits,"
+        " created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at",
+        usage_id,
+        user_id,
+        estimate,
+        now,
+        expires_at,
+    )
+
+
+async def insert_guardrail_change(
+    conn: Any, action: str, user_id: str, actor: str, reason: str, details: dict[str, Any]
+) -> None:
+    await conn.execute(
+        "INSERT INTO guardrail_changes (action, user_id, actor, reason, details)"
+        " VALUES ($1, $2, $3, $4, $5::jsonb)",
+        action,
+        user_id,
+        actor,
+        reason,
+        json.dumps(details),
+    )
+
+
+async def review_flags(conn: Any, user_id: str | None, limit: int) -> list[Any]:
+    """Newest first; every user's when ``user_id`` is None."""
+    rows: list[Any] = await conn.fetch(
+        "SELECT id, user_id, usage_id::text AS usage_id, model, charge_millicredits,"
+        " average_millicredits, recent_calls, created_at FROM review_flags"
+        " WHERE $1::text IS NULL OR user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
+        user_id,
+        limit,
+    )
+    return rows

@@ -6,11 +6,14 @@ the rest camelCase): FastAPI 0.115 with pydantic >= 2.12 warns on aliased reques
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from metering.guard_store import CapsView, ReviewFlag
+from metering.guardrails import Caps, Pause
 from metering.rate_card import RateCard
 
 MAX_KEY_LENGTH = 200
@@ -95,3 +98,125 @@ class UsageSummaryOut(BaseModel):
     to: str
     models: list[ModelUsageOut]
     totalChargedMillicredits: int
+
+
+# --- guardrails (admin) ----------------------------------------------------------------
+
+MAX_CAP_MILLICREDITS = 10**12
+MAX_USER_ID_LENGTH = 200
+
+
+class CapsRequest(BaseModel):
+    """New overrides for a user; an absent or null cap falls back to the default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    perRequestMillicredits: int | None = Field(default=None, ge=0, le=MAX_CAP_MILLICREDITS)
+    perDayMillicredits: int | None = Field(default=None, ge=0, le=MAX_CAP_MILLICREDITS)
+    perHourMillicredits: int | None = Field(default=None, ge=0, le=MAX_CAP_MILLICREDITS)
+    reason: str = Field(min_length=1, max_length=500)
+
+    def caps(self) -> tuple[int | None, int | None, int | None]:
+        return self.perRequestMillicredits, self.perDayMillicredits, self.perHourMillicredits
+
+
+class ReasonRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class CapValues(CamelModel):
+    per_request_millicredits: int
+    per_day_millicredits: int
+    per_hour_millicredits: int
+
+    @classmethod
+    def of(cls, caps: Caps) -> CapValues:
+        return cls(
+            per_request_millicredits=caps.per_request,
+            per_day_millicredits=caps.per_day,
+            per_hour_millicredits=caps.per_hour,
+        )
+
+
+class Overridden(CamelModel):
+    per_request_millicredits: bool
+    per_day_millicredits: bool
+    per_hour_millicredits: bool
+
+
+class CapsOut(CamelModel):
+    """The caps in force for a user, the defaults, and which ones an admin overrode."""
+
+    user_id: str
+    per_request_millicredits: int
+    per_day_millicredits: int
+    per_hour_millicredits: int
+    overridden: Overridden
+    defaults: CapValues
+    updated_by: str | None
+    reason: str | None
+    updated_at: datetime | None
+
+    @classmethod
+    def of(cls, user_id: str, view: CapsView) -> CapsOut:
+        o, caps = view.override, view.effective
+        return cls(
+            user_id=user_id,
+            per_request_millicredits=caps.per_request,
+            per_day_millicredits=caps.per_day,
+            per_hour_millicredits=caps.per_hour,
+            overridden=Overridden(
+                per_request_millicredits=o is not None and o.per_request is not None,
+                per_day_millicredits=o is not None and o.per_day is not None,
+                per_hour_millicredits=o is not None and o.per_hour is not None,
+            ),
+            defaults=CapValues.of(view.defaults),
+            updated_by=o.updated_by if o else None,
+            reason=o.reason if o else None,
+            updated_at=o.updated_at if o else None,
+        )
+
+
+class PauseOut(CamelModel):
+    user_id: str
+    paused: bool
+    paused_at: datetime | None = None
+    reason: str | None = None
+    resumed_at: datetime | None = None
+    resumed_by: str | None = None
+    resume_reason: str | None = None
+
+    @classmethod
+    def of(cls, user_id: str, pause: Pause | None) -> PauseOut:
+        if pause is None:
+            return cls(user_id=user_id, paused=False)
+        return cls(
+            user_id=user_id,
+            paused=pause.active,
+            paused_at=pause.paused_at,
+            reason=pause.reason,
+            resumed_at=pause.resumed_at,
+            resumed_by=pause.resumed_by,
+            resume_reason=pause.resume_reason,
+        )
+
+
+class ReviewFlagOut(CamelModel):
+    id: int
+    user_id: str
+    usage_id: str
+    model: str
+    charge_millicredits: int
+    average_millicredits: int
+    recent_calls: int
+    created_at: datetime
+
+
+class ReviewFlagsOut(CamelModel):
+    flags: list[ReviewFlagOut]
+
+    @classmethod
+    def of(cls, flags: list[ReviewFlag]) -> ReviewFlagsOut:
+        return cls(flags=[ReviewFlagOut(**vars(f)) for f in flags])

@@ -1,15 +1,24 @@
-"""Use cases of metering: the AI gateway (plain and streamed chat), reconcile, usage totals.
+"""Use cases of metering: the AI gateway (plain and streamed chat), reconcile, usage totals,
+and the admin side of the guardrails (caps, pauses, review flags).
 
 A chat, in order:
 1. the model must be on the rate card in force (422 ``unknown_model``), ``max_tokens`` at
-   most the configured cap (422 ``max_tokens_too_large``), ``returnTo`` a local path;
-2. a client idempotency key is claimed (a repeat gets the stored answer, charged once);
-3. the worst case (estimated prompt + every allowed output token) is held in the ledger
-   (402 ``insufficient_credits`` when the user cannot cover it);
-4. the model is called; if it fails, the hold is released and nothing is charged;
-5. the actual tokens are priced and the hold captured for exactly that; the usage record
-   and its ``UsageRecorded`` event are stored in one transaction.
+   most the configured cap (422 ``max_tokens_too_large``), ``returnTo`` a local path; the
+   worst case (estimated prompt + every allowed output token) is computed;
+2. the switches decide the call's billing mode (``switches.decide``): charged, shadow or
+   unbilled;
+3. a client idempotency key is claimed (a repeat gets the stored answer, charged once);
+4. a call to be charged passes the guardrails (``guardrails``): 423 ``user_paused``, then
+   429 for the request, daily and hourly caps; passing counts its worst case in flight;
+5. a call to be charged holds its worst case in the ledger (402 ``insufficient_credits``
+   when the user cannot cover it); shadow and unbilled calls make no hold;
+6. the model is called; if it fails, the hold (and in-flight count) is released and
+   nothing is charged;
+7. the actual tokens are priced; a charged call's hold is captured for exactly that. The
+   usage record (every mode) and its ``UsageRecorded`` event are stored in one transaction.
 A streamed chat follows the same steps; ``streaming`` relays it and settles it once.
+Reconcile (usage consumed elsewhere) obeys the switches but not the pause or the caps:
+refusing usage already consumed would only lose its charge.
 No database transaction is open while the ledger or the model is awaited.
 """
 
@@ -29,7 +38,9 @@ from typing import Any
 from billing_platform import context
 from billing_platform.errors import ApiError
 
-from metering import bodies, metrics, overhead, pricing, return_to, streaming
+from metering import bodies, guardrails, metrics, overhead, pricing, return_to, streaming
+from metering.guard_store import CapsView, GuardStore, Refusal, ReviewFlag
+from metering.guardrails import Pause
 from metering.ledger_client import (
     Capture,
     Captured,
@@ -48,8 +59,10 @@ from metering.model_client import (
     ModelTimeout,
     TokenUsage,
 )
+from metering.pricing import Price
 from metering.rate_card import ModelRate, RateCardBook
-from metering.records import UsageRecord
+from metering.records import CHARGED, ShadowCharge, UsageRecord
+from metering.switches import Decision, SwitchReader
 from metering.usage_store import Claimed, Taken, UsageStore
 
 log = logging.getLogger(__name__)
@@ -107,7 +120,10 @@ class StreamAnswer:
 
 @dataclass(frozen=True)
 class Job:
-    """One chargeable request: who pays, under which key, at which rate, how much to hold."""
+    """One request: who pays, under which key, at which rate, how much to hold, in which mode.
+
+    ``capped``: the guardrails apply (chat); reconcile reports usage already consumed.
+    """
 
     user_id: str
     key: str
@@ -117,6 +133,12 @@ class Job:
     rate_card_version: str
     hold_millicredits: int
     return_to: str
+    decision: Decision
+    capped: bool
+
+    @property
+    def charged(self) -> bool:
+        return self.decision.charged
 
     @property
     def usage_id(self) -> str:
@@ -127,6 +149,10 @@ class Job:
         return self.key if attempt == 1 else f"{self.key}:{attempt}"
 
 
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 class Gateway:
     def __init__(
         self,
@@ -135,18 +161,26 @@ class Gateway:
         model: ModelClient,
         store: UsageStore,
         limits: Limits,
+        *,
+        switches: SwitchReader,
+        guard: GuardStore,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._cards = cards
         self._ledger = ledger
         self._model = model
         self._store = store
         self._limits = limits
+        self._switches = switches
+        self._guard = guard
+        self._clock = clock
 
     async def chat(self, call: ChatCall) -> Answer | StreamAnswer:
-        job, request = self._chat_job(call)
+        job, request = await self._chat_job(call)
         attempt = await self._claim(job)
         if isinstance(attempt, Answer):
             return attempt
+        await self._pass_guardrails(job)
         if call.stream:
             return await self._stream(job, request, attempt)
         async with self._reserved(job, attempt) as hold:
@@ -155,8 +189,12 @@ class Gateway:
         return Answer(200, await self._settle(job, hold, completion.usage, completion.id, body))
 
     async def reconcile(self, call: ReconcileCall) -> Answer:
-        """Charge usage made elsewhere: a hold of exactly its price, captured at once."""
-        job = self._reconcile_job(call)
+        """Charge usage made elsewhere: a hold of exactly its price, captured at once.
+
+        The switches apply (an unbilled or shadow reconcile is recorded, not charged); the
+        pause and the caps do not, as the usage was already consumed.
+        """
+        job = await self._reconcile_job(call)
         attempt = await self._claim(job)
         if isinstance(attempt, Answer):
             return attempt
@@ -172,10 +210,11 @@ class Gateway:
 
     # --- planning --------------------------------------------------------------------
 
-    def _chat_job(self, call: ChatCall) -> tuple[Job, ModelRequest]:
+    async def _chat_job(self, call: ChatCall) -> tuple[Job, ModelRequest]:
         card = self._cards.current()
         rate = card.rate_for(call.model)
         request = ModelRequest(call.model, tuple(call.messages), self._max_tokens(call.max_tokens))
+        return_path = return_to.checked(call.return_to)  # refused before the switches are read
         job = Job(
             user_id=call.user_id,
             key=f"chat:{call.user_id}:{call.idempotency_key or context.new_id()}",
@@ -186,11 +225,13 @@ class Gateway:
             hold_millicredits=pricing.hold_amount(
                 rate, (m.content for m in call.messages), request.max_output_tokens
             ),
-            return_to=return_to.checked(call.return_to),
+            return_to=return_path,
+            decision=await self._switches.decide(call.user_id),
+            capped=True,
         )
         return job, request
 
-    def _reconcile_job(self, call: ReconcileCall) -> Job:
+    async def _reconcile_job(self, call: ReconcileCall) -> Job:
         if call.input_tokens + call.output_tokens == 0:
             raise ApiError(422, "empty_usage", "inputTokens and outputTokens are both 0")
         card = self._cards.current()
@@ -207,6 +248,8 @@ class Gateway:
                 rate, call.input_tokens, call.output_tokens
             ).charged_millicredits,
             return_to=return_to.DEFAULT,
+            decision=await self._switches.decide(call.user_id),
+            capped=False,
         )
 
     def _max_tokens(self, asked: int | None) -> int:
@@ -238,21 +281,51 @@ class Gateway:
         except Exception:
             log.warning("claim not released; it is taken over once abandoned", exc_info=True)
 
-    async def _hold(self, job: Job, attempt: int) -> Hold:
+    async def _unreserve(self, job: Job) -> None:
+        """The call ends uncharged: it no longer counts in flight, and its key is free."""
+        if job.capped and job.charged:
+            try:
+                await self._guard.release(job.usage_id)
+            except Exception:
+                log.warning("in-flight count not released; it expires by itself", exc_info=True)
+        await self._unclaim(job)
+
+    # --- guardrails and holds --------------------------------------------------------
+
+    async def _pass_guardrails(self, job: Job) -> None:
+        """Pause and caps of a call to be charged; passing, its worst case counts in flight."""
+        if not job.charged:
+            return
+        now = self._clock()
+        try:
+            refusal = await self._guard.reserve(
+                job.user_id, job.usage_id, job.hold_millicredits, now
+            )
+        except BaseException:
+            await self._unclaim(job)
+            raise
+        if refusal is not None:
+            await self._unclaim(job)
+            raise _guardrail_refused(refusal, now)
+
+    async def _hold(self, job: Job, attempt: int) -> Hold | None:
+        """The ledger hold of a call to be charged; None for shadow and unbilled calls."""
+        if not job.charged:
+            return None
         try:
             return await self._ledger.create_hold(
                 job.user_id, job.hold_millicredits, job.hold_key(attempt), self._limits.hold_ttl_s
             )
         except (InsufficientCredits, LedgerError) as exc:
-            await self._unclaim(job)
+            await self._unreserve(job)
             raise _hold_refused(exc, job.return_to) from exc
         except BaseException:
-            await self._unclaim(job)
+            await self._unreserve(job)
             raise
 
     @asynccontextmanager
-    async def _reserved(self, job: Job, attempt: int) -> AsyncIterator[Hold]:
-        """A hold for the block; released (nothing charged) if the block fails."""
+    async def _reserved(self, job: Job, attempt: int) -> AsyncIterator[Hold | None]:
+        """A hold for the block (if charged); released (nothing charged) if the block fails."""
         hold = await self._hold(job, attempt)
         try:
             yield hold
@@ -260,12 +333,15 @@ class Gateway:
             await self._abandon(job, hold)
             raise
 
-    async def _abandon(self, job: Job, hold: Hold) -> None:
-        try:
-            await self._ledger.release(hold.hold_id)
-        except LedgerError:
-            log.warning("hold not released; it expires by itself", extra={"hold_id": hold.hold_id})
-        await self._unclaim(job)
+    async def _abandon(self, job: Job, hold: Hold | None) -> None:
+        if hold is not None:
+            try:
+                await self._ledger.release(hold.hold_id)
+            except LedgerError:
+                log.warning(
+                    "hold not released; it expires by itself", extra={"hold_id": hold.hold_id}
+                )
+        await self._unreserve(job)
 
     # --- the model -------------------------------------------------------------------
 
@@ -297,36 +373,24 @@ class Gateway:
     async def _settle(
         self,
         job: Job,
-        hold: Hold,
+        hold: Hold | None,
         usage: TokenUsage,
         provider_request_id: str | None,
         body: dict[str, Any],
     ) -> dict[str, Any]:
-        """Capture the actual price, store and publish the record; the answer's body."""
+        """Capture the actual price (if charged), store and publish the record; the body."""
         price = pricing.price(job.rate, usage.input_tokens, usage.output_tokens)
-        captured = await self._capture(job, hold, usage, price.charged_millicredits)
+        captured = None
+        if hold is not None:
+            captured = await self._capture(job, hold, usage, price.charged_millicredits)
         body = {
             **body,
-            "usage": bodies.usage(usage, captured),
-            "balance": bodies.balance(captured.balance),
+            "usage": bodies.usage(usage, captured.charged_millicredits if captured else 0),
+            "balance": bodies.balance(captured.balance if captured else None),
+            "billingMode": job.decision.mode,
         }
-        record = UsageRecord(
-            usage_id=job.usage_id,
-            user_id=job.user_id,
-            model=job.rate.model,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            charged_millicredits=captured.charged_millicredits,
-            uncollected_millicredits=captured.uncollected_millicredits,
-            cost_millicredits=price.cost_millicredits,
-            rate_card_version=job.rate_card_version,
-            hold_id=hold.hold_id,
-            idempotency_key=job.key,
-            provider_request_id=provider_request_id,
-            transaction_id=captured.transaction_id,
-            response_body=body,
-        )
-        return await self._record(record)
+        settled = Settled(hold, captured, price, provider_request_id)
+        return await self._record(job, usage_record(job, usage, settled, body))
 
     async def _capture(
         self, job: Job, hold: Hold, usage: TokenUsage, amount_millicredits: int
@@ -351,23 +415,70 @@ class Gateway:
             )
             return Captured(amount_millicredits, 0, None, hold.balance)
 
-    async def _record(self, record: UsageRecord) -> dict[str, Any]:
-        earlier = await self._store.record(record)
+    async def _record(self, job: Job, record: UsageRecord) -> dict[str, Any]:
+        decision = job.decision
+        shadow = ShadowCharge(decision.would_be_mode) if decision.shadow else None
+        earlier = await self._store.record(record, shadow)
         if earlier is not None:
             return earlier
-        metrics.charged(record.model, record.charged_millicredits)
+        _count(decision, record)
         log.info(
-            "usage charged",
+            "usage recorded",
             extra={
                 "usage_id": record.usage_id,
                 "model": record.model,
+                "billing_mode": record.mode,
                 "input_tokens": record.input_tokens,
                 "output_tokens": record.output_tokens,
                 "charged_millicredits": record.charged_millicredits,
+                "priced_millicredits": record.priced_millicredits,
                 "hold_id": record.hold_id,
             },
         )
         return record.response_body
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What settling a call found: its hold and capture (None unless charged), its price."""
+
+    hold: Hold | None
+    captured: Captured | None
+    price: Price
+    provider_request_id: str | None
+
+
+def usage_record(
+    job: Job, usage: TokenUsage, settled: Settled, body: dict[str, Any]
+) -> UsageRecord:
+    captured = settled.captured
+    return UsageRecord(
+        usage_id=job.usage_id,
+        user_id=job.user_id,
+        model=job.rate.model,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        charged_millicredits=captured.charged_millicredits if captured else 0,
+        uncollected_millicredits=captured.uncollected_millicredits if captured else 0,
+        priced_millicredits=settled.price.charged_millicredits,
+        cost_millicredits=settled.price.cost_millicredits,
+        rate_card_version=job.rate_card_version,
+        hold_id=settled.hold.hold_id if settled.hold else "",
+        idempotency_key=job.key,
+        provider_request_id=settled.provider_request_id,
+        transaction_id=captured.transaction_id if captured else None,
+        response_body=body,
+        mode=job.decision.mode,
+    )
+
+
+def _count(decision: Decision, record: UsageRecord) -> None:
+    if record.mode == CHARGED:
+        metrics.charged(record.model, record.charged_millicredits)
+    else:
+        metrics.UNBILLED_CALLS.labels(decision.reason or "").inc()
+    if decision.shadow:
+        metrics.SHADOW_CHARGES.labels(record.model).inc(record.priced_millicredits)
 
 
 async def usage_report(store: UsageStore, user_id: str, start: date, end: date) -> dict[str, Any]:
@@ -421,6 +532,23 @@ def _replay(claim: Taken, request_hash: str) -> Answer:
     return Answer(200, claim.response_body, replayed=True)
 
 
+def _guardrail_refused(refusal: Refusal, now: datetime) -> ApiError:
+    if isinstance(refusal, Pause):
+        metrics.CAP_TRIPS.labels(guardrails.PAUSED).inc()
+        return guardrails.paused_refusal(refusal)
+    metrics.CAP_TRIPS.labels(refusal.cap).inc()
+    log.warning(
+        "spend cap tripped",
+        extra={
+            "cap": refusal.cap,
+            "cap_millicredits": refusal.cap_millicredits,
+            "used_millicredits": refusal.used_millicredits,
+            "requested_millicredits": refusal.requested_millicredits,
+        },
+    )
+    return guardrails.cap_refusal(refusal, now)
+
+
 def _hold_refused(exc: InsufficientCredits | LedgerError, back: str) -> ApiError:
     if isinstance(exc, LedgerError):
         return ApiError(503, "ledger_unavailable", "the ledger did not answer; nothing was charged")
@@ -448,3 +576,40 @@ async def _first_chunk(model: str, chunks: AsyncGenerator[Chunk, None]) -> Chunk
     if first is None:
         raise _model_failed(model, ModelError("the model stream was empty"))
     return first
+
+
+# --- guardrails, admin side ----------------------------------------------------------------
+
+
+async def caps_of(guard: GuardStore, user_id: str) -> CapsView:
+    return await guard.caps(user_id)
+
+
+async def set_caps(
+    guard: GuardStore,
+    user_id: str,
+    caps: tuple[int | None, int | None, int | None],
+    actor: str,
+    reason: str,
+) -> CapsView:
+    """Replace the user's overrides (None: the default); written to the audit trail."""
+    view = await guard.set_caps(user_id, caps, actor, reason)
+    log.info("caps set", extra={"target_user": user_id, "actor": actor})
+    return view
+
+
+async def pause_of(guard: GuardStore, user_id: str) -> Pause | None:
+    return await guard.pause(user_id)
+
+
+async def resume(guard: GuardStore, user_id: str, actor: str, reason: str, now: datetime) -> Pause:
+    """Lift the user's pause; 409 ``not_paused`` when there is none."""
+    pause = await guard.resume(user_id, actor, reason, now)
+    if pause is None:
+        raise ApiError(409, "not_paused", f"user {user_id} is not paused")
+    log.info("user resumed", extra={"target_user": user_id, "actor": actor})
+    return pause
+
+
+async def review_flags(guard: GuardStore, user_id: str | None, limit: int) -> list[ReviewFlag]:
+    return await guard.review_flags(user_id, limit)

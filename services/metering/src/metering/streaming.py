@@ -114,5 +114,9 @@ class StreamRelay:
             return named_event("error", {"error": "model_error", "message": message})
         metrics.model_answered(self._model, self._usage)
         settled = await self._settle(self._usage, self._provider_request_id)
-        billing = {"usage": settled["usage"], "balance": settled["balance"]}
+        billing = {
+            "usage": settled["usage"],
+            "balance": settled["balance"],
+            "billingMode": settled["billingMode"],
+        }
         return named_event("billing", billing) + DONE

@@ -2,11 +2,14 @@
 
 Each method is one short transaction of its own, so the gateway never holds a transaction
 (or a pooled connection) while it waits on the ledger or the model. Recording a usage
-writes the row, its ``UsageRecorded`` outbox record and the claim's end together.
+writes together: the row, its ``UsageRecorded`` outbox record, the claim's end, the end of
+the call's in-flight reservation, its shadow charge (under shadow billing) and, for a
+charged call over 5x the user's recent average, a review flag and its ``BillingAlert``.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -15,8 +18,10 @@ from billing_events.outbox import write_outbox
 from billing_events.topics import Topics
 from billing_platform import context
 
-from metering import repository
-from metering.records import ModelTotals, UsageRecord
+from metering import guardrails, metrics, repository
+from metering.records import CHARGED, ModelTotals, ShadowCharge, UsageRecord
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,9 @@ class UsageStore(Protocol):
 
     async def release(self, user_id: str, key: str) -> None: ...
 
-    async def record(self, record: UsageRecord) -> dict[str, Any] | None:
+    async def record(
+        self, record: UsageRecord, shadow: ShadowCharge | None = None
+    ) -> dict[str, Any] | None:
         """Store and publish; None, or the body stored earlier when the key was answered."""
         ...
 
@@ -83,23 +90,63 @@ class PgUsageStore:
         async with self._db.pool.acquire() as conn:
             await repository.release_claim(conn, user_id, key)
 
-    async def record(self, record: UsageRecord) -> dict[str, Any] | None:
+    async def record(
+        self, record: UsageRecord, shadow: ShadowCharge | None = None
+    ) -> dict[str, Any] | None:
         correlation_id = context.current_correlation_id()
         async with self._db.pool.acquire() as conn, conn.transaction():
             new = await repository.insert_usage(conn, record, correlation_id)
-            if new:
-                await write_outbox(
-                    conn,
-                    self._topics.usage,
-                    record.user_id,
-                    record.event(correlation_id),
-                    correlation_id=correlation_id,
-                )
+            await repository.delete_inflight(conn, record.usage_id)
+            flagged = new and await self._published(conn, record, shadow, correlation_id)
             await repository.finish_claim(conn, record.user_id, record.idempotency_key)
             if not new:
                 return await repository.stored_body(conn, record.user_id, record.idempotency_key)
         self._relay.poke()
+        if flagged:
+            metrics.ANOMALY_FLAGS.inc()
         return None
+
+    async def _published(
+        self, conn: Any, record: UsageRecord, shadow: ShadowCharge | None, correlation_id: str
+    ) -> bool:
+        """Outbox and shadow rows of a new record; whether it was flagged for review."""
+        await write_outbox(
+            conn,
+            self._topics.usage,
+            record.user_id,
+            record.event(correlation_id),
+            correlation_id=correlation_id,
+        )
+        if shadow is not None:
+            await repository.insert_shadow_charge(conn, record, shadow)
+        return record.mode == CHARGED and await self._flag_anomaly(conn, record, correlation_id)
+
+    async def _flag_anomaly(self, conn: Any, record: UsageRecord, correlation_id: str) -> bool:
+        calls, total = await repository.recent_charges(
+            conn, record.user_id, record.usage_id, guardrails.ANOMALY_HISTORY
+        )
+        history = guardrails.History(calls, total)
+        if not guardrails.is_anomalous(record.charged_millicredits, history):
+            return False
+        if not await repository.insert_review_flag(
+            conn, record, history.average_millicredits, history.calls
+        ):
+            return False
+        alert = guardrails.anomaly_alert(
+            record.user_id, record.usage_id, record.model, record.charged_millicredits, history
+        )
+        await write_outbox(
+            conn, self._topics.alerts, record.user_id, alert, correlation_id=correlation_id
+        )
+        log.warning(
+            "usage flagged for review",
+            extra={
+                "usage_id": record.usage_id,
+                "charged_millicredits": record.charged_millicredits,
+                "average_millicredits": history.average_millicredits,
+            },
+        )
+        return True
 
     async def totals(self, user_id: str, start: datetime, end: datetime) -> list[ModelTotals]:
         async with self._db.pool.acquire() as conn:

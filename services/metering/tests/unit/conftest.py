@@ -1,8 +1,10 @@
-"""In-memory stand-ins for metering's ports (ledger, model, store) and a token factory.
+"""In-memory stand-ins for metering's ports (ledger, model, store, guardrails, switches), a
+settable clock and a token factory.
 
 The fakes follow the contracts the real parts keep: the ledger's holds are idempotent by
 key, captures by usage id, releases by hold; the store answers a claimed key as PostgreSQL
-would through ``repository``.
+would through ``repository``; the guard store applies the same ``guardrails`` rules to the
+store's records, as ``PgGuardStore`` does to ``usage_records``.
 """
 
 from __future__ import annotations
@@ -10,19 +12,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
-from billing_events.v1 import usage_pb2
+from billing_events.v1 import alert_pb2, usage_pb2
 from billing_platform.settings import InfraSettings
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
-from metering import api, service
+from metering import api, guardrails, service
+from metering.guard_store import CapsView, Refusal, ReviewFlag
+from metering.guardrails import CapOverride, Caps, Pause, Spending
 from metering.ledger_client import (
     Balance,
     Capture,
@@ -40,12 +44,28 @@ from metering.model_client import (
     TokenUsage,
 )
 from metering.rate_card import RateCardBook, load_rate_cards
-from metering.records import ModelTotals, UsageRecord
+from metering.records import CHARGED, ModelTotals, ShadowCharge, UsageRecord
 from metering.settings import Settings
+from metering.switches import Switches
 from metering.usage_store import Claimed, Taken
 
 ISSUER, AUDIENCE = "metering-test", "billing-test"
 TODAY = date(2026, 11, 21)
+NOON = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+DEFAULT_CAPS = Caps(per_request=50_000, per_day=500_000, per_hour=100_000)
+# The gateway tests outside the guardrails' own are not about caps: nothing trips these.
+UNCAPPED = Caps(per_request=10**12, per_day=10**12, per_hour=10**12)
+
+
+class FakeClock:
+    def __init__(self, now: datetime = NOON) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
 
 
 # --- ledger ----------------------------------------------------------------------------
@@ -193,11 +213,24 @@ class FakeClaim:
     attempt: int = 1
 
 
+@dataclass
+class InFlight:
+    user_id: str
+    estimate: int
+    expires_at: datetime
+
+
 class FakeStore:
-    def __init__(self) -> None:
+    def __init__(self, clock: FakeClock | None = None) -> None:
+        self.clock = clock or FakeClock()
         self.claims: dict[tuple[str, str], FakeClaim] = {}
         self.records: dict[tuple[str, str], UsageRecord] = {}
+        self.created: dict[str, datetime] = {}
         self.published: list[usage_pb2.UsageRecorded] = []
+        self.inflight: dict[str, InFlight] = {}
+        self.shadow: dict[str, tuple[UsageRecord, ShadowCharge]] = {}
+        self.flags: list[ReviewFlag] = []
+        self.alerts: list[alert_pb2.BillingAlert] = []
 
     async def claim(self, user_id: str, key: str, request_hash: str) -> Claimed | Taken:
         claim = self.claims.get((user_id, key))
@@ -219,15 +252,55 @@ class FakeStore:
         if claim is not None and claim.state == "in_progress":
             claim.state = "released"
 
-    async def record(self, record: UsageRecord) -> dict[str, Any] | None:
+    async def record(
+        self, record: UsageRecord, shadow: ShadowCharge | None = None
+    ) -> dict[str, Any] | None:
+        self.inflight.pop(record.usage_id, None)
         earlier = self.records.get((record.user_id, record.idempotency_key))
         if earlier is not None:
             return earlier.response_body
+        if record.mode == CHARGED:
+            self._flag_anomaly(record)
         self.records[(record.user_id, record.idempotency_key)] = record
+        self.created[record.usage_id] = self.clock()
         self.published.append(record.event("corr-test"))
+        if shadow is not None:
+            self.shadow[record.usage_id] = (record, shadow)
         if (record.user_id, record.idempotency_key) in self.claims:
             self.claims[(record.user_id, record.idempotency_key)].state = "done"
         return None
+
+    def charged(self, user_id: str) -> list[tuple[datetime, UsageRecord]]:
+        """The user's charged records, oldest first."""
+        mine = [r for r in self.records.values() if r.user_id == user_id and r.mode == CHARGED]
+        return sorted(((self.created[r.usage_id], r) for r in mine), key=lambda p: p[0])
+
+    def _flag_anomaly(self, record: UsageRecord) -> None:
+        recent = [r.charged_millicredits for _, r in self.charged(record.user_id)][-20:]
+        history = guardrails.History(len(recent), sum(recent))
+        if not guardrails.is_anomalous(record.charged_millicredits, history):
+            return
+        self.flags.append(
+            ReviewFlag(
+                len(self.flags) + 1,
+                record.user_id,
+                record.usage_id,
+                record.model,
+                record.charged_millicredits,
+                history.average_millicredits,
+                history.calls,
+                self.clock(),
+            )
+        )
+        self.alerts.append(
+            guardrails.anomaly_alert(
+                record.user_id,
+                record.usage_id,
+                record.model,
+                record.charged_millicredits,
+                history,
+            )
+        )
 
     async def totals(self, user_id: str, start: datetime, end: datetime) -> list[ModelTotals]:
         self.window = (start, end)
@@ -246,6 +319,101 @@ class FakeStore:
         return [by_model[m] for m in sorted(by_model)]
 
 
+# --- guardrails and switches ------------------------------------------------------------
+
+
+class FakeGuard:
+    """``PgGuardStore``'s rules over the fake store's records, one call at a time."""
+
+    def __init__(self, store: FakeStore, defaults: Caps, ttl_s: float = 180) -> None:
+        self.store = store
+        self.defaults = defaults
+        self.ttl = timedelta(seconds=ttl_s)
+        self.overrides: dict[str, CapOverride] = {}
+        self.pauses: dict[str, Pause] = {}
+        self.released: list[str] = []
+
+    async def reserve(
+        self, user_id: str, usage_id: str, estimate: int, now: datetime
+    ) -> Refusal | None:
+        pause = self.pauses.get(user_id)
+        if pause is not None and pause.active:
+            return pause
+        caps = guardrails.effective(self.defaults, self.overrides.get(user_id))
+        trip = guardrails.check(caps, self.spending(user_id, now), estimate, now)
+        if trip is not None and trip.cap == guardrails.HOURLY:
+            window = [
+                (at, r.charged_millicredits)
+                for at, r in self.store.charged(user_id)
+                if at > now - guardrails.WINDOW
+            ]
+            trip = replace(trip, resets_at=guardrails.hourly_resets_at(trip, window, now))
+            self.pauses[user_id] = Pause(user_id, guardrails.pause_reason(trip), now)
+        if trip is not None:
+            return trip
+        self.store.inflight[usage_id] = InFlight(user_id, estimate, now + self.ttl)
+        return None
+
+    def spending(self, user_id: str, now: datetime) -> Spending:
+        charged = self.store.charged(user_id)
+        today = guardrails.day_start(now)
+        hour = now - guardrails.WINDOW
+        return Spending(
+            sum(r.charged_millicredits for at, r in charged if at >= today),
+            sum(r.charged_millicredits for at, r in charged if at > hour),
+            sum(
+                f.estimate
+                for f in self.store.inflight.values()
+                if f.user_id == user_id and f.expires_at > now
+            ),
+        )
+
+    async def release(self, usage_id: str) -> None:
+        self.released.append(usage_id)
+        self.store.inflight.pop(usage_id, None)
+
+    async def caps(self, user_id: str) -> CapsView:
+        override = self.overrides.get(user_id)
+        return CapsView(guardrails.effective(self.defaults, override), self.defaults, override)
+
+    async def set_caps(
+        self, user_id: str, caps: tuple[int | None, int | None, int | None], actor: str, reason: str
+    ) -> CapsView:
+        self.overrides[user_id] = CapOverride(*caps, actor, reason, self.store.clock())
+        return await self.caps(user_id)
+
+    async def pause(self, user_id: str) -> Pause | None:
+        return self.pauses.get(user_id)
+
+    async def resume(self, user_id: str, actor: str, reason: str, now: datetime) -> Pause | None:
+        pause = self.pauses.get(user_id)
+        if pause is None or not pause.active:
+            return None
+        self.pauses[user_id] = replace(
+            pause, resumed_at=now, resumed_by=actor, resume_reason=reason
+        )
+        return self.pauses[user_id]
+
+    async def review_flags(self, user_id: str | None, limit: int) -> list[ReviewFlag]:
+        mine = [f for f in self.store.flags if user_id is None or f.user_id == user_id]
+        return list(reversed(mine))[:limit]
+
+
+class FakeFlags:
+    """Checkout's feature_flags view: name -> JSON value; ``broken`` makes it unreadable."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, Any] = {}
+        self.broken = False
+        self.reads = 0
+
+    async def load(self) -> dict[str, Any]:
+        self.reads += 1
+        if self.broken:
+            raise OSError("relation checkout.feature_flags does not exist")
+        return dict(self.rows)
+
+
 # --- the gateway and the app -----------------------------------------------------------
 
 
@@ -257,14 +425,29 @@ class Parts:
     ledger: FakeLedger
     model: FakeModel
     store: FakeStore
+    guard: FakeGuard
+    flags: FakeFlags
+    clock: FakeClock
     gateway: service.Gateway
 
 
-def build_parts(balances: dict[str, int] | None = None) -> Parts:
+def build_parts(balances: dict[str, int] | None = None, caps: Caps = UNCAPPED) -> Parts:
     ledger = FakeLedger({"alice": 10_000_000} if balances is None else balances)
-    model, store = FakeModel(), FakeStore()
+    clock = FakeClock()
+    model, store, flags = FakeModel(), FakeStore(clock), FakeFlags()
+    guard = FakeGuard(store, caps)
     cards = RateCardBook(load_rate_cards(), today=lambda: TODAY)
-    return Parts(ledger, model, store, service.Gateway(cards, ledger, model, store, LIMITS))
+    gateway = service.Gateway(
+        cards,
+        ledger,
+        model,
+        store,
+        LIMITS,
+        switches=Switches(flags, ttl_s=0),
+        guard=guard,
+        clock=clock,
+    )
+    return Parts(ledger, model, store, guard, flags, clock, gateway)
 
 
 @pytest.fixture
@@ -316,7 +499,9 @@ def settings_for(keys: Keys) -> Settings:
 @pytest.fixture
 def app(keys: Keys, parts: Parts) -> Iterator[App]:
     cards = RateCardBook(load_rate_cards(), today=lambda: TODAY)
-    deps = api.ApiDeps(parts.gateway, parts.store, cards, today=lambda: TODAY)
+    deps = api.ApiDeps(
+        parts.gateway, parts.store, cards, parts.guard, today=lambda: TODAY, clock=parts.clock
+    )
     application = gateway_app(settings_for(keys), deps)
     with TestClient(application, raise_server_exceptions=False) as client:
         yield App(client, parts, keys)

@@ -352,6 +352,7 @@ async def test_reconcile_holds_exactly_the_price_and_captures_it(parts: Any) -> 
             "balanceCredits": "9950.000",
             "availableCredits": "9950.000",
         },
+        "billingMode": "charged",
     }
     [event] = parts.store.published
     assert event.idempotency_key == "reconcile:r-1"

@@ -61,6 +61,7 @@ async def test_chunks_are_forwarded_then_billing_then_done(parts: Any) -> None:
             "balanceCredits": "9950.000",
             "availableCredits": "9950.000",
         },
+        "billingMode": "charged",
     }
     assert all(e.endswith("\n\n") for e in events)
 

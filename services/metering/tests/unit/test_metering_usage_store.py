@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from billing_events.topics import Topics
-from billing_events.v1 import usage_pb2
-from metering.records import UsageRecord
+from billing_events.v1 import alert_pb2, usage_pb2
+from metering.records import SHADOW, UNBILLED, ShadowCharge, UsageRecord
 from metering.usage_store import Claimed, PgUsageStore, Taken
+from prometheus_client import REGISTRY
 
 RECORD = UsageRecord(
     usage_id="9c672c04-dd5d-5953-a903-2bf809f3ca4b",
@@ -21,6 +23,7 @@ RECORD = UsageRecord(
     output_tokens=500,
     charged_millicredits=50_000,
     uncollected_millicredits=0,
+    priced_millicredits=50_000,
     cost_millicredits=12_500,
     rate_card_version="2026-11-01",
     hold_id="h-1",
@@ -38,6 +41,11 @@ class FakeConn:
         self.usage: dict[tuple[str, str], tuple[Any, ...]] = {}
         self.claims: dict[tuple[str, str], dict[str, Any]] = {}
         self.outbox: list[tuple[Any, ...]] = []
+        self.inflight: set[str] = {RECORD.usage_id}
+        self.shadow: list[tuple[Any, ...]] = []
+        self.flags: list[tuple[Any, ...]] = []
+        # (calls, total) of the user's earlier charged records, as recent_charges reads them.
+        self.history = (0, 0)
         self.transactions = 0
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
@@ -52,6 +60,9 @@ class FakeConn:
         if sql.startswith("INSERT INTO outbox"):
             self.outbox.append(args)
             return len(self.outbox)
+        if sql.startswith("INSERT INTO review_flags"):
+            self.flags.append(args)
+            return True
         assert sql.startswith("SELECT response_body FROM usage_records"), sql
         return self.usage[(args[0], args[1])][15]
 
@@ -66,6 +77,8 @@ class FakeConn:
         return int(claim["n"])
 
     async def fetchrow(self, sql: str, *args: Any) -> dict[str, Any] | None:
+        if sql.startswith("SELECT count(*) AS calls"):
+            return {"calls": self.history[0], "total": self.history[1]}
         assert sql.startswith("SELECT c.state, c.request_hash, u.response_body"), sql
         claim = self.claims.get((args[0], args[1]))
         if claim is None:
@@ -75,6 +88,12 @@ class FakeConn:
         return {"state": claim["state"], "request_hash": claim["hash"], "response_body": body}
 
     async def execute(self, sql: str, *args: Any) -> None:
+        if sql.startswith("DELETE FROM inflight_charges"):
+            self.inflight.discard(args[0])
+            return
+        if sql.startswith("INSERT INTO shadow_charges"):
+            self.shadow.append(args)
+            return
         claim = self.claims.get((args[0], args[1]))
         if claim is None:
             return
@@ -140,6 +159,75 @@ async def test_a_record_is_stored_with_its_event_in_one_transaction() -> None:
     assert (event.usage_id, event.charged_millicredits) == (RECORD.usage_id, 50_000)
     assert json.loads(headers)["correlation-id"] == event.meta.correlation_id
     assert relay.pokes == 1
+
+
+async def test_recording_a_call_ends_its_in_flight_count_in_the_same_transaction() -> None:
+    usage_store, conn, _ = store()
+
+    await usage_store.record(RECORD)
+
+    assert conn.transactions == 1
+    assert conn.inflight == set()
+
+
+async def test_a_shadowed_call_logs_its_computed_charge() -> None:
+    usage_store, conn, _ = store()
+    shadowed = replace(RECORD, mode=SHADOW, charged_millicredits=0)
+
+    await usage_store.record(shadowed, ShadowCharge(would_be_mode="charged"))
+
+    [row] = conn.shadow
+    assert row == (
+        RECORD.usage_id,
+        "alice",
+        "gpt-4o",
+        1000,
+        500,
+        50_000,
+        "shadow",
+        "charged",
+        "2026-11-01",
+    )
+    [(_, _, payload, _)] = conn.outbox
+    event = usage_pb2.UsageRecorded.FromString(payload)
+    assert (event.mode, event.charged_millicredits) == (usage_pb2.BILLING_MODE_SHADOW, 50_000)
+
+
+async def test_an_anomalous_charge_is_flagged_and_alerted_with_its_record() -> None:
+    usage_store, conn, _ = store()
+    conn.history = (5, 50_000)  # an average of 10,000; 50,000 is exactly 5x
+    before = REGISTRY.get_sample_value("billing_anomaly_flags_total") or 0.0
+
+    await usage_store.record(replace(RECORD, charged_millicredits=50_001))
+
+    assert conn.transactions == 1
+    [flag] = conn.flags
+    assert flag[3:] == (50_001, 10_000, 5)
+    usage_row, alert_row = conn.outbox
+    assert alert_row[0] == "billing.alerts.v1"
+    alert = alert_pb2.BillingAlert.FromString(alert_row[2])
+    assert (alert.kind, alert.severity) == ("usage_anomaly", alert_pb2.SEVERITY_WARNING)
+    assert alert.details["averageMillicredits"] == "10000"
+    assert REGISTRY.get_sample_value("billing_anomaly_flags_total") == before + 1
+
+
+async def test_a_charge_of_exactly_five_times_the_average_is_not_flagged() -> None:
+    usage_store, conn, _ = store()
+    conn.history = (5, 50_000)
+
+    await usage_store.record(RECORD)
+
+    assert conn.flags == []
+    assert len(conn.outbox) == 1
+
+
+async def test_shadow_and_unbilled_calls_are_never_flagged() -> None:
+    usage_store, conn, _ = store()
+    conn.history = (5, 5)
+
+    await usage_store.record(replace(RECORD, mode=UNBILLED, charged_millicredits=0))
+
+    assert conn.flags == []
 
 
 async def test_a_record_for_an_answered_key_returns_the_earlier_body_and_publishes_nothing() -> (
