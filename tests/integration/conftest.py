@@ -222,6 +222,20 @@ class Platform:
             assert time.monotonic() < deadline, why
             await asyncio.sleep(0.1)
 
+    async def give(self, user: str, millicredits: int) -> None:
+        """Credits for a test user, as an admin adjustment (the quickest honest way in)."""
+        answer = await self.http.post(
+            f"{self.ledger}/api/admin/adjustments",
+            json={
+                "userId": user,
+                "amountMillicredits": millicredits,
+                "reason": "test credits",
+                "referenceId": f"seed-{uuid.uuid4().hex[:8]}",
+            },
+            headers=self.auth("ops", admin=True),
+        )
+        assert answer.status_code == 201, answer.text
+
     async def insert_starter_row(self, purchase: stripe_sim.SimPurchase) -> None:
         """A starter purchase row written straight into checkout's table, as if just created."""
         await self.sql(

@@ -24,20 +24,6 @@ def service_auth(platform: Any) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def give(platform: Any, user: str, millicredits: int) -> None:
-    answer = await platform.http.post(
-        f"{platform.ledger}/api/admin/adjustments",
-        json={
-            "userId": user,
-            "amountMillicredits": millicredits,
-            "reason": "test credits",
-            "referenceId": f"seed-{uuid.uuid4().hex[:8]}",
-        },
-        headers=platform.auth("ops", admin=True),
-    )
-    assert answer.status_code == 201, answer.text
-
-
 async def hold(platform: Any, user: str, amount: int, key: str, ttl: int = 120) -> Any:
     return await platform.http.post(
         f"{platform.ledger}/internal/holds",
@@ -67,7 +53,7 @@ async def capture(platform: Any, hold_id: str, amount: int, usage_id: str) -> An
 
 
 async def test_hold_capture_release_and_the_402_body(platform: Any, user: str) -> None:
-    await give(platform, user, 12_000)
+    await platform.give(user, 12_000)
     first = await hold(platform, user, 10_000, "k1")
     assert first.status_code == 201, first.text
     assert first.json()["availableMillicredits"] == 2_000
@@ -108,7 +94,7 @@ async def test_hold_capture_release_and_the_402_body(platform: Any, user: str) -
 async def test_capture_above_the_hold_takes_only_what_is_available(
     platform: Any, user: str
 ) -> None:
-    await give(platform, user, 6_000)
+    await platform.give(user, 6_000)
     held = (await hold(platform, user, 4_000, "over")).json()
     over = await capture(platform, held["holdId"], 9_000, f"usage-over-{user}")
     assert over.json()["chargedMillicredits"] == 6_000
@@ -117,7 +103,7 @@ async def test_capture_above_the_hold_takes_only_what_is_available(
 
 
 async def test_release_frees_the_hold_and_charges_nothing(platform: Any, user: str) -> None:
-    await give(platform, user, 10_000)
+    await platform.give(user, 10_000)
     held = (await hold(platform, user, 8_000, "rel")).json()
     url = f"{platform.ledger}/internal/holds/{held['holdId']}/release"
     released = await platform.http.post(url, headers=service_auth(platform))
@@ -132,7 +118,7 @@ async def test_release_frees_the_hold_and_charges_nothing(platform: Any, user: s
 async def test_hundred_concurrent_holds_never_reserve_more_than_the_balance(
     platform: Any, user: str
 ) -> None:
-    await give(platform, user, 10 * CALL)
+    await platform.give(user, 10 * CALL)
     answers = await asyncio.gather(*(hold(platform, user, CALL, f"c-{i}") for i in range(100)))
     statuses = [a.status_code for a in answers]
     assert statuses.count(201) == 10
@@ -150,7 +136,7 @@ async def test_hundred_concurrent_holds_never_reserve_more_than_the_balance(
 
 
 async def test_holds_expire_by_themselves(platform: Any, user: str) -> None:
-    await give(platform, user, 5_000)
+    await platform.give(user, 5_000)
     assert (await hold(platform, user, 5_000, "short", ttl=1)).status_code == 201
     assert (await platform.balance(user))["availableMillicredits"] == 0
 
@@ -169,7 +155,7 @@ async def test_holds_expire_by_themselves(platform: Any, user: str) -> None:
 async def test_usage_records_on_the_topic_are_posted_once(
     platform: Any, user: str, publisher: KafkaPublisher, with_hold: bool
 ) -> None:
-    await give(platform, user, 20_000)
+    await platform.give(user, 20_000)
     hold_id = (await hold(platform, user, 9_000, "topic")).json()["holdId"] if with_hold else ""
     usage_id = f"usage-{uuid.uuid4().hex[:10]}"
     record = usage_pb2.UsageRecorded(

@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +21,6 @@ from metering.pricing import estimate_prompt_tokens
 HERE = Path(__file__).parent
 GPT_4O = (5, 15)  # USD per 1M tokens in the shipped rate card
 MARKUP = 4
-
-
-async def give(platform: Any, user: str, millicredits: int) -> None:
-    answer = await platform.http.post(
-        f"{platform.ledger}/api/admin/adjustments",
-        json={
-            "userId": user,
-            "amountMillicredits": millicredits,
-            "reason": "test credits",
-            "referenceId": f"seed-{uuid.uuid4().hex[:8]}",
-        },
-        headers=platform.auth("ops", admin=True),
-    )
-    assert answer.status_code == 201, answer.text
 
 
 def metering_url(stack: Stack) -> str:
@@ -71,7 +56,7 @@ async def chat(platform: Any, user: str, content: str, **extra: Any) -> httpx.Re
 async def test_golden_reconcile_charges_exactly_fifty_credits_once(
     platform: Any, user: str
 ) -> None:
-    await give(platform, user, 200_000)
+    await platform.give(user, 200_000)
     url = f"{metering_url(platform.stack)}/api/usage/reconcile"
     body = {
         "userId": user,
@@ -94,7 +79,7 @@ async def test_golden_reconcile_charges_exactly_fifty_credits_once(
 async def test_chat_charges_the_actual_tokens_and_answers_the_balance(
     platform: Any, user: str
 ) -> None:
-    await give(platform, user, 1_000_000)
+    await platform.give(user, 1_000_000)
     answer = await chat(platform, user, "hello there [[tokens=40]]", max_tokens=100)
     assert answer.status_code == 200, answer.text
     body = answer.json()
@@ -114,7 +99,7 @@ async def test_hundred_concurrent_calls_with_credit_for_ten(platform: Any, user:
     content = exact_prompt("one call, priced exactly")
     max_tokens = 50
     cost = gpt_4o_price(estimate_prompt_tokens([content]), max_tokens)
-    await give(platform, user, 10 * cost)
+    await platform.give(user, 10 * cost)
     # The burst's worst cases count against the hourly cap while in flight; this test is
     # about the balance, so the caps are lifted for this user.
     caps = await platform.http.put(
@@ -141,7 +126,7 @@ async def test_hundred_concurrent_calls_with_credit_for_ten(platform: Any, user:
 
 
 async def test_insufficient_credits_answer_matches_the_contract(platform: Any, user: str) -> None:
-    await give(platform, user, 1_000)
+    await platform.give(user, 1_000)
     answer = await chat(platform, user, "expensive", max_tokens=500, returnTo="/chat?x=1")
     assert answer.status_code == 402
     body = answer.json()
@@ -157,7 +142,7 @@ async def test_insufficient_credits_answer_matches_the_contract(platform: Any, u
 async def test_model_failure_releases_the_hold_and_charges_nothing(
     platform: Any, user: str
 ) -> None:
-    await give(platform, user, 500_000)
+    await platform.give(user, 500_000)
     answer = await chat(platform, user, "please fail [[fail]]", max_tokens=50)
     assert answer.status_code == 502
     assert answer.json()["error"] == "model_error"
@@ -170,7 +155,7 @@ async def test_model_failure_releases_the_hold_and_charges_nothing(
 
 
 async def test_streaming_charges_from_the_final_usage_chunk(platform: Any, user: str) -> None:
-    await give(platform, user, 500_000)
+    await platform.give(user, 500_000)
     url = f"{metering_url(platform.stack)}/api/ai/chat"
     body = {
         "model": "gpt-4o-mini",
@@ -211,7 +196,7 @@ async def test_rate_card_and_unknown_models(platform: Any, user: str) -> None:
 
 
 async def test_usage_totals_per_model(platform: Any, user: str) -> None:
-    await give(platform, user, 1_000_000)
+    await platform.give(user, 1_000_000)
     charged = 0
     for tokens in (5, 7):
         answer = await chat(platform, user, f"count [[tokens={tokens}]]", max_tokens=20)
@@ -227,7 +212,7 @@ async def test_usage_totals_per_model(platform: Any, user: str) -> None:
 async def test_gateway_killed_after_the_model_answered_never_double_charges(
     platform: Any, user: str, stack: Stack, tmp_path: Path, run_service: Any
 ) -> None:
-    await give(platform, user, 500_000)
+    await platform.give(user, 500_000)
     timing = {"METERING_HOLD_TTL_S": "2", "METERING_MODEL_TIMEOUT_S": "3"}
     port = free_port()
     env = {**os.environ, **stack.env(), **timing, "METERING_PORT": str(port)}

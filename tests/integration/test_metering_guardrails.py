@@ -30,20 +30,6 @@ DEFAULTS = {
 SWITCH_PICKUP_S = 1.5  # metering re-reads switches at least every second
 
 
-async def give(platform: Any, user: str, millicredits: int) -> None:
-    answer = await platform.http.post(
-        f"{platform.ledger}/api/admin/adjustments",
-        json={
-            "userId": user,
-            "amountMillicredits": millicredits,
-            "reason": "test credits",
-            "referenceId": f"seed-{uuid.uuid4().hex[:8]}",
-        },
-        headers=platform.auth("ops", admin=True),
-    )
-    assert answer.status_code == 201, answer.text
-
-
 async def chat(
     platform: Any, user: str, tokens: int = 10, max_tokens: int = 40, model: str = "gpt-4o-mini"
 ) -> httpx.Response:
@@ -92,7 +78,7 @@ async def usage_mode(platform: Any, user: str) -> list[str]:
 
 
 async def test_a_request_over_the_per_request_cap_is_refused(platform: Any, user: str) -> None:
-    await give(platform, user, 10_000_000)
+    await platform.give(user, 10_000_000)
     answer = await chat(platform, user, model="gpt-4o", max_tokens=1000)  # worst case 60+ credits
     assert answer.status_code == 429
     body = answer.json()
@@ -105,7 +91,7 @@ async def test_a_request_over_the_per_request_cap_is_refused(platform: Any, user
 async def test_tripping_the_hourly_cap_pauses_the_user_until_an_admin_resumes(
     platform: Any, user: str
 ) -> None:
-    await give(platform, user, 10_000_000)
+    await platform.give(user, 10_000_000)
     await set_caps(platform, user, perHourMillicredits=300)
     answers = [await chat(platform, user) for _ in range(12)]
     codes = [a.status_code for a in answers]
@@ -132,7 +118,7 @@ async def test_tripping_the_hourly_cap_pauses_the_user_until_an_admin_resumes(
 
 
 async def test_daily_cap_names_when_it_resets(platform: Any, user: str) -> None:
-    await give(platform, user, 10_000_000)
+    await platform.give(user, 10_000_000)
     await set_caps(platform, user, perDayMillicredits=300)
     codes = []
     for _ in range(12):
@@ -149,7 +135,7 @@ async def test_daily_cap_names_when_it_resets(platform: Any, user: str) -> None:
 async def test_a_call_far_above_the_users_average_is_flagged_for_review(
     platform: Any, user: str, stack: Stack
 ) -> None:
-    await give(platform, user, 10_000_000)
+    await platform.give(user, 10_000_000)
     for _ in range(6):
         assert (await chat(platform, user, tokens=5)).status_code == 200
     spike = await chat(platform, user, tokens=400, max_tokens=400)
@@ -186,7 +172,7 @@ async def find_alert(stack: Stack, kind: str, user: str, timeout: float = 20) ->
 async def test_charging_off_keeps_ai_working_and_records_unbilled_usage(
     platform: Any, user: str
 ) -> None:
-    await give(platform, user, 1_000_000)
+    await platform.give(user, 1_000_000)
     async with switches(platform, chargingEnabled=False):
         answer = await chat(platform, user)
     assert answer.status_code == 200, answer.text
@@ -203,7 +189,7 @@ async def test_rollout_bills_only_the_users_in_the_percentage(platform: Any) -> 
     assert outside
     billed, free = inside[0], outside[0]
     for who in (billed, free):
-        await give(platform, who, 1_000_000)
+        await platform.give(who, 1_000_000)
     async with switches(platform, rolloutPercentage=50):
         charged = {who: (await chat(platform, who)).json() for who in (billed, free)}
     assert charged[billed]["usage"]["chargedMillicredits"] > 0
@@ -216,10 +202,10 @@ async def test_shadow_billing_charges_the_allowlist_and_totals_what_billing_woul
 ) -> None:
     allowed, others = f"shadow-a-{uuid.uuid4().hex[:6]}", f"shadow-b-{uuid.uuid4().hex[:6]}"
     for who in (allowed, others):
-        await give(platform, who, 1_000_000)
+        await platform.give(who, 1_000_000)
     # What real billing charges for the same calls, before shadow billing is on.
     reference = f"shadow-ref-{uuid.uuid4().hex[:6]}"
-    await give(platform, reference, 1_000_000)
+    await platform.give(reference, 1_000_000)
     real = [(await chat(platform, reference, tokens=t)).json() for t in (5, 9)]
     expected = sum(r["usage"]["chargedMillicredits"] for r in real)
 

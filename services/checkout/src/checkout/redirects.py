@@ -7,21 +7,13 @@ control characters that browsers strip) is refused rather than cleaned up.
 
 from __future__ import annotations
 
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
-MAX_RETURN_TO_LENGTH = 512
+from billing_platform.paths import MAX_LOCAL_PATH_LENGTH, is_local_path
+
+MAX_RETURN_TO_LENGTH = MAX_LOCAL_PATH_LENGTH
+is_valid_return_to = is_local_path
 DEFAULT_RETURN_TO = "/"
-
-
-def is_valid_return_to(value: str) -> bool:
-    if not value or len(value) > MAX_RETURN_TO_LENGTH:
-        return False
-    if not value.startswith("/") or value.startswith("//") or "\\" in value:
-        return False
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        return False
-    parts = urlsplit(value)
-    return not parts.scheme and not parts.netloc
 
 
 def with_query(return_to: str, params: dict[str, str]) -> str:

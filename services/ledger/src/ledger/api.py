@@ -18,10 +18,11 @@ import stripe
 from billing_platform.auth import AdminUser, CurrentUser
 from billing_platform.db import Database
 from billing_platform.errors import ApiError
+from billing_platform.money import credits_text
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
-from ledger import journal, repository, service
+from ledger import repository, service
 from ledger.schemas import (
     AdjustmentIn,
     AdjustmentOut,
@@ -98,8 +99,8 @@ def balance_body(user_id: str, balance: int, held: int) -> BalanceOut:
         balance_millicredits=balance,
         held_millicredits=held,
         available_millicredits=available,
-        balance_credits=journal.credits_text(balance),
-        available_credits=journal.credits_text(available),
+        balance_credits=credits_text(balance),
+        available_credits=credits_text(available),
     )
 
 

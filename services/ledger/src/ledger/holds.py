@@ -18,6 +18,7 @@ from typing import Any
 
 from billing_events.topics import Topics
 from billing_platform.errors import ApiError
+from billing_platform.money import credits_text
 from prometheus_client import Counter
 
 from ledger import journal, repository, service
@@ -35,8 +36,8 @@ class InsufficientCredits(ApiError):
             "not enough credits for this request",
             requiredMillicredits=required,
             currentMillicredits=available,
-            requiredCredits=journal.credits_text(required),
-            currentCredits=journal.credits_text(available),
+            requiredCredits=credits_text(required),
+            currentCredits=credits_text(available),
         )
 
 

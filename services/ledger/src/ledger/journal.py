@@ -96,10 +96,3 @@ def refund_entries(user_id: str, clawback: Clawback) -> tuple[Entry, ...]:
 
 def adjustment_entries(user_id: str, amount_millicredits: int) -> tuple[Entry, ...]:
     return (Entry(wallet(user_id), amount_millicredits), Entry(ADJUSTMENTS, -amount_millicredits))
-
-
-def credits_text(millicredits: int) -> str:
-    """``12500`` -> ``"12.500"``: the contract's human-facing credit figure."""
-    sign = "-" if millicredits < 0 else ""
-    whole, frac = divmod(abs(millicredits), 1000)
-    return f"{sign}{whole}.{frac:03d}"

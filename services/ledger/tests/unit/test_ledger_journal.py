@@ -95,14 +95,6 @@ def test_refund_above_the_price_is_capped_at_the_price() -> None:
     assert claw == journal.Clawback(999, 9_990_000)
 
 
-@pytest.mark.parametrize(
-    ("millicredits", "text"),
-    [(12_500, "12.500"), (0, "0.000"), (-1, "-0.001"), (50_000_000, "50000.000")],
-)
-def test_credit_text_has_three_places(millicredits: int, text: str) -> None:
-    assert journal.credits_text(millicredits) == text
-
-
 def event(kind: str, obj: dict[str, Any]) -> bytes:
     body = {"id": "evt_1", "type": kind, "created": 1700000000, "data": {"object": obj}}
     return json.dumps(body).encode()

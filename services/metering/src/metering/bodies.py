@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from billing_platform.errors import ApiError
+from billing_platform.money import credits_text
 
 from metering import return_to
 from metering.ledger_client import Balance
 from metering.model_client import Completion, TokenUsage
-from metering.pricing import credits_text
 
 
 def usage(tokens: TokenUsage, charged_millicredits: int) -> dict[str, int]:

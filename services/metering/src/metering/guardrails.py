@@ -29,8 +29,7 @@ from billing_events.kafka import timestamp_now
 from billing_events.v1 import alert_pb2, common_pb2
 from billing_platform import context
 from billing_platform.errors import ApiError
-
-from metering.pricing import credits_text
+from billing_platform.money import credits_text
 
 REQUEST, DAILY, HOURLY, PAUSED = "request", "daily", "hourly", "paused"
 WINDOW = timedelta(minutes=60)

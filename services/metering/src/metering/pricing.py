@@ -56,10 +56,3 @@ def estimate_prompt_tokens(contents: Iterable[str]) -> int:
 def hold_amount(rate: ModelRate, contents: Iterable[str], max_output_tokens: int) -> int:
     """The worst case of a call: the estimated prompt plus every allowed output token."""
     return price(rate, estimate_prompt_tokens(contents), max_output_tokens).charged_millicredits
-
-
-def credits_text(millicredits: int) -> str:
-    """``12500`` -> ``"12.500"``: the contract's human-facing credit figure."""
-    sign = "-" if millicredits < 0 else ""
-    whole, frac = divmod(abs(millicredits), 1000)
-    return f"{sign}{whole}.{frac:03d}"

@@ -7,31 +7,21 @@ browser could read as another host is refused rather than cleaned up.
 
 from __future__ import annotations
 
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from billing_platform.errors import ApiError
+from billing_platform.paths import MAX_LOCAL_PATH_LENGTH, is_local_path
 
-MAX_LENGTH = 512
+MAX_LENGTH = MAX_LOCAL_PATH_LENGTH
 DEFAULT = "/"
 CREDITS_PAGE = "/credits"
-
-
-def is_valid(value: str) -> bool:
-    if not value or len(value) > MAX_LENGTH:
-        return False
-    if not value.startswith("/") or value.startswith("//") or "\\" in value:
-        return False
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        return False
-    parts = urlsplit(value)
-    return not parts.scheme and not parts.netloc
 
 
 def checked(value: str | None) -> str:
     """The client's ``returnTo`` (``/`` when absent); 422 ``invalid_return_to`` if unsafe."""
     if value is None:
         return DEFAULT
-    if not is_valid(value):
+    if not is_local_path(value):
         raise ApiError(
             422,
             "invalid_return_to",

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from billing_events.v1 import usage_pb2
 from billing_platform.errors import ApiError
+from billing_platform.money import credits_text
 from metering import pricing, service
 from metering.model_client import (
     ChatMessage,
@@ -197,9 +198,9 @@ async def test_a_user_who_cannot_pay_gets_the_contract_402(
     assert raised.value.status == 402
     assert raised.value.body() == {
         "error": "insufficient_credits",
-        "message": f"this request needs up to {pricing.credits_text(WORST_CASE)} credits;"
+        "message": f"this request needs up to {credits_text(WORST_CASE)} credits;"
         " 12.500 are available",
-        "requiredCredits": pricing.credits_text(WORST_CASE),
+        "requiredCredits": credits_text(WORST_CASE),
         "currentCredits": "12.500",
         "requiredMillicredits": WORST_CASE,
         "currentMillicredits": 12_500,
