@@ -1,4 +1,4 @@
-"""HTTP routes of the ledger: balance, statement of entries, CSV export, admin corrections.
+"""HTTP routes of the ledger: balance, entries, exports, statements, admin corrections.
 
 Each route owns its DB transaction. The admin fulfil route asks Stripe first, with no
 transaction open, and only then grants, in a short transaction guarded by the same unique
@@ -7,10 +7,12 @@ rule as the webhook path, so the two can race and still grant once.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import csv
 import io
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -18,11 +20,12 @@ import stripe
 from billing_platform.auth import AdminUser, CurrentUser
 from billing_platform.db import Database
 from billing_platform.errors import ApiError
+from billing_platform.logging import mask_user_id
 from billing_platform.money import credits_text
 from fastapi import APIRouter, Header, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
-from ledger import repository, service
+from ledger import repository, service, statement_pdf, statements
 from ledger.schemas import (
     AdjustmentIn,
     AdjustmentOut,
@@ -34,6 +37,8 @@ from ledger.schemas import (
 )
 
 EXPORT_BATCH = 1000
+NIL_UUID = "00000000-0000-0000-0000-000000000000"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,9 @@ class ApiDeps:
 def router(deps: ApiDeps) -> APIRouter:
     api = APIRouter()
     _account_routes(api, deps)
+    _statement_routes(api, deps)
     _admin_routes(api, deps)
+    _accounting_routes(api, deps)
     return api
 
 
@@ -170,6 +177,93 @@ def _csv_line(values: list[Any]) -> str:
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerow(["" if v is None else v for v in values])
     return out.getvalue()
+
+
+def _statement_routes(api: APIRouter, deps: ApiDeps) -> None:
+    @api.get("/api/statements/{month}.csv", response_class=Response, responses=_CSV)
+    async def statement_csv(
+        month: str, user: CurrentUser, user_id: Annotated[str | None, Query(alias="userId")] = None
+    ) -> Response:
+        statement = await _statement(deps.db, _target_user(user, user_id), month)
+        body = statements.statement_csv(statement)
+        return _download(body.encode(), "text/csv", _statement_name(statement, "csv"))
+
+    @api.get("/api/statements/{month}.pdf", response_class=Response, responses=_PDF)
+    async def statement_pdf_file(
+        month: str, user: CurrentUser, user_id: Annotated[str | None, Query(alias="userId")] = None
+    ) -> Response:
+        statement = await _statement(deps.db, _target_user(user, user_id), month)
+        # Laying out hundreds of lines is CPU work: keep it off the event loop.
+        body = await asyncio.to_thread(statement_pdf.render, statement)
+        return _download(body, "application/pdf", _statement_name(statement, "pdf"))
+
+
+_CSV: dict[int | str, dict[str, Any]] = {200: {"content": {"text/csv": {}}}}
+_PDF: dict[int | str, dict[str, Any]] = {200: {"content": {"application/pdf": {}}}}
+
+
+async def _statement(db: Database, user_id: str, month: str) -> statements.Statement:
+    period = _parse(statements.parse_month, month, "invalid_month")
+    # One snapshot for the opening balance and the month, so a posting landing in between
+    # cannot make a sound journal look broken.
+    async with (
+        db.pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        opening = await repository.balance_before(conn, user_id, period.start)
+        rows = await repository.wallet_entries_between(conn, user_id, period.start, period.end)
+    try:
+        return statements.build_statement(user_id, period, opening, rows)
+    except statements.StatementInconsistent as exc:
+        log.error(
+            "statement inconsistent",
+            extra={"user": mask_user_id(user_id), "period": period.label, "detail": str(exc)},
+        )
+        raise ApiError(
+            500, "statement_inconsistent", "the journal does not add up for this month"
+        ) from exc
+
+
+def _parse(parse: Callable[[str], statements.Period], text: str, code: str) -> statements.Period:
+    try:
+        return parse(text)
+    except statements.InvalidPeriod as exc:
+        raise ApiError(422, code, str(exc)) from exc
+
+
+def _statement_name(statement: statements.Statement, extension: str) -> str:
+    return f"statement-{statement.user_id}-{statement.period.label}.{extension}"
+
+
+def _download(body: bytes, media_type: str, filename: str) -> Response:
+    # The user id is free text: keep the header to a safe ASCII file name.
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in filename)
+    headers = {"Content-Disposition": f'attachment; filename="{safe}"'}
+    return Response(body, media_type=media_type, headers=headers)
+
+
+def _accounting_routes(api: APIRouter, deps: ApiDeps) -> None:
+    @api.get("/api/admin/accounting/journal.csv", response_class=StreamingResponse, responses=_CSV)
+    async def accounting_journal(
+        _: AdminUser, day: Annotated[str, Query(alias="date")]
+    ) -> StreamingResponse:
+        period = _parse(statements.parse_day, day, "invalid_date")
+        headers = {"Content-Disposition": f'attachment; filename="journal-{period.label}.csv"'}
+        rows = _journal_rows(deps.db, period)
+        return StreamingResponse(rows, media_type="text/csv", headers=headers)
+
+
+async def _journal_rows(db: Database, period: statements.Period) -> AsyncIterator[str]:
+    # Keyset batches of transactions, each its own short query, as for the ledger export.
+    yield statements.journal_csv_header()
+    after = (period.start, NIL_UUID)
+    while True:
+        async with db.pool.acquire() as conn:
+            rows = await repository.journal_day_rows(conn, period.end, after, EXPORT_BATCH)
+        yield statements.journal_csv_lines(rows)
+        if len(rows) < EXPORT_BATCH:
+            return
+        after = (rows[-1]["created_at"], str(rows[-1]["transaction_id"]))
 
 
 def _admin_routes(api: APIRouter, deps: ApiDeps) -> None:

@@ -355,3 +355,69 @@ async def users_with_due_holds(conn: Any, limit: int) -> list[str]:
         limit,
     )
     return [r["user_id"] for r in rows]
+
+
+# --- statements and the accounting export ------------------------------------------------
+# A user's wallet entries are stamped (created_at) after the balance lock, so their
+# timestamps follow the order the balance moved in; statements cut months on them.
+
+
+async def balance_before(conn: Any, user_id: str, before: datetime) -> int:
+    """The balance after the user's last wallet entry before ``before``; 0 if none."""
+    balance: int | None = await conn.fetchval(
+        "SELECT balance_after_millicredits FROM journal_entries"
+        " WHERE user_id = $1 AND created_at < $2 ORDER BY created_at DESC, id DESC LIMIT 1",
+        user_id,
+        before,
+    )
+    return balance or 0
+
+
+async def wallet_entries_between(
+    conn: Any, user_id: str, start: datetime, end: datetime
+) -> list[Any]:
+    """The user's wallet entries in [start, end), in posting order, with what statements show."""
+    rows: list[Any] = await conn.fetch(
+        "SELECT t.id AS transaction_id, t.kind, e.amount_millicredits,"
+        " e.balance_after_millicredits, t.reference_id, e.created_at,"
+        " t.details ->> 'model' AS model,"
+        " (t.details ->> 'input_tokens')::bigint AS input_tokens,"
+        " (t.details ->> 'output_tokens')::bigint AS output_tokens,"
+        " (t.details ->> 'price_cents')::bigint AS price_cents,"
+        " (t.details ->> 'refund_cents')::bigint AS refund_cents"
+        " FROM journal_entries e JOIN journal_transactions t ON t.id = e.transaction_id"
+        " WHERE e.user_id = $1 AND e.created_at >= $2 AND e.created_at < $3"
+        " ORDER BY e.created_at, e.id",
+        user_id,
+        start,
+        end,
+    )
+    return rows
+
+
+async def journal_day_rows(
+    conn: Any, end: datetime, after: tuple[datetime, str], limit: int
+) -> list[Any]:
+    """Non-wallet entries of up to ``limit`` transactions posted after ``after`` and before
+    ``end``, keyset-ordered by (created_at, id). A transaction with no such entry still
+    gives one row, with a NULL account, so the caller's keyset moves past it.
+    """
+    rows: list[Any] = await conn.fetch(
+        "WITH batch AS (SELECT id, kind, user_id, reference_id, created_at, details"
+        "   FROM journal_transactions WHERE created_at < $1 AND (created_at, id) > ($2, $3)"
+        "   ORDER BY created_at, id LIMIT $4)"
+        " SELECT b.id AS transaction_id, b.kind, b.user_id, b.reference_id, b.created_at,"
+        " e.account, e.amount_millicredits,"
+        " b.details ->> 'package_code' AS package_code, b.details ->> 'model' AS model,"
+        " b.details ->> 'input_tokens' AS input_tokens,"
+        " b.details ->> 'output_tokens' AS output_tokens,"
+        " b.details ->> 'refund_cents' AS refund_cents, b.details ->> 'reason' AS reason"
+        " FROM batch b LEFT JOIN journal_entries e ON e.transaction_id = b.id"
+        "   AND e.user_id IS NULL AND e.amount_millicredits <> 0"
+        " ORDER BY b.created_at, b.id, e.id",
+        end,
+        after[0],
+        after[1],
+        limit,
+    )
+    return rows

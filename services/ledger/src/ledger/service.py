@@ -288,21 +288,42 @@ class Adjustment:
 
 async def adjust(conn: Any, topics: Topics, adj: Adjustment) -> dict[str, Any]:
     """An admin correction, posted as new entries (a reversal when it names a transaction)."""
-    if adj.idempotency_key:
-        done = await repository.transaction_by_idempotency_key(conn, adj.idempotency_key)
-        if done is not None:
-            return _adjustment_body(
-                done["id"],
-                done["kind"],
-                done["amount_millicredits"],
-                done["balance_after_millicredits"],
-            )
+    done = await _adjusted_already(conn, adj)
+    if done is not None:
+        return done
+    posting = await _adjustment_posting(conn, adj)
+    posted = await post(conn, topics, posting)
+    if posted is None:  # a concurrent request with the same key won the unique index
+        return await _adjusted_already(conn, adj) or {}
+    details = {
+        "transaction_id": posted.transaction_id,
+        "kind": posting.kind,
+        "amount_millicredits": adj.amount_millicredits,
+    }
+    await audit(conn, adj.actor, "adjustment", adj.user_id, adj.reference_id, adj.reason, details)
+    return _adjustment_body(
+        posted.transaction_id, posting.kind, adj.amount_millicredits, posted.balance_after
+    )
+
+
+async def _adjusted_already(conn: Any, adj: Adjustment) -> dict[str, Any] | None:
+    if not adj.idempotency_key:
+        return None
+    done = await repository.transaction_by_idempotency_key(conn, adj.idempotency_key)
+    if done is None:
+        return None
+    return _adjustment_body(
+        done["id"], done["kind"], done["amount_millicredits"], done["balance_after_millicredits"]
+    )
+
+
+async def _adjustment_posting(conn: Any, adj: Adjustment) -> journal.Posting:
     reverses = (
         await repository.transaction_of_user(conn, adj.reference_id, adj.user_id)
         if is_uuid(adj.reference_id)
         else None
     )
-    posting = journal.Posting(
+    return journal.Posting(
         kind="reversal" if reverses else "adjustment",
         user_id=adj.user_id,
         reference_id=adj.reference_id,
@@ -311,25 +332,6 @@ async def adjust(conn: Any, topics: Topics, adj: Adjustment) -> dict[str, Any]:
         reverses_id=str(reverses["id"]) if reverses else None,
         idempotency_key=adj.idempotency_key,
         details={"reason": adj.reason},
-    )
-    posted = await post(conn, topics, posting)
-    if posted is None:
-        raise RuntimeError("adjustment posting was refused")
-    await audit(
-        conn,
-        adj.actor,
-        "adjustment",
-        adj.user_id,
-        adj.reference_id,
-        adj.reason,
-        {
-            "transaction_id": posted.transaction_id,
-            "kind": posting.kind,
-            "amount_millicredits": adj.amount_millicredits,
-        },
-    )
-    return _adjustment_body(
-        posted.transaction_id, posting.kind, adj.amount_millicredits, posted.balance_after
     )
 
 

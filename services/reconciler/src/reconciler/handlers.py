@@ -1,0 +1,68 @@
+"""Kafka consumers of the reconciler's read model; each is idempotent by natural key.
+
+The inbox claim and the row share one transaction: a redelivery finds the claim and
+changes nothing; a failed attempt leaves no claim behind, so the retry starts clean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from billing_events.kafka import Handler, InboundMessage
+from billing_events.topics import Topics
+from billing_events.v1 import ledger_pb2, stripe_pb2, usage_pb2
+
+from reconciler import metrics, repository, service, stream
+from reconciler.service import HasPool
+
+Write = Callable[[Any], Awaitable[None]]
+
+
+async def _remember(db: HasPool, message: InboundMessage, key: str, write: Write) -> None:
+    async with db.pool.acquire() as conn, conn.transaction():
+        new = await service.remember(conn, key, message, write)
+    metrics.STREAM_MESSAGES.labels(message.topic, "new" if new else "duplicate").inc()
+
+
+def _received(message: InboundMessage) -> datetime:
+    return datetime.fromtimestamp(message.timestamp_ms / 1000, UTC)
+
+
+def stripe_events_handler(db: HasPool) -> Handler:
+    async def handle(message: InboundMessage) -> None:
+        seen = stream.seen_stripe_event(message.decode(stripe_pb2.StripeEventReceived))
+        write = partial(repository.insert_stripe_event, seen=seen)
+        await _remember(db, message, f"stripe:{seen.event_id}", write)
+
+    return handle
+
+
+def usage_handler(db: HasPool) -> Handler:
+    async def handle(message: InboundMessage) -> None:
+        record = message.decode(usage_pb2.UsageRecorded)
+        seen = stream.seen_usage(record, _received(message))
+        write = partial(repository.insert_usage, seen=seen)
+        await _remember(db, message, f"usage:{seen.usage_id}", write)
+
+    return handle
+
+
+def ledger_handler(db: HasPool) -> Handler:
+    async def handle(message: InboundMessage) -> None:
+        posted = message.decode(ledger_pb2.LedgerTransactionPosted)
+        seen = stream.seen_ledger_transaction(posted, _received(message))
+        write = partial(repository.insert_ledger_transaction, seen=seen)
+        await _remember(db, message, f"ledger:{seen.transaction_id}", write)
+
+    return handle
+
+
+def handlers(db: HasPool, topics: Topics) -> dict[str, Handler]:
+    return {
+        topics.stripe_events: stripe_events_handler(db),
+        topics.usage: usage_handler(db),
+        topics.ledger: ledger_handler(db),
+    }
