@@ -45,6 +45,9 @@ SUITE_SERVICE_ENV = {
     "WEBHOOK_INGEST_RATE_LIMIT_PER_MINUTE": "1000000",
     "LEDGER_DLQ_DEPTH_INTERVAL_S": "1",
     "LEDGER_HOLD_SWEEP_INTERVAL_S": "1",
+    # Runs happen when a test asks; every journal entry may join the hash chain at once.
+    "RECONCILER_SCHEDULE_INTERVAL_S": "0",
+    "RECONCILER_CHAIN_SETTLE_S": "0",
 }
 
 

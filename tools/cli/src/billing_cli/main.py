@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
@@ -339,3 +340,46 @@ def webhook_replay(
         sys.stdout.write(f"{response.status_code} {response.text}\n")
         if not response.is_success:
             raise OpsError(f"POST {url} -> {response.status_code}")
+
+
+@app.command()
+def reconcile(
+    date: Annotated[
+        str | None, typer.Option("--date", help="UTC day YYYY-MM-DD (default: yesterday)")
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option("--key", help="Idempotency-Key: a repeat returns the stored run")
+    ] = None,
+) -> None:
+    """Run a reconciliation now and print its result (JSON); exit 1 if it has findings."""
+    with _ops_errors(), httpx.Client(timeout=600.0) as client:
+        stack = _ops_stack()
+        url = f"{stack.services['reconciler'].url}/api/admin/reconcile"
+        headers = {**_admin_headers(stack), **({"Idempotency-Key": key} if key else {})}
+        response = client.post(url, json={"date": date} if date else {}, headers=headers)
+        sys.stdout.write(response.text + "\n")
+        if not response.is_success:
+            raise OpsError(f"POST {url} -> {response.status_code}")
+        if response.json().get("status") != "clean":
+            raise typer.Exit(1)
+
+
+@app.command()
+def statement(
+    user: Annotated[str, typer.Option("--user", help="whose statement")],
+    month: Annotated[str, typer.Option("--month", help="YYYY-MM (UTC)")],
+    pdf: Annotated[Path | None, typer.Option("--pdf", help="write the PDF here")] = None,
+) -> None:
+    """Print a user's monthly statement (CSV), or write it as a PDF with --pdf."""
+    with _ops_errors(), _http() as client:
+        stack = _ops_stack()
+        kind = "pdf" if pdf else "csv"
+        url = f"{stack.services['ledger'].url}/api/statements/{month}.{kind}"
+        response = client.get(url, params={"userId": user}, headers=_admin_headers(stack))
+        if not response.is_success:
+            raise OpsError(f"GET {url} -> {response.status_code} {response.text}")
+        if pdf:
+            pdf.write_bytes(response.content)
+            sys.stdout.write(f"wrote {pdf}\n")
+        else:
+            sys.stdout.write(response.text)
