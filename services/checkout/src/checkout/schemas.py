@@ -5,18 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from billing_platform.schemas import CamelModel as BaseCamelModel
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
 
 from checkout.catalog import Package
 from checkout.switches import SwitchValues
 
 
-class CamelModel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
-
-    def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True)
+class CamelModel(BaseCamelModel):
+    # A client may send fields we do not take (e.g. an amount): they are ignored, not refused.
+    model_config = ConfigDict(extra="ignore")
 
 
 class PackageOut(CamelModel):

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from billing_platform.schemas import CamelModel
+from pydantic import Field
 
 
-class Body(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
-
-class BalanceOut(Body):
+class BalanceOut(CamelModel):
     user_id: str
     balance_millicredits: int
     held_millicredits: int
@@ -21,7 +17,7 @@ class BalanceOut(Body):
     available_credits: str
 
 
-class LedgerEntryOut(Body):
+class LedgerEntryOut(CamelModel):
     id: str
     kind: str
     amount_millicredits: int
@@ -32,44 +28,44 @@ class LedgerEntryOut(Body):
     model: str | None = None
 
 
-class LedgerPage(Body):
+class LedgerPage(CamelModel):
     entries: list[LedgerEntryOut]
     next_cursor: str | None
 
 
-class FulfillPurchaseIn(Body):
+class FulfillPurchaseIn(CamelModel):
     purchase_id: str = Field(min_length=1, max_length=100)
 
 
-class FulfillPurchaseOut(Body):
+class FulfillPurchaseOut(CamelModel):
     purchase_id: str
     granted: bool
     transaction_id: str | None
     balance_after_millicredits: int | None = None
 
 
-class AdjustmentIn(Body):
+class AdjustmentIn(CamelModel):
     user_id: str = Field(min_length=1, max_length=200)
     amount_millicredits: int
     reason: str = Field(min_length=3, max_length=500)
     reference_id: str = Field(min_length=1, max_length=200)
 
 
-class AdjustmentOut(Body):
+class AdjustmentOut(CamelModel):
     transaction_id: str
     kind: str
     amount_millicredits: int
     balance_after_millicredits: int
 
 
-class HoldIn(Body):
+class HoldIn(CamelModel):
     user_id: str = Field(min_length=1, max_length=200)
     amount_millicredits: int = Field(gt=0)
     idempotency_key: str = Field(min_length=1, max_length=200)
     ttl_seconds: int = Field(default=120, ge=1, le=3600)
 
 
-class CaptureIn(Body):
+class CaptureIn(CamelModel):
     amount_millicredits: int = Field(ge=0)
     usage_id: str = Field(min_length=1, max_length=200)
     model: str = Field(min_length=1, max_length=100)

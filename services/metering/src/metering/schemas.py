@@ -7,23 +7,16 @@ the rest camelCase): FastAPI 0.115 with pydantic >= 2.12 warns on aliased reques
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
+from billing_platform.schemas import CamelModel
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
 
 from metering.guard_store import CapsView, ReviewFlag
 from metering.guardrails import Caps, Pause
 from metering.rate_card import RateCard
 
 MAX_KEY_LENGTH = 200
-
-
-class CamelModel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
-    def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True)
 
 
 class ChatMessageIn(BaseModel):

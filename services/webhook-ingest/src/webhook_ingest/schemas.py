@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
-
-
-class CamelModel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+from billing_platform.schemas import CamelModel
+from pydantic import Field
 
 
 class WebhookReceived(CamelModel):
