@@ -32,6 +32,8 @@ LIFTED_CAPS = {
     "METERING_CAP_PER_REQUEST_MILLICREDITS": "1000000000",
     "METERING_CAP_PER_DAY_MILLICREDITS": "1000000000000",
     "METERING_CAP_PER_HOUR_MILLICREDITS": "1000000000000",
+    # 100 calls per user per minute would refuse a run above --rate 33 (20 users).
+    "METERING_RATE_LIMIT_PER_MINUTE": "1000000",
 }
 PROMPT = [{"role": "user", "content": "Summarise the benefits of prepaid credits. [[tokens=20]]"}]
 MODEL = "gpt-4o-mini"
@@ -100,7 +102,9 @@ async def gateway(stack: Stack, rate: float, seconds: float) -> tuple[list[float
 
 
 async def fund(stack: Stack, http: httpx.AsyncClient, users: list[str]) -> None:
-    admin = {"Authorization": f"Bearer {keys.mint_token(stack.layout, 'bench', ['admin'])}"}
+    admin = {
+        "Authorization": f"Bearer {keys.mint_token(stack.layout, 'bench', ['admin'], mfa=True)}"
+    }
     for user in users:
         answer = await http.post(
             f"{stack.services['ledger'].url}/api/admin/adjustments",

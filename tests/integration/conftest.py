@@ -42,6 +42,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # per-IP limits allow; the rate-limit tests run their own service with the defaults.
 SUITE_SERVICE_ENV = {
     "CHECKOUT_PURCHASE_RATE_LIMIT_PER_MINUTE": "1000000",
+    "METERING_RATE_LIMIT_PER_MINUTE": "1000000",
     "WEBHOOK_INGEST_RATE_LIMIT_PER_MINUTE": "1000000",
     "LEDGER_DLQ_DEPTH_INTERVAL_S": "1",
     "LEDGER_HOLD_SWEEP_INTERVAL_S": "1",
@@ -149,8 +150,12 @@ def service_process(
 ) -> Iterator[ServiceProcess]:
     port = free_port()
     prefix = package.upper() + "_"
-    procs = ProcessManager(tmp_path / "run", tmp_path / "logs")
-    full_env = {**os.environ, **stack.env(), **env, f"{prefix}PORT": str(port)}
+    # Folders per port: two replicas of one package in a test keep their own pid files.
+    procs = ProcessManager(tmp_path / f"run-{port}", tmp_path / f"logs-{port}")
+    # Connected as the superuser, as the fixtures that migrate the fresh test schemas are:
+    # a runtime role has rights on the stack's own schemas only (test_db_roles covers those).
+    own_db = {f"{prefix}DATABASE_URL": stack.postgres.dsn}
+    full_env = {**os.environ, **stack.env(), **own_db, **env, f"{prefix}PORT": str(port)}
     procs.start(package, [sys.executable, "-m", package, "serve"], full_env, port)
     proc = ServiceProcess(procs, package, port)
     try:
@@ -172,8 +177,10 @@ class Platform:
         self.ledger = stack.services["ledger"].url
         self.webhook_secret = stack.secrets["stripe_webhook_secret"]
 
-    def auth(self, user: str, admin: bool = False) -> dict[str, str]:
-        token = keys.mint_token(self.stack.layout, user, ["admin"] if admin else [])
+    def auth(self, user: str, admin: bool = False, mfa: bool | None = None) -> dict[str, str]:
+        """A user's or an admin's token; admins have stepped up with MFA unless ``mfa=False``."""
+        stepped_up = admin if mfa is None else mfa
+        token = keys.mint_token(self.stack.layout, user, ["admin"] if admin else [], mfa=stepped_up)
         return {"Authorization": f"Bearer {token}"}
 
     async def buy(self, user: str, package: str = "professional") -> stripe_sim.SimPurchase:
@@ -252,7 +259,7 @@ class Platform:
         )
 
     async def sql(self, query: str, *args: Any) -> Any:
-        """One value from the platform's database, as the services' own role sees it."""
+        """One value from the platform's database, as the cluster's superuser sees it."""
         conn = await asyncpg.connect(self.stack.postgres.dsn)
         try:
             return await conn.fetchval(query, *args)
@@ -264,6 +271,17 @@ class Platform:
 async def platform(stack: Stack) -> AsyncIterator[Platform]:
     async with httpx.AsyncClient(timeout=30) as http:
         yield Platform(stack, http)
+
+
+@pytest.fixture
+async def fresh_ip_client() -> AsyncIterator[httpx.AsyncClient]:
+    """A client sending from a loopback address of its own (127.x.y.z): per-IP limits are
+    counted in the database, shared with every other process that sees 127.0.0.1."""
+    octets = uuid.uuid4().bytes
+    address = f"127.{octets[0] % 254 + 1}.{octets[1]}.{octets[2] % 254 + 1}"
+    transport = httpx.AsyncHTTPTransport(local_address=address)
+    async with httpx.AsyncClient(transport=transport, timeout=30) as http:
+        yield http
 
 
 @pytest.fixture

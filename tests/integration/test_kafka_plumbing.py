@@ -7,13 +7,16 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 from aiokafka import AIOKafkaConsumer
 from billing_cli import stripe_sim
+from billing_cli.procs import wait_until
 from billing_cli.stack import Stack
 from billing_events.kafka import ConsumerRunner, InboundMessage, KafkaPublisher, RetryPolicy
 from billing_events.topics import Topics
@@ -74,6 +77,19 @@ async def wait_for_duplicate(ledger: Any, why: str, timeout: float = 30) -> None
         await asyncio.sleep(0.2)
 
 
+async def insert_starter_purchase(checkout: Database, purchase: stripe_sim.SimPurchase) -> None:
+    """A pending starter purchase in checkout's table, as if the user had just created it."""
+    await checkout.pool.execute(
+        "INSERT INTO purchases (id, user_id, package_code, package_name, price_cents, currency,"
+        " credits, bonus_credits, grant_millicredits, status, return_to, stripe_session_id)"
+        " VALUES ($1, $2, 'starter', 'Starter', 999, 'usd', 9990, 0, 9990000, 'pending', '/',"
+        " $3)",
+        purchase.purchase_id,
+        purchase.user_id,
+        purchase.stripe_session_id,
+    )
+
+
 def ledger_env(topics: Topics, schema: str) -> dict[str, str]:
     return {"BILLING_TOPIC_NAMESPACE": topics.namespace, "LEDGER_DB_SCHEMA": schema}
 
@@ -114,15 +130,7 @@ async def test_crash_between_grant_commit_and_offset_commit_grants_once(
     purchase = stripe_sim.SimPurchase(
         str(uuid.uuid4()), "crash-user", "starter", 999, "usd", "cs_test_crash"
     )
-    await checkout.pool.execute(
-        "INSERT INTO purchases (id, user_id, package_code, package_name, price_cents, currency,"
-        " credits, bonus_credits, grant_millicredits, status, return_to, stripe_session_id)"
-        " VALUES ($1, $2, 'starter', 'Starter', 999, 'usd', 9990, 0, 9990000, 'pending', '/',"
-        " $3)",
-        purchase.purchase_id,
-        purchase.user_id,
-        purchase.stripe_session_id,
-    )
+    await insert_starter_purchase(checkout, purchase)
     event = stripe_sim.session_completed(purchase)
     body, key = json.dumps(event).encode(), f"stripe:{event['id']}"
     await publish_as_webhook_ingest(publisher, namespace, body, "corr-crash")
@@ -223,3 +231,109 @@ async def test_failing_record_is_dead_lettered_after_five_attempts_and_partition
     assert letter.error_type == "RuntimeError"
     assert letter.error_message == "cannot apply this record"
     assert "traceparent" in letter.original_headers
+
+
+class CuttableProxy:
+    """A TCP relay to PostgreSQL that can be cut: the database, as the service sees it, is down.
+
+    It runs its own event loop in a thread: the fixtures that start services block the
+    test's loop while they wait for readiness.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        threading.Thread(target=self._loop.run_forever, daemon=True).start()
+
+    def start(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(5)
+
+    def cut(self) -> None:
+        """Refuse new connections and drop the open ones, as a crashed server would."""
+        asyncio.run_coroutine_threadsafe(self._cut(), self._loop).result(5)
+
+    def close(self) -> None:
+        self.cut()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._writers |= {client_w, server_w}
+        await asyncio.gather(self._pipe(client_r, server_w), self._pipe(server_r, client_w))
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.transport.abort()
+
+
+async def test_a_database_outage_holds_the_partition_and_grants_once_it_is_back(
+    stack: Stack,
+    namespace: Topics,
+    schema: str,
+    publisher: KafkaPublisher,
+    migrated_db: Any,
+    run_service: Any,
+) -> None:
+    checkout_schema = f"{schema}_co"
+    checkout = await migrated_db(checkout_schema, "checkout")
+    db = await migrated_db(schema, "ledger")
+    purchase = stripe_sim.SimPurchase(
+        str(uuid.uuid4()), "outage-user", "starter", 999, "usd", f"cs_test_{uuid.uuid4().hex[:8]}"
+    )
+    await insert_starter_purchase(checkout, purchase)
+    proxy = CuttableProxy(stack.layout.postgres_port)
+    proxy.start()
+    dsn = stack.postgres.dsn.replace(f":{stack.layout.postgres_port}/", f":{proxy.port}/")
+    env = {
+        **ledger_env(namespace, schema),
+        "LEDGER_CHECKOUT_SCHEMA": checkout_schema,
+        "BILLING_DATABASE_URL": dsn,
+        "LEDGER_DATABASE_URL": dsn,
+    }
+    try:
+        with run_service("ledger", env) as ledger:
+            proxy.cut()
+            event = stripe_sim.session_completed(purchase)
+            await publish_as_webhook_ingest(
+                publisher, namespace, json.dumps(event).encode(), "corr-outage"
+            )
+            # Longer than the five attempts' backoff (about 3 s) that used to dead-letter it.
+            await asyncio.sleep(8)
+            readiness = httpx.get(f"{ledger.url}/readyz", timeout=5)
+            assert readiness.status_code == 503
+            assert readiness.json()["checks"]["consumer"].startswith("error")
+            assert await db.pool.fetchval("SELECT count(*) FROM journal_transactions") == 0
+            proxy.start()
+            await wait_for_inbox(db, f"stripe:{event['id']}", timeout=30)
+            assert wait_until(ledger.ready, 15)
+            assert ledger.metric("kafka_dead_lettered_total") == 0
+            assert ledger.metric("kafka_handler_outage_retries_total") > 0
+    finally:
+        proxy.close()
+    assert await db.pool.fetchval("SELECT count(*) FROM journal_transactions") == 1
+    balance = await db.pool.fetchval(
+        "SELECT balance_millicredits FROM balances WHERE user_id = 'outage-user'"
+    )
+    assert balance == 9_990_000

@@ -47,6 +47,10 @@ def test_env_prints_the_dev_settings(stack: Stack, billing: Any) -> None:
     assert lines["BILLING_DATABASE_URL"].startswith("postgresql://billing:")
     assert lines["BILLING_STRIPE_WEBHOOK_SECRETS"].startswith("whsec_")
     assert lines["BILLING_OPENAI_BASE_URL"] == "http://127.0.0.1:18110/v1"
+    # Each service's own roles: the runtime one to serve, its schema's owner to migrate.
+    assert lines["LEDGER_DATABASE_URL"].startswith("postgresql://ledger_runtime:")
+    assert lines["LEDGER_MIGRATE_DATABASE_URL"].startswith("postgresql://ledger_owner:")
+    assert lines["CHECKOUT_DB_LEDGER_ROLE"] == "ledger_runtime"
 
 
 def test_printed_token_is_accepted_by_every_service(stack: Stack, billing: Any) -> None:
@@ -69,6 +73,22 @@ def test_every_service_serves_health_metrics_and_openapi(stack: Stack) -> None:
         assert httpx.get(f"{svc.url}/health").json()["service"] == name
         assert "http_requests_total" in httpx.get(f"{svc.url}/metrics").text
         assert httpx.get(f"{svc.url}/openapi.json").json()["info"]["title"] == name
+
+
+BROWSER_FACING = ("checkout", "ledger", "metering")
+
+
+def test_browser_facing_services_grant_cors_only_to_the_web_origin(stack: Stack) -> None:
+    for name, svc in stack.services.items():
+        web = httpx.get(f"{svc.url}/health", headers={"Origin": "http://localhost:5173"})
+        evil = httpx.get(f"{svc.url}/health", headers={"Origin": "https://evil.example"})
+        granted = web.headers.get("access-control-allow-origin")
+        assert granted == ("http://localhost:5173" if name in BROWSER_FACING else None), name
+        assert "access-control-allow-origin" not in evil.headers, name
+        for answer in (web, evil):
+            assert answer.headers["x-content-type-options"] == "nosniff", name
+            assert "frame-ancestors 'none'" in answer.headers["content-security-policy"], name
+            assert "max-age=" in answer.headers["strict-transport-security"], name
 
 
 def test_broker_outage_turns_readiness_503_and_back_without_restart(stack: Stack) -> None:

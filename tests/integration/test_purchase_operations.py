@@ -165,13 +165,13 @@ async def test_purchase_idempotency_key_and_server_side_prices(platform: Any, us
 
 
 async def test_stripe_outage_fails_the_purchase_and_rate_limit_applies(
-    platform: Any, user: str, run_service: Any
+    platform: Any, user: str, run_service: Any, fresh_ip_client: httpx.AsyncClient
 ) -> None:
     env = {"BILLING_STRIPE_API_BASE": f"http://127.0.0.1:{closed_port()}"}
     with run_service("checkout", env) as checkout:
         url = f"{checkout.url}/api/purchases"
         answers = [
-            await platform.http.post(
+            await fresh_ip_client.post(
                 url, json={"packageCode": "starter"}, headers=platform.auth(user)
             )
             for _ in range(11)

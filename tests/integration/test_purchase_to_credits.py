@@ -327,6 +327,33 @@ async def test_admin_fulfilment_asks_stripe_and_never_grants_twice(
     assert forbidden.status_code == 403
 
 
+async def test_money_moving_admin_actions_need_step_up_mfa(platform: Any, user: str) -> None:
+    without_mfa = platform.auth("ops-lead", admin=True, mfa=False)
+    adjustment = {"userId": user, "amountMillicredits": 5_000, "reason": "goodwill"}
+    attempts = [
+        ("adjustments", {**adjustment, "referenceId": f"mfa-{user}"}),
+        ("fulfill-purchase", {"purchaseId": (await platform.buy(user, "starter")).purchase_id}),
+    ]
+    for path, body in attempts:
+        refused = await platform.http.post(
+            f"{platform.ledger}/api/admin/{path}", json=body, headers=without_mfa
+        )
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["error"] == "mfa_required"
+    assert (await platform.balance(user))["balanceMillicredits"] == 0
+    audited = await platform.sql(
+        "SELECT count(*) FROM ledger.audit_log WHERE target_user_id = $1", user
+    )
+    assert audited == 0
+    stepped_up = await platform.http.post(
+        f"{platform.ledger}/api/admin/adjustments",
+        json=attempts[0][1],
+        headers=platform.auth("ops-lead", admin=True),
+    )
+    assert stepped_up.status_code == 201, stepped_up.text
+    await platform.wait_balance(user, 5_000)
+
+
 async def test_adjustments_are_reversal_entries_with_an_audit_trail(
     platform: Any, user: str
 ) -> None:

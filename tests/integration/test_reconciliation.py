@@ -80,6 +80,26 @@ async def test_a_clean_mixed_workload_reconciles_without_findings(platform: Any,
     assert latest.json()["runId"] == run["runId"]
 
 
+async def test_odd_partial_refunds_reconcile_without_findings(platform: Any, user: str) -> None:
+    """growth: 26,240 credits for 2,499 cents; the ledger floors each share, so must the check."""
+    purchase = await platform.buy(user, "growth")
+    await platform.deliver(stripe_sim.session_completed(purchase))
+    grant = 26_240_000
+    await platform.wait_balance(user, grant)
+    first = stripe_sim.charge_refunded(purchase, refunded_total_cents=1_249, refund_cents=1_249)
+    second = stripe_sim.charge_refunded(purchase, refunded_total_cents=1_873, refund_cents=624)
+    for event in (first, first, second):  # the first one redelivered
+        answer = await platform.deliver(event)
+        assert answer.status_code == 200, answer.text
+    await platform.wait_balance(user, grant - grant * 1_873 // 2_499)
+    assert (grant * 1_249) // 2_499 == 13_114_749  # the case that used to be reported
+
+    run = (await reconcile(platform)).json()
+
+    assert "refunds" in {c["name"] for c in run["checks"]}
+    assert naming(run, user, purchase.purchase_id) == []
+
+
 async def test_the_same_idempotency_key_returns_the_stored_run(platform: Any) -> None:
     key = f"rk-{uuid.uuid4().hex}"
     first = await reconcile(platform, key)

@@ -6,13 +6,12 @@ group, so depth = end offset - that group's committed offset, summed over partit
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
+from billing_platform.tasks import Periodic
 from prometheus_client import Gauge
 
 from billing_events.kafka import topic_partitions
@@ -45,35 +44,20 @@ async def dlq_depth(bootstrap: str, topic: str, group: str) -> int:
         await consumer.stop()
 
 
-class DlqDepthMonitor:
-    """Refreshes ``billing_dlq_depth`` for some DLQ topics on a period (a lifecycle part)."""
+class DlqDepthMonitor(Periodic):
+    """Refreshes ``billing_dlq_depth`` for some DLQ topics on a period (a lifecycle part).
+
+    While the broker is away the refresh fails and the gauge just goes stale.
+    """
 
     def __init__(
         self, bootstrap: str, topics: Sequence[str], group: str, interval_s: float
     ) -> None:
+        super().__init__("dlq-depth", self.refresh, interval_s)
         self._bootstrap = bootstrap
         self._topics = list(topics)
         self._group = group
-        self._interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="dlq-depth")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     async def refresh(self) -> None:
         for topic in self._topics:
             DLQ_DEPTH.labels(topic).set(await dlq_depth(self._bootstrap, topic, self._group))
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception as exc:  # the broker may be away; the gauge just goes stale
-                log.warning("dlq depth not refreshed", extra={"error": type(exc).__name__})
-            await asyncio.sleep(self._interval_s)

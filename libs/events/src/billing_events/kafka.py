@@ -7,6 +7,10 @@ Guarantees the rest of the platform builds on:
   handler must be idempotent by a natural key;
 - a failing record is retried with exponential backoff, and after the last attempt it is
   published to its dead-letter topic with the error, and the partition moves on;
+- an outage of the infrastructure a handler depends on (the database or the broker unreachable,
+  restarting, out of connections) is not the record's fault: the partition is held and the
+  record retried with capped backoff for as long as the outage lasts, without counting towards
+  its dead letter, and the consumer reports itself not ready meanwhile;
 - trace context and the correlation id travel in record headers.
 """
 
@@ -24,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from billing_platform import context, metrics, tracing
+from billing_platform.outages import DependencyUnavailable, is_outage
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.trace import SpanKind
@@ -36,6 +41,10 @@ M = TypeVar("M", bound=Message)
 
 class PermanentError(Exception):
     """A failure that retrying cannot fix (e.g. an undecodable record): dead-letter at once."""
+
+
+class _Interrupted(Exception):
+    """The consumer is stopping while a record waits for its infrastructure: commit nothing."""
 
 
 def dead_letter_topic(topic: str) -> str:
@@ -199,8 +208,15 @@ class RetryPolicy:
     initial_backoff_s: float = 0.2
     max_backoff_s: float = 5.0
 
+    max_outage_backoff_s: float = 2.0
+
     def delay(self, failed_attempts: int) -> float:
         return float(min(self.max_backoff_s, self.initial_backoff_s * 2 ** (failed_attempts - 1)))
+
+    def outage_delay(self, attempts: int) -> float:
+        """Short and capped: the partition resumes within a couple of seconds of recovery."""
+        exponent = min(attempts - 1, 16)
+        return float(min(self.max_outage_backoff_s, self.initial_backoff_s * 2**exponent))
 
 
 @dataclass
@@ -220,7 +236,10 @@ class ConsumerRunner:
     """Consumes topics with one handler each; commits only what was handled or dead-lettered.
 
     Partitions of a fetched batch are handled concurrently, records within a partition in
-    order. If the broker goes away the loop reconnects; if the dead-letter publish itself
+    order. A handler failing because its database or broker is down holds its partition and
+    retries until the dependency is back (``check`` fails meanwhile, for readiness); only
+    failures of the record itself count towards its dead letter. If the broker goes away the
+    loop reconnects; if the dead-letter publish itself
     fails, nothing of that batch is committed and the records come back.
     """
 
@@ -243,6 +262,7 @@ class ConsumerRunner:
         self._tracer = tracing.tracer("billing.kafka")
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stalled: set[tuple[str, int]] = set()
         self.consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
@@ -268,6 +288,8 @@ class ConsumerRunner:
                 return
             except asyncio.CancelledError:
                 raise
+            except _Interrupted:
+                return  # stopping mid-outage: the uncommitted records come back on restart
             except Exception:
                 log.exception("consumer loop failed; reconnecting", extra={"group": self.group_id})
                 await self._sleep_unless_stopping(pause)
@@ -313,6 +335,7 @@ class ConsumerRunner:
         name = f"{message.topic} process"
         with self._tracer.start_as_current_span(name, context=parent, kind=SpanKind.CONSUMER):
             failure = await self._attempt(message)
+            self._stalled.discard((message.topic, message.partition))
             if failure is None:
                 metrics.KAFKA_CONSUMED.labels(message.topic, self.group_id, "ok").inc()
                 return
@@ -321,11 +344,16 @@ class ConsumerRunner:
     async def _attempt(self, message: InboundMessage) -> _Failure | None:
         handler = self._handlers[message.topic]
         failure = _Failure()
+        outage_attempts = 0
         while True:
             try:
                 await handler(message)
                 return None
             except Exception as exc:
+                if not isinstance(exc, PermanentError) and is_outage(exc):
+                    outage_attempts += 1
+                    await self._wait_out_outage(message, exc, outage_attempts)
+                    continue
                 failure.record(exc)
                 if isinstance(exc, PermanentError) or failure.attempts >= self._retry.max_attempts:
                     return failure
@@ -340,6 +368,33 @@ class ConsumerRunner:
                     },
                 )
                 await asyncio.sleep(self._retry.delay(failure.attempts))
+
+    async def _wait_out_outage(
+        self, message: InboundMessage, error: Exception, attempts: int
+    ) -> None:
+        """Hold the partition until the dependency is back; the record is not at fault."""
+        self._stalled.add((message.topic, message.partition))
+        metrics.KAFKA_OUTAGE_RETRIES.labels(message.topic, self.group_id).inc()
+        if attempts == 1 or attempts % 20 == 0:
+            log.warning(
+                "dependency unavailable; holding the partition and retrying",
+                extra={
+                    "topic": message.topic,
+                    "partition": message.partition,
+                    "offset": message.offset,
+                    "attempt": attempts,
+                    "error": type(error).__name__,
+                },
+            )
+        await self._sleep_unless_stopping(self._retry.outage_delay(attempts))
+        if self._stopping.is_set():
+            raise _Interrupted(f"{message.topic}[{message.partition}]@{message.offset}")
+
+    async def check(self) -> None:
+        """Readiness: fails while any partition waits for its database or broker."""
+        if self._stalled:
+            held = ", ".join(f"{t}[{p}]" for t, p in sorted(self._stalled))
+            raise DependencyUnavailable(f"waiting for a dependency on {held}")
 
     async def _dead_letter(self, message: InboundMessage, failure: _Failure) -> None:
         from billing_events.v1 import common_pb2, dlq_pb2

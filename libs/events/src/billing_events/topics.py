@@ -17,6 +17,9 @@ ALERTS = "billing.alerts.v1"
 # attempts) applies to every consumed topic; named like ``stripe.events.dlq.v1``.
 USAGE_DLQ = "billing.usage.dlq.v1"
 LEDGER_DLQ = "billing.ledger.dlq.v1"
+# Every admin action, from every service and the ops CLI; the ledger keeps them in audit_log.
+AUDIT = "billing.audit.v1"
+AUDIT_DLQ = "billing.audit.dlq.v1"
 
 # name -> partitions. Keys are user ids (or Stripe object ids), so per-key order holds.
 CONTRACT_TOPICS: dict[str, int] = {
@@ -27,6 +30,8 @@ CONTRACT_TOPICS: dict[str, int] = {
     ALERTS: 1,
     USAGE_DLQ: 1,
     LEDGER_DLQ: 1,
+    AUDIT: 3,
+    AUDIT_DLQ: 1,
 }
 
 
@@ -56,6 +61,10 @@ class Topics:
     @property
     def alerts(self) -> str:
         return self.name(ALERTS)
+
+    @property
+    def audit(self) -> str:
+        return self.name(AUDIT)
 
     def all(self) -> dict[str, int]:
         return {self.name(base): parts for base, parts in CONTRACT_TOPICS.items()}

@@ -6,12 +6,17 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from billing_platform.settings import ServiceSettings
 
+from billing_events.audit import AuditTrail
 from billing_events.kafka import ConsumerRunner, Handler, KafkaPublisher, probe
 from billing_events.topics import Topics
 
 
 def topics_for(settings: ServiceSettings) -> Topics:
     return Topics(settings.infra.topic_namespace)
+
+
+def audit_trail_for(settings: ServiceSettings) -> AuditTrail:
+    return AuditTrail(topics_for(settings), settings.service_name)
 
 
 def publisher_for(settings: ServiceSettings) -> KafkaPublisher:

@@ -30,6 +30,8 @@ from billing_platform.context import correlation_id_var
 from google.protobuf.message import Message
 
 TOPIC = "ns.stripe.events.v1"
+
+
 FAST_RETRY = RetryPolicy(max_attempts=5, initial_backoff_s=0.001, max_backoff_s=0.002)
 
 # --- topics -------------------------------------------------------------------------------
@@ -279,3 +281,79 @@ async def test_first_failed_at_is_when_the_first_attempt_failed() -> None:
 
     [(_, letter)] = publisher.letters()
     assert letter.first_failed_at.ToNanoseconds() >= before_ns + 250_000_000
+
+
+# --- outages of the handler's dependencies ----------------------------------------------
+
+OUTAGE_RETRY = RetryPolicy(
+    max_attempts=5, initial_backoff_s=0.001, max_backoff_s=0.002, max_outage_backoff_s=0.002
+)
+
+
+class DatabaseStartingUp(Exception):
+    """Shaped like asyncpg's CannotConnectNowError: only the SQLSTATE tells what it is."""
+
+    sqlstate = "57P03"
+
+
+def _outage_runner(publisher: FakePublisher, handler: Handler) -> ConsumerRunner:
+    return ConsumerRunner(
+        bootstrap="unused:9092",
+        group_id="test-group",
+        handlers={TOPIC: handler},
+        publisher=publisher,  # type: ignore[arg-type]
+        retry=OUTAGE_RETRY,
+    )
+
+
+async def test_an_outage_longer_than_the_attempts_is_waited_out_not_dead_lettered() -> None:
+    publisher = FakePublisher()
+    handler = CountingHandler(fail_times=25, error=DatabaseStartingUp("starting up"))
+
+    await _outage_runner(publisher, handler).handle(_message())
+
+    assert handler.calls == 26
+    assert publisher.sent == []
+
+
+async def test_readiness_fails_while_a_partition_waits_for_its_database() -> None:
+    release = asyncio.Event()
+    states: list[bool] = []
+    runner: ConsumerRunner
+
+    async def handler(message: InboundMessage) -> None:
+        if not release.is_set():
+            raise DatabaseStartingUp("starting up")
+
+    async def observe() -> None:
+        await asyncio.sleep(0.02)
+        states.append(await _check_fails(runner))
+        release.set()
+
+    runner = _outage_runner(FakePublisher(), handler)
+    await asyncio.gather(runner.handle(_message()), observe())
+
+    assert states == [True]
+    assert not await _check_fails(runner)
+
+
+async def test_a_record_failing_after_the_outage_counts_only_its_own_failures() -> None:
+    publisher = FakePublisher()
+    errors: list[Exception] = [DatabaseStartingUp("down")] * 7 + [ValueError("bad")] * 99
+
+    async def handler(message: InboundMessage) -> None:
+        raise errors.pop(0)
+
+    await _outage_runner(publisher, handler).handle(_message())
+
+    [(_, letter)] = publisher.letters()
+    assert letter.attempts == 5
+    assert letter.error_type == "ValueError"
+
+
+async def _check_fails(runner: ConsumerRunner) -> bool:
+    try:
+        await runner.check()
+    except Exception:
+        return True
+    return False

@@ -26,7 +26,7 @@ def outbox_migrations() -> list[Path]:
 
 def test_the_services_that_publish_through_an_outbox_have_one() -> None:
     owners = {p.parts[p.parts.index("services") + 1] for p in outbox_migrations()}
-    assert {"webhook-ingest", "ledger"} <= owners
+    assert {"webhook-ingest", "ledger", "metering", "reconciler", "checkout"} <= owners
 
 
 def test_each_copy_matches_the_relay_ddl() -> None:

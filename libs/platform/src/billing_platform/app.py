@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
@@ -29,6 +30,7 @@ from billing_platform import context, metrics, tracing
 from billing_platform.auth import CurrentUser, JwtVerifier
 from billing_platform.errors import ApiError
 from billing_platform.logging import configure_logging
+from billing_platform.outages import is_outage
 from billing_platform.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -48,20 +50,69 @@ def create_app(
     routers: Sequence[APIRouter] = (),
     lifecycle: Sequence[Lifecycle] = (),
     checks: dict[str, ReadinessCheck] | None = None,
+    browser_facing: bool = False,
 ) -> FastAPI:
+    """``browser_facing`` services answer CORS for the configured origins (and no others)."""
     configure_logging(settings.service_name, settings.infra.log_level)
     tracing.configure_tracing(settings.service_name, settings.infra.otel_exporter_otlp_endpoint)
-    app = FastAPI(title=settings.service_name, lifespan=_lifespan(lifecycle))
+    # API-only: no HTML docs pages (they would need scripts the CSP below forbids).
+    app = FastAPI(
+        title=settings.service_name,
+        lifespan=_lifespan(lifecycle),
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.jwt_verifier = JwtVerifier.from_files(
-        settings.infra.jwt_public_keys, settings.infra.jwt_issuer, settings.infra.jwt_audience
+        settings.infra.jwt_public_keys,
+        settings.infra.jwt_issuer,
+        settings.infra.jwt_audience,
+        settings.infra.mfa_max_age_s,
     )
     app.include_router(_ops_router(settings, checks or {}))
     for router in routers:
         app.include_router(router)
     _install_error_handlers(app)
+    if browser_facing:
+        _allow_origins(app, settings.infra.cors_allowed_origins)
+    # Added last, so outermost: CORS preflight answers get the ids and security headers too.
     app.add_middleware(_RequestScope, service=settings.service_name)
     return app
+
+
+def _allow_origins(app: FastAPI, origins: Sequence[str]) -> None:
+    # Bearer tokens, not cookies: no credentials mode, so no origin can ride a session.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(origins),
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        allow_headers=[
+            "Authorization",
+            "Content-Type",
+            "Idempotency-Key",
+            "X-Request-Id",
+            "X-Correlation-Id",
+        ],
+        expose_headers=[
+            "X-Request-Id",
+            "X-Correlation-Id",
+            "Retry-After",
+            "Idempotent-Replayed",
+            "X-Billing-Overhead-Ms",
+        ],
+        max_age=600,
+    )
+
+
+# On every answer: nothing here is a page to frame, sniff, cache or reach over plain HTTP.
+SECURITY_HEADERS = (
+    ("content-security-policy", "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"),
+    ("strict-transport-security", "max-age=31536000; includeSubDomains"),
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+    ("cache-control", "no-store"),
+)
 
 
 def _lifespan(parts: Sequence[Lifecycle]) -> Callable[[FastAPI], Any]:
@@ -102,7 +153,10 @@ def _ops_router(settings: ServiceSettings, checks: dict[str, ReadinessCheck]) ->
         """Who the bearer token says the caller is: the quickest check of a token."""
         return {"userId": principal.user_id, "roles": sorted(principal.roles)}
 
-    @router.get("/metrics")
+    # Documented as the text exposition it is, not as the JSON FastAPI assumes.
+    text: dict[int | str, dict[str, Any]] = {200: {"content": {"text/plain": {}}}}
+
+    @router.get("/metrics", response_class=Response, responses=text)
     async def prometheus() -> Response:
         payload, content_type = metrics.exposition()
         return Response(payload, media_type=content_type)
@@ -149,7 +203,15 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def _internal_error(exc: Exception) -> JSONResponse:
-    """The one 500 answer: logged with the stack, nothing of the error leaked to the caller."""
+    """The one 500 answer: logged with the stack, nothing of the error leaked to the caller.
+
+    A dependency that is down (the database refusing, restarting or dropping connections)
+    is not a fault of the request: 503, which tells the client to retry.
+    """
+    if is_outage(exc):
+        log.warning("dependency unavailable", exc_info=exc)
+        body = {"error": "service_unavailable", "message": "a dependency is down; retry"}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
     log.error("unhandled error", exc_info=exc)
     return JSONResponse({"error": "internal_error", "message": "internal error"}, status_code=500)
 
@@ -241,6 +303,8 @@ class _Reply:
             headers = MutableHeaders(scope=message)
             for name, value in self._ids.items():
                 headers[name] = value
+            for name, value in SECURITY_HEADERS:
+                headers.setdefault(name, value)
         await self._send(message)
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -14,12 +15,27 @@ from billing_platform.errors import ApiError
 
 ADMIN_ROLE = "admin"
 SERVICE_ROLE = "service"
+# RFC 8176 authentication method references that prove a factor beyond the password.
+SECOND_FACTORS = frozenset(
+    {"mfa", "otp", "hwk", "swk", "sms", "tel", "fpt", "face", "iris", "retina", "vbm"}
+)
+DEFAULT_MFA_MAX_AGE_S = 900
+_CLOCK_SKEW_S = 60
 
 
 @dataclass(frozen=True)
 class Principal:
     user_id: str
     roles: frozenset[str]
+    amr: frozenset[str] = field(default_factory=frozenset)
+    auth_time: int | None = None
+
+    def stepped_up_within(self, max_age_s: int, now: float | None = None) -> bool:
+        """A second factor was used, at a sign-in no older than ``max_age_s``."""
+        if not self.amr & SECOND_FACTORS or self.auth_time is None:
+            return False
+        age = (time.time() if now is None else now) - self.auth_time
+        return -_CLOCK_SKEW_S <= age <= max_age_s
 
     @property
     def is_admin(self) -> bool:
@@ -34,14 +50,27 @@ class Principal:
 class JwtVerifier:
     """Checks signature (any configured key, for rotation), ``iss``, ``aud`` and expiry."""
 
-    def __init__(self, public_keys_pem: list[bytes], issuer: str, audience: str) -> None:
+    def __init__(
+        self,
+        public_keys_pem: list[bytes],
+        issuer: str,
+        audience: str,
+        mfa_max_age_s: int = DEFAULT_MFA_MAX_AGE_S,
+    ) -> None:
         self._keys = public_keys_pem
         self._issuer = issuer
         self._audience = audience
+        self.mfa_max_age_s = mfa_max_age_s
 
     @classmethod
-    def from_files(cls, paths: list[Path], issuer: str, audience: str) -> JwtVerifier:
-        return cls([p.read_bytes() for p in paths], issuer, audience)
+    def from_files(
+        cls,
+        paths: list[Path],
+        issuer: str,
+        audience: str,
+        mfa_max_age_s: int = DEFAULT_MFA_MAX_AGE_S,
+    ) -> JwtVerifier:
+        return cls([p.read_bytes() for p in paths], issuer, audience, mfa_max_age_s)
 
     def verify(self, token: str) -> Principal:
         if not self._keys:
@@ -60,11 +89,25 @@ class JwtVerifier:
                 continue
             except jwt.PyJWTError as exc:
                 raise ApiError(401, "unauthorized", f"invalid token: {exc}") from exc
-            roles = claims.get("roles") or []
-            if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-                raise ApiError(401, "unauthorized", "invalid token: roles must be a list")
-            return Principal(str(claims["sub"]), frozenset(roles))
+            return _principal(claims)
         raise ApiError(401, "unauthorized", "invalid token: signature verification failed")
+
+
+def _principal(claims: dict[str, object]) -> Principal:
+    roles = _string_list(claims.get("roles"), "roles")
+    amr = _string_list(claims.get("amr"), "amr")
+    auth_time = claims.get("auth_time")
+    if auth_time is not None and (isinstance(auth_time, bool) or not isinstance(auth_time, int)):
+        raise ApiError(401, "unauthorized", "invalid token: auth_time must be an integer")
+    return Principal(str(claims["sub"]), frozenset(roles), frozenset(amr), auth_time)
+
+
+def _string_list(value: object, name: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ApiError(401, "unauthorized", f"invalid token: {name} must be a list of strings")
+    return value
 
 
 def _bearer(request: Request) -> str:
@@ -92,5 +135,21 @@ def require_role(*roles: str) -> object:
     return Depends(check)
 
 
+def _stepped_up_admin(
+    request: Request, principal: Annotated[Principal, require_role(ADMIN_ROLE)]
+) -> Principal:
+    verifier: JwtVerifier = request.app.state.jwt_verifier
+    if not principal.stepped_up_within(verifier.mfa_max_age_s):
+        raise ApiError(
+            401,
+            "mfa_required",
+            "this action needs a sign-in with a second factor "
+            f"in the last {verifier.mfa_max_age_s // 60} minutes",
+        )
+    return principal
+
+
 CurrentUser = Annotated[Principal, Depends(current_principal)]
 AdminUser = Annotated[Principal, require_role(ADMIN_ROLE)]
+# Money-moving admin actions: the admin role and a recent second factor (step-up MFA).
+SteppedUpAdmin = Annotated[Principal, Depends(_stepped_up_admin)]

@@ -4,6 +4,10 @@ Migrations are ``NNNN_name.sql`` files shipped inside each service package. They
 applied in order, each in its own transaction, under an advisory lock so two migration
 jobs (e.g. a Helm Job racing a local run) cannot interleave. A changed file that was
 already applied is refused rather than silently diverging.
+
+After the migrations, the same lock held, the schema's grants are re-derived from the
+catalog and the service's ``SchemaAccess`` (role names come from settings, because they
+differ per deployment; migration SQL names none).
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -38,6 +43,28 @@ class Migration:
     @property
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SchemaAccess:
+    """Who may do what in one service's schema, besides the role that owns it.
+
+    The runtime role gets rows, never structure: SELECT, INSERT, UPDATE, DELETE on tables
+    (less where declared below), SELECT on views, USAGE on sequences. It owns nothing, so it
+    cannot ALTER, DROP or disable a trigger, and it gets no TRUNCATE, REFERENCES or TRIGGER.
+    """
+
+    runtime_role: str = ""
+    # Rows are only ever added (the migrations' triggers refuse the rest): SELECT, INSERT.
+    append_only: tuple[str, ...] = ()
+    # Rows change but are never removed: no DELETE.
+    keep_rows: tuple[str, ...] = ()
+    # Relation -> other services' roles that may SELECT it (their only right here).
+    readers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def check_schema_name(schema: str) -> str:
@@ -74,20 +101,28 @@ def load_migrations(package: str) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
-async def migrate(conn: Any, schema: str, migrations: list[Migration]) -> list[str]:
-    """Apply pending migrations to ``schema``; returns the names applied."""
+async def migrate(
+    conn: Any, schema: str, migrations: list[Migration], access: SchemaAccess | None = None
+) -> list[str]:
+    """Apply pending migrations to ``schema``, then its grants; returns the names applied."""
     check_schema_name(schema)
     lock_key = int(hashlib.sha256(schema.encode()).hexdigest()[:15], 16)
     await conn.execute("SELECT pg_advisory_lock($1)", lock_key)
     try:
         await _ensure_bookkeeping(conn, schema)
-        return await _apply_pending(conn, schema, migrations)
+        applied = await _apply_pending(conn, schema, migrations)
+        if access is not None:
+            await grant_access(conn, schema, access)
+        return applied
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", lock_key)
 
 
 async def _ensure_bookkeeping(conn: Any, schema: str) -> None:
-    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    # CREATE SCHEMA checks the database's CREATE right even with IF NOT EXISTS; the role that
+    # owns an existing schema need not have it, so only a missing schema is created.
+    if not await conn.fetchval("SELECT true FROM pg_namespace WHERE nspname = $1", schema):
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
     await conn.execute(
         f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations ('
         " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
@@ -119,10 +154,73 @@ async def _apply_pending(conn: Any, schema: str, migrations: list[Migration]) ->
     return done
 
 
-async def migrate_package(dsn: str, schema: str, package: str) -> list[str]:
+async def grant_access(conn: Any, schema: str, access: SchemaAccess) -> None:
+    """Re-derive the schema's grants from the catalog, in one transaction and idempotently:
+    a relation re-created or newly declared append-only ends up exactly as declared."""
+    relations = await _relations(conn, schema)
+    declared = {*access.append_only, *access.keep_rows, *access.readers}
+    if missing := sorted(declared - relations.keys()):
+        raise MigrationError(f"{schema}: declared relations do not exist: {missing}")
+    me = await conn.fetchval("SELECT current_user")  # the owner: it has every right already
+    statements = _reader_grants(schema, access, me)
+    if access.runtime_role and access.runtime_role != me:
+        statements = _runtime_grants(schema, relations, access) + statements
+    if statements:
+        async with conn.transaction():
+            await conn.execute(";\n".join(statements))
+
+
+async def _relations(conn: Any, schema: str) -> dict[str, str]:
+    rows = await conn.fetch(
+        "SELECT c.relname, c.relkind::text FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'S')",
+        schema,
+    )
+    return {r["relname"]: r["relkind"] for r in rows}
+
+
+def _reader_grants(schema: str, access: SchemaAccess, me: str) -> list[str]:
+    statements: list[str] = []
+    for relation, roles in sorted(access.readers.items()):
+        for role in sorted({quote_ident(r) for r in roles if r and r != me}):
+            statements.append(f"GRANT USAGE ON SCHEMA {quote_ident(schema)} TO {role}")
+            target = f"{quote_ident(schema)}.{quote_ident(relation)}"
+            statements.append(f"GRANT SELECT ON {target} TO {role}")
+    return statements
+
+
+def _runtime_grants(schema: str, relations: dict[str, str], access: SchemaAccess) -> list[str]:
+    role = quote_ident(access.runtime_role)
+    statements = [f"GRANT USAGE ON SCHEMA {quote_ident(schema)} TO {role}"]
+    for name, kind in sorted(relations.items()):
+        target = (
+            f"{'SEQUENCE' if kind == 'S' else 'TABLE'} {quote_ident(schema)}.{quote_ident(name)}"
+        )
+        # Revoked first, so a right the declaration no longer allows is taken back.
+        statements.append(f"REVOKE ALL ON {target} FROM {role}")
+        statements.append(f"GRANT {_runtime_privileges(name, kind, access)} ON {target} TO {role}")
+    return statements
+
+
+def _runtime_privileges(name: str, kind: str, access: SchemaAccess) -> str:
+    if kind == "S":
+        return "USAGE, SELECT"
+    if kind in ("v", "m") or name == "schema_migrations":
+        return "SELECT"
+    if name in access.append_only:
+        return "SELECT, INSERT"
+    if name in access.keep_rows:
+        return "SELECT, INSERT, UPDATE"
+    return "SELECT, INSERT, UPDATE, DELETE"
+
+
+async def migrate_package(
+    dsn: str, schema: str, package: str, access: SchemaAccess | None = None
+) -> list[str]:
     conn = await asyncpg.connect(dsn)
     try:
-        return await migrate(conn, schema, load_migrations(package))
+        return await migrate(conn, schema, load_migrations(package), access)
     finally:
         await conn.close()
 
@@ -139,7 +237,7 @@ class Database:
     @classmethod
     def for_service(cls, settings: ServiceSettings) -> Database:
         return cls(
-            settings.infra.database_url,
+            settings.runtime_dsn,
             settings.db_schema,
             settings.db_pool_min,
             settings.db_pool_max,

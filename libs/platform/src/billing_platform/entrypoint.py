@@ -1,7 +1,8 @@
 """``python -m <service> serve|migrate``: the one way every service is run.
 
 ``migrate`` is what the Helm migration Job and ``billing up`` both run, so the schema a
-service serves from is always the one its migrations built.
+service serves from is always the one its migrations built. It connects with the migration
+DSN (the schema's owner) and ends by granting the runtime role (``serve``'s DSN) its rights.
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ import json
 
 import uvicorn
 
-from billing_platform.db import migrate_package
+from billing_platform.db import SchemaAccess, migrate_package
 from billing_platform.logging import configure_logging
 from billing_platform.settings import ServiceSettings
 
 
 def run(
-    settings: ServiceSettings, *, app_factory: str, package: str, argv: list[str] | None = None
+    settings: ServiceSettings,
+    *,
+    app_factory: str,
+    package: str,
+    access: SchemaAccess | None = None,
+    argv: list[str] | None = None,
 ) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m {package}")
     parser.add_argument("command", choices=["serve", "migrate"])
@@ -26,7 +32,7 @@ def run(
     if args.command == "migrate":
         configure_logging(settings.service_name, settings.infra.log_level)
         applied = asyncio.run(
-            migrate_package(settings.infra.database_url, settings.db_schema, package)
+            migrate_package(settings.migrate_dsn, settings.db_schema, package, access)
         )
         print(json.dumps({"service": settings.service_name, "applied": applied}))
         return

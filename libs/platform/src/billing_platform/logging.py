@@ -16,6 +16,27 @@ _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 # Stripe and OpenAI keys, webhook secrets and bearer tokens must never reach a log line.
 _SECRET = re.compile(r"\b(sk|rk|whsec|pk)[_-](?:[A-Za-z]+[_-])?[A-Za-z0-9]{6,}\b")
 _BEARER = re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]+")
+# Log fields that carry user ids (one, or a list): their values are logged as pseudonyms,
+# whichever module logs them. Admins are users too, so "actor" is one of them.
+USER_ID_KEYS = frozenset(
+    {
+        "user",
+        "user_id",
+        "userId",
+        "user_ids",
+        "target_user",
+        "target_user_id",
+        "targetUserId",
+        "paused_user",
+        "actor",
+        "requested_by",
+        "updated_by",
+    }
+)
+# "target" names what an admin action was done to, "<kind>:<id>"; only user ids are masked.
+TARGET_KEY = "target"
+_USER_TARGET = "user:"
+_PSEUDONYM = re.compile(r"u_[0-9a-f]{12}")
 # color_message: uvicorn's ANSI-coloured duplicate of msg.
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
@@ -31,11 +52,35 @@ def mask_text(text: str) -> str:
     return _EMAIL.sub("***@***", text)
 
 
+def mask_user_field(value: Any) -> Any:
+    """A user id field's value as logged: pseudonyms (an existing one is kept as it is)."""
+    if isinstance(value, str):
+        return value if _PSEUDONYM.fullmatch(value) else mask_user_id(value)
+    if isinstance(value, list | tuple | set | frozenset):
+        return [mask_user_field(v) for v in value]
+    return value
+
+
+def mask_target(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(_USER_TARGET):
+        return _USER_TARGET + mask_user_field(value[len(_USER_TARGET) :])
+    return _mask_value(value)
+
+
+def mask_field(key: str, value: Any) -> Any:
+    """A log field's value with PII and secrets masked, user id fields by their key."""
+    if key in USER_ID_KEYS:
+        return mask_user_field(value)
+    if key == TARGET_KEY:
+        return mask_target(value)
+    return _mask_value(value)
+
+
 def _mask_value(value: Any) -> Any:
     if isinstance(value, str):
         return mask_text(value)
     if isinstance(value, dict):
-        return {k: _mask_value(v) for k, v in value.items()}
+        return {k: mask_field(str(k), v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_mask_value(v) for v in value]
     return value
@@ -57,7 +102,7 @@ class JsonFormatter(logging.Formatter):
         self._add_context(body)
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                body[key] = _mask_value(value)
+                body[key] = mask_field(key, value)
         if record.exc_info:
             body["exc"] = mask_text(self.formatException(record.exc_info))
         return json.dumps(body, default=str)

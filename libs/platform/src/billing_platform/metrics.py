@@ -22,6 +22,11 @@ KAFKA_HANDLER_RETRIES = Counter(
     "Handler attempts that failed and were retried",
     ["topic", "group"],
 )
+KAFKA_OUTAGE_RETRIES = Counter(
+    "kafka_handler_outage_retries_total",
+    "Handler attempts that failed because a dependency was down; retried without limit",
+    ["topic", "group"],
+)
 KAFKA_DEAD_LETTERED = Counter(
     "kafka_dead_lettered_total", "Messages sent to a dead-letter topic", ["topic", "group"]
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -24,7 +25,12 @@ class InfraSettings(BaseSettings):
     jwt_public_keys: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     jwt_issuer: str = "billing-dev"
     jwt_audience: str = "billing-platform"
+    # How recent the second factor must be for money-moving admin actions (step-up MFA).
+    mfa_max_age_s: int = Field(default=900, ge=0)
     log_level: str = "INFO"
+    # Web origins allowed to call the browser-facing services (checkout, ledger, metering);
+    # comma-separated. Empty: no cross-origin grants at all.
+    cors_allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     environment: str = "dev"
     otel_exporter_otlp_endpoint: str = ""
     # External APIs. Base URLs point at stripe-mock and the dev model server locally.
@@ -35,7 +41,9 @@ class InfraSettings(BaseSettings):
     openai_base_url: str = "https://api.openai.com/v1"
     openai_api_key: SecretStr = SecretStr("")
 
-    @field_validator("jwt_public_keys", "stripe_webhook_secrets", mode="before")
+    @field_validator(
+        "jwt_public_keys", "stripe_webhook_secrets", "cors_allowed_origins", mode="before"
+    )
     @classmethod
     def _split_list(cls, value: object) -> object:
         # Plain comma-separated env values, rather than JSON arrays, for list settings.
@@ -53,7 +61,26 @@ class ServiceSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8100
     db_schema: str = "public"
+    # Least privilege: `serve` connects as a runtime role that may only read and write rows,
+    # `migrate` as the role that owns the schema. Either falls back to BILLING_DATABASE_URL,
+    # so a single-role setup still needs only that one.
+    database_url: str = ""
+    migrate_database_url: str = ""
+    # The role `migrate` gives the runtime rights to; unset, the user in `database_url`.
+    db_runtime_role: str = ""
     db_pool_min: int = 2
     db_pool_max: int = 10
     readiness_timeout_s: float = 2.0
     infra: InfraSettings = Field(default_factory=InfraSettings)
+
+    @property
+    def runtime_dsn(self) -> str:
+        return self.database_url or self.infra.database_url
+
+    @property
+    def migrate_dsn(self) -> str:
+        return self.migrate_database_url or self.infra.database_url
+
+    @property
+    def runtime_role(self) -> str:
+        return self.db_runtime_role or unquote(urlsplit(self.runtime_dsn).username or "")

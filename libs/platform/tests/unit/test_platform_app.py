@@ -34,6 +34,10 @@ def _router() -> APIRouter:
     async def boom() -> None:
         raise RuntimeError("secret database password is hunter2")
 
+    @router.get("/db-down")
+    async def db_down() -> None:
+        raise ConnectionRefusedError(111, "Connection refused")
+
     return router
 
 
@@ -165,6 +169,14 @@ def test_unexpected_exception_is_500_without_leaking_the_message(client: TestCli
     assert "hunter2" not in response.text
 
 
+def test_a_dependency_down_is_503_to_retry_not_500(client: TestClient) -> None:
+    response = client.get("/db-down")
+
+    assert response.status_code == 503
+    assert response.json()["error"] == "service_unavailable"
+    assert response.headers["retry-after"] == "1"
+
+
 def test_response_carries_fresh_request_and_correlation_ids(client: TestClient) -> None:
     first = client.get("/health")
     second = client.get("/health")
@@ -236,3 +248,81 @@ def test_lifecycle_stops_only_started_parts_when_a_start_fails() -> None:
         pass
 
     assert calls == ["start db", "start kafka", "stop db"]
+
+
+# --- browser-facing: CORS allowlist and security headers ---------------------------------
+
+WEB = "https://credits.example.com"
+
+
+@pytest.fixture
+def browser_client() -> Iterator[TestClient]:
+    infra = InfraSettings(cors_allowed_origins=f"{WEB}, http://localhost:5173")
+    settings = ServiceSettings(service_name="web-test", infra=infra)
+    app = create_app(settings, routers=[_router()], browser_facing=True)
+    with _client(app) as test_client:
+        yield test_client
+
+
+def _preflight(client: TestClient, origin: str) -> Any:
+    return client.options(
+        "/items/1",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,idempotency-key",
+        },
+    )
+
+
+def test_allowed_origin_gets_a_cors_grant(browser_client: TestClient) -> None:
+    response = browser_client.get("/items/1", headers={"Origin": WEB})
+
+    assert response.headers["access-control-allow-origin"] == WEB
+    assert "x-request-id" in response.headers["access-control-expose-headers"].lower()
+    assert "access-control-allow-credentials" not in response.headers
+
+
+def test_allowed_origin_preflight_is_granted(browser_client: TestClient) -> None:
+    response = _preflight(browser_client, WEB)
+
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == WEB
+    assert "idempotency-key" in response.headers["access-control-allow-headers"].lower()
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example.com", "null", f"{WEB}.evil.com"])
+def test_disallowed_origin_gets_no_cors_grant(browser_client: TestClient, origin: str) -> None:
+    simple = browser_client.get("/items/1", headers={"Origin": origin})
+    preflight = _preflight(browser_client, origin)
+
+    assert "access-control-allow-origin" not in simple.headers
+    assert "access-control-allow-origin" not in preflight.headers
+    assert preflight.status_code == 400
+
+
+def test_a_service_that_is_not_browser_facing_grants_no_origin(client: TestClient) -> None:
+    response = client.get("/items/1", headers={"Origin": WEB})
+
+    assert "access-control-allow-origin" not in response.headers
+
+
+@pytest.mark.parametrize("path", ["/items/1", "/nope", "/boom", "/health", "/items/x"])
+def test_every_answer_carries_the_security_headers(browser_client: TestClient, path: str) -> None:
+    headers = browser_client.get(path).headers
+
+    assert headers["x-content-type-options"] == "nosniff"
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["strict-transport-security"].startswith("max-age=31536000")
+    assert headers["x-frame-options"] == "DENY"
+    assert headers["referrer-policy"] == "no-referrer"
+
+
+def test_preflight_answers_carry_the_security_headers(browser_client: TestClient) -> None:
+    assert _preflight(browser_client, WEB).headers["x-content-type-options"] == "nosniff"
+    assert _preflight(browser_client, "https://x.test").headers["x-frame-options"] == "DENY"
+
+
+def test_no_html_docs_pages_are_served(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 404
+    assert client.get("/openapi.json").status_code == 200

@@ -9,7 +9,7 @@ from typing import Any
 import jwt
 import pytest
 from billing_platform.app import create_app
-from billing_platform.auth import AdminUser, CurrentUser, JwtVerifier, Principal
+from billing_platform.auth import AdminUser, CurrentUser, JwtVerifier, Principal, SteppedUpAdmin
 from billing_platform.context import user_id_var
 from billing_platform.errors import ApiError
 from billing_platform.settings import InfraSettings, ServiceSettings
@@ -140,6 +140,10 @@ def _router() -> APIRouter:
     async def admin(user: AdminUser) -> dict[str, str]:
         return {"admin": user.user_id}
 
+    @router.post("/money")
+    async def money(user: SteppedUpAdmin) -> dict[str, str]:
+        return {"moved_by": user.user_id}
+
     @router.get("/whoami-context")
     async def whoami_context(user: CurrentUser) -> dict[str, str | None]:
         return {"user_id_var": user_id_var.get()}
@@ -218,3 +222,84 @@ def test_authenticated_user_is_visible_in_request_context(client: TestClient, ke
 
     assert response.status_code == 200
     assert response.json() == {"user_id_var": "u-ctx"}
+
+
+# --- step-up MFA for money-moving admin actions -----------------------------------------
+
+
+def test_amr_and_auth_time_reach_the_principal(key_a: Any) -> None:
+    token = key_a.token(amr=["pwd", "otp"], auth_time=1_700_000_000)
+
+    principal = _verifier(key_a).verify(token)
+
+    assert principal.amr == frozenset({"pwd", "otp"})
+    assert principal.auth_time == 1_700_000_000
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [{"amr": "otp"}, {"amr": [1]}, {"auth_time": "yesterday"}, {"auth_time": True}],
+)
+def test_malformed_mfa_claims_are_unauthorized(key_a: Any, claims: dict[str, Any]) -> None:
+    _assert_unauthorized(_verifier(key_a), key_a.token(**claims))
+
+
+@pytest.mark.parametrize(
+    ("amr", "age_s", "stepped_up"),
+    [
+        (["pwd", "otp"], 60, True),
+        (["mfa"], 899, True),
+        (["hwk"], 0, True),
+        (["pwd"], 60, False),  # a password alone is one factor
+        ([], 60, False),
+        (["pwd", "otp"], 901, False),  # second factor too long ago
+        (["pwd", "otp"], -3600, False),  # a sign-in from the future is not believed
+    ],
+)
+def test_step_up_needs_a_second_factor_within_the_max_age(
+    amr: list[str], age_s: int, stepped_up: bool
+) -> None:
+    now = 1_800_000_000.0
+    principal = Principal("ops", frozenset({"admin"}), frozenset(amr), int(now) - age_s)
+
+    assert principal.stepped_up_within(900, now=now) is stepped_up
+
+
+def test_step_up_without_auth_time_is_refused() -> None:
+    assert not Principal("ops", frozenset({"admin"}), frozenset({"otp"})).stepped_up_within(900)
+
+
+def test_money_moving_admin_route_without_mfa_is_401_mfa_required(
+    client: TestClient, key_a: Any
+) -> None:
+    response = client.post("/money", headers=_bearer(key_a.token(roles=["admin"])))
+
+    assert response.status_code == 401
+    assert response.json()["error"] == "mfa_required"
+
+
+def test_money_moving_admin_route_with_stale_mfa_is_401(client: TestClient, key_a: Any) -> None:
+    token = key_a.token(roles=["admin"], amr=["otp"], auth_time=int(time.time()) - 3600)
+
+    response = client.post("/money", headers=_bearer(token))
+
+    assert response.json()["error"] == "mfa_required"
+
+
+def test_money_moving_admin_route_with_recent_mfa_is_allowed(
+    client: TestClient, key_a: Any
+) -> None:
+    token = key_a.token(sub="boss", roles=["admin"], amr=["pwd", "otp"], auth_time=int(time.time()))
+
+    response = client.post("/money", headers=_bearer(token))
+
+    assert response.status_code == 200
+    assert response.json() == {"moved_by": "boss"}
+
+
+def test_money_moving_route_checks_the_admin_role_before_mfa(
+    client: TestClient, key_a: Any
+) -> None:
+    token = key_a.token(roles=[], amr=["otp"], auth_time=int(time.time()))
+
+    assert client.post("/money", headers=_bearer(token)).status_code == 403

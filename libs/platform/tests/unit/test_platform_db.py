@@ -116,3 +116,24 @@ def test_database_refuses_a_bad_schema_before_connecting() -> None:
 def test_database_pool_is_unavailable_before_start() -> None:
     with pytest.raises(RuntimeError, match="not started"):
         _ = Database("postgresql://nowhere/db", "ledger").pool
+
+
+def test_schema_access_of_each_service_names_its_append_only_tables() -> None:
+    from checkout.db_access import schema_access as checkout_access
+    from checkout.settings import Settings as CheckoutSettings
+    from ledger.db_access import schema_access as ledger_access
+    from ledger.settings import Settings as LedgerSettings
+
+    ledger = ledger_access(LedgerSettings(db_runtime_role="l_rt", db_reconciler_role="rec"))
+    checkout = checkout_access(
+        CheckoutSettings(db_ledger_role="l_rt", db_metering_role="m_rt", db_reconciler_role="rec")
+    )
+
+    assert ledger.runtime_role == "l_rt"
+    assert set(ledger.append_only) == {"journal_transactions", "journal_entries", "audit_log"}
+    assert ledger.readers["journal_entries"] == ("rec",)
+    assert checkout.append_only == ("feature_switch_changes",)
+    assert dict(checkout.readers) == {
+        "purchase_terms": ("l_rt", "rec"),
+        "feature_flags": ("m_rt",),
+    }

@@ -106,3 +106,35 @@ def test_service_settings_carry_infra_from_billing_env(monkeypatch: pytest.Monke
     monkeypatch.setenv("BILLING_KAFKA_BOOTSTRAP", "broker:1")
 
     assert LedgerSettings().infra.kafka_bootstrap == "broker:1"
+
+
+def test_service_dsns_fall_back_to_the_shared_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BILLING_DATABASE_URL", "postgresql://billing:pw@db:5432/billing")
+
+    settings = LedgerSettings()
+
+    assert settings.runtime_dsn == "postgresql://billing:pw@db:5432/billing"
+    assert settings.migrate_dsn == "postgresql://billing:pw@db:5432/billing"
+    assert settings.runtime_role == "billing"
+
+
+def test_runtime_and_owner_dsns_are_read_under_the_service_prefix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BILLING_DATABASE_URL", "postgresql://billing:pw@db:5432/billing")
+    monkeypatch.setenv("LEDGER_DATABASE_URL", "postgresql://ledger%5Frt:a@db:5432/billing")
+    monkeypatch.setenv("LEDGER_MIGRATE_DATABASE_URL", "postgresql://ledger_owner:b@db/billing")
+    monkeypatch.setenv("CHECKOUT_DATABASE_URL", "postgresql://checkout_runtime:c@db/billing")
+
+    settings = LedgerSettings()
+
+    assert settings.runtime_dsn == "postgresql://ledger%5Frt:a@db:5432/billing"
+    assert settings.migrate_dsn == "postgresql://ledger_owner:b@db/billing"
+    assert settings.runtime_role == "ledger_rt"  # the DSN's user, percent-decoded
+
+
+def test_an_explicit_runtime_role_wins_over_the_dsn_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEDGER_DATABASE_URL", "postgresql://pooler_user:a@pgbouncer/billing")
+    monkeypatch.setenv("LEDGER_DB_RUNTIME_ROLE", "ledger_runtime")
+
+    assert LedgerSettings().runtime_role == "ledger_runtime"

@@ -2,7 +2,8 @@
 the billing switches (public values, admin view and change).
 
 ``POST /api/purchases`` flow, in this order:
-1. per-IP rate limit (429 ``rate_limited``), bearer token (401);
+1. per-IP rate limit, counted in the database for all replicas together (429
+   ``rate_limited`` with ``Retry-After``), bearer token (401);
 2. purchases switched off (``billingEnabled`` or ``purchasesEnabled`` false, as read from
    the switches on every request, cached for at most ``CHECKOUT_SWITCH_CACHE_S``) -> 503
    ``purchases_disabled``;
@@ -29,8 +30,9 @@ from typing import Annotated, Any, Protocol
 
 from billing_platform.auth import AdminUser, CurrentUser, current_principal
 from billing_platform.errors import ApiError
-from billing_platform.ratelimit import SlidingWindowLimiter, per_ip
-from fastapi import APIRouter, Depends, Header
+from billing_platform.ratelimit import Limiter, per_ip
+from billing_platform.schemas import Text
+from fastapi import APIRouter, Depends, Header, Path
 from fastapi.responses import JSONResponse
 
 from checkout import catalog
@@ -49,6 +51,7 @@ from checkout.service import PurchaseService
 from checkout.switches import SwitchValues, checked_value, purchases_allowed
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+PurchaseId = Annotated[Text, Path(max_length=100)]
 
 
 class SwitchReader(Protocol):
@@ -114,11 +117,10 @@ def router(
     purchases: PurchaseService,
     keys: IdempotencyKeys,
     *,
-    rate_limit_per_minute: int,
+    limiter: Limiter,
     switches: SwitchReader,
 ) -> APIRouter:
     api = APIRouter(tags=["checkout"])
-    limiter = SlidingWindowLimiter(rate_limit_per_minute, 60.0)
     enabled = purchases_switch(switches)
 
     @api.get("/api/packages", response_model=list[PackageOut])
@@ -152,7 +154,7 @@ def router(
         return respond(await keys.run(principal.user_id, key, req_hash, create))
 
     @api.get("/api/purchases/{purchase_id}", response_model=PurchaseOut)
-    async def get_purchase(purchase_id: str, principal: CurrentUser) -> PurchaseOut:
+    async def get_purchase(purchase_id: PurchaseId, principal: CurrentUser) -> PurchaseOut:
         purchase = await purchases.get(purchase_id)
         if purchase is None or not (purchase.user_id == principal.user_id or principal.is_admin):
             raise ApiError(404, "purchase_not_found", "no such purchase")

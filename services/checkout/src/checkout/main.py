@@ -2,8 +2,8 @@
 
 Parts: the DB pool, the billing switches (seeded from the settings once the pool is up,
 then read through a short cache), the Kafka publisher (used by the consumer for dead
-letters) and the purchase status consumer (Stripe events and ledger transactions ->
-purchase status).
+letters and by the outbox relay for the audit records of switch changes) and the purchase
+status consumer (Stripe events and ledger transactions -> purchase status).
 
 Readiness checks the database only: selling credits needs Postgres and Stripe, not the
 broker, so checkout must keep selling during a broker outage. The consumer reconnects by
@@ -20,8 +20,10 @@ import logging
 
 from billing_events import wiring
 from billing_events.kafka import KafkaPublisher
+from billing_events.outbox import OutboxRelay
 from billing_platform.app import create_app as build_app
 from billing_platform.db import Database
+from billing_platform.ratelimit import DbLimiter, Limit, RateLimitSweeper
 from billing_platform.stripe_client import stripe_client
 from fastapi import FastAPI
 
@@ -90,16 +92,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     sessions = StripeCheckout(stripe_client(settings.infra, timeout_s=settings.stripe_timeout_s))
     defaults = defaults_from(settings)
     switches = Switches(StoredSwitches(db), defaults, settings.switch_cache_s)
-    switch_admin = SwitchService(db, switches, defaults)
+    switch_admin = SwitchService(db, switches, defaults, wiring.audit_trail_for(settings))
+    # Admin actions leave through the outbox; like status updates they wait out an outage.
+    relay = OutboxRelay(db, publisher)
     routes = api.router(
         PurchaseService(db, sessions, settings.public_base_url),
         IdempotencyKeys(db),
-        rate_limit_per_minute=settings.purchase_rate_limit_per_minute,
+        limiter=DbLimiter(db, Limit("purchases-per-ip", settings.purchase_rate_limit_per_minute)),
         switches=switches,
     )
     return build_app(
         settings,
         routers=[routes, api.features_router(switches, switch_admin)],
-        lifecycle=[db, SeedSwitches(switch_admin), BackgroundStart(publisher), consumer],
-        checks={"database": db.ping},
+        lifecycle=[
+            db,
+            SeedSwitches(switch_admin),
+            BackgroundStart(publisher),
+            relay,
+            consumer,
+            RateLimitSweeper(db),
+        ],
+        checks={"database": db.ping, "consumer": consumer.check},
+        browser_facing=True,
     )

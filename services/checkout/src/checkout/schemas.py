@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from billing_platform.schemas import CamelModel as BaseCamelModel
+from billing_platform.schemas import Text
 from pydantic import BaseModel, ConfigDict, Field
 
 from checkout.catalog import Package
@@ -125,8 +126,8 @@ class FeaturesPatch(BaseModel):
     chargingEnabled: bool | None = None
     shadowBilling: bool | None = None
     rolloutPercentage: int | None = None
-    shadowAllowlist: list[str] | None = None
-    reason: str = Field(min_length=3, max_length=500)
+    shadowAllowlist: list[Text] | None = None
+    reason: Text = Field(min_length=3, max_length=500)
 
     def changes(self) -> dict[str, Any]:
         """Switch name -> value, for the switches the body names (null included)."""

@@ -17,6 +17,8 @@ from datetime import datetime
 from typing import Any
 
 import stripe
+from billing_events.audit import SWITCH_CHANGE, AdminAction, AuditTrail
+from billing_events.audit import target as audit_target
 from billing_platform import context
 from billing_platform.db import Database
 from billing_platform.errors import ApiError
@@ -120,10 +122,13 @@ class StoredSwitches:
 
 
 class SwitchService:
-    def __init__(self, db: Database, switches: Switches, defaults: SwitchValues) -> None:
+    def __init__(
+        self, db: Database, switches: Switches, defaults: SwitchValues, audit: AuditTrail
+    ) -> None:
         self._db = db
         self._switches = switches
         self._defaults = defaults
+        self._audit = audit
 
     async def seed(self) -> None:
         """A row from the settings for each switch that has none; existing rows are kept."""
@@ -143,7 +148,7 @@ class SwitchService:
     async def change(self, actor: str, changes: dict[str, Any], reason: str) -> AdminFeaturesOut:
         """Apply checked ``changes`` (switch name -> value); the admin view afterwards."""
         async with self._db.pool.acquire() as conn, conn.transaction():
-            changed = await _apply(conn, actor, changes, reason)
+            changed = await _apply(conn, self._audit, actor, changes, reason)
             rows = await repository.feature_switches(conn)
         self._switches.invalidate()
         for name in changed:
@@ -153,18 +158,29 @@ class SwitchService:
         return admin_view(rows, self._defaults)
 
 
-async def _apply(conn: Any, actor: str, changes: dict[str, Any], reason: str) -> list[str]:
-    """Write the switches whose value differs, one log row each; their names."""
+async def _apply(
+    conn: Any, audit: AuditTrail, actor: str, changes: dict[str, Any], reason: str
+) -> list[str]:
+    """Write the switches whose value differs, one log row and audit record each; their names."""
     before = await repository.lock_feature_switches(conn)
-    correlation_id = context.current_correlation_id()
+    corr = context.current_correlation_id()
     changed = [n for n, v in changes.items() if before.get(n) != v]
     for name in changed:
-        old, new = before.get(name), changes[name]
-        await repository.set_feature_switch(conn, name, new, actor)
-        await repository.insert_feature_switch_change(
-            conn, SwitchChange(name, old, new, actor, reason, correlation_id)
-        )
+        change = SwitchChange(name, before.get(name), changes[name], actor, reason, corr)
+        await repository.set_feature_switch(conn, name, change.new_value, actor)
+        await repository.insert_feature_switch_change(conn, change)
+        await audit.record(conn, switch_change_action(change))
     return changed
+
+
+def switch_change_action(change: SwitchChange) -> AdminAction:
+    return AdminAction(
+        actor=change.actor,
+        action=SWITCH_CHANGE,
+        target=audit_target("switch", change.name),
+        reason=change.reason,
+        details={"old": change.old_value, "new": change.new_value},
+    )
 
 
 def admin_view(rows: list[dict[str, Any]], defaults: SwitchValues) -> AdminFeaturesOut:

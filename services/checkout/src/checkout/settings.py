@@ -23,6 +23,11 @@ class Settings(ServiceSettings):
     service_name: str = "checkout"
     port: int = 8101
     db_schema: str = "checkout"
+    # Other services' runtime roles that `migrate` lets SELECT checkout's published views:
+    # the ledger and the reconciler `purchase_terms`, metering `feature_flags`.
+    db_ledger_role: str = ""
+    db_metering_role: str = ""
+    db_reconciler_role: str = ""
     # Master switch: off turns purchases and charging off, whatever their own switches say.
     billing_enabled: bool = True
     # Off: POST /api/purchases answers 503 purchases_disabled.
@@ -39,7 +44,8 @@ class Settings(ServiceSettings):
     switch_cache_s: float = Field(default=1.0, ge=0)
     # The web app that Stripe sends the buyer back to (success and cancel URLs).
     public_base_url: str = "http://localhost:5173"
-    purchase_rate_limit_per_minute: int = 10
+    # Purchases per source IP in any 60 s, counted in the database across every replica.
+    purchase_rate_limit_per_minute: int = Field(default=10, gt=0)
     stripe_timeout_s: float = 10.0
 
     @field_validator("shadow_allowlist", mode="before")

@@ -16,6 +16,7 @@ from billing_events import wiring
 from billing_events.kafka import KafkaPublisher
 from billing_platform.app import create_app as build_app
 from billing_platform.db import Database
+from billing_platform.ratelimit import SlidingWindowLimiter
 from billing_platform.settings import InfraSettings, ServiceSettings
 from checkout import api
 from checkout.idempotency import IdempotencyKeys
@@ -84,7 +85,7 @@ def _app(settings: Settings) -> FastAPI:
     routes = api.router(
         PurchaseService(db, _NoStripe(), settings.public_base_url),
         IdempotencyKeys(db),
-        rate_limit_per_minute=settings.purchase_rate_limit_per_minute,
+        limiter=SlidingWindowLimiter(settings.purchase_rate_limit_per_minute, 60.0),
         switches=_SwitchesFromSettings(settings),
     )
     return build_app(settings, routers=[routes])
@@ -233,3 +234,12 @@ def test_openapi_documents_the_routes(client: TestClient) -> None:
     assert {"/api/packages", "/api/purchases", "/api/purchases/{purchase_id}"} <= set(paths)
     header = paths["/api/purchases"]["post"]["parameters"][0]
     assert header["name"] == "Idempotency-Key"
+
+
+def test_a_purchase_id_with_a_nul_is_422_before_the_database(
+    client: TestClient, keys: Keys
+) -> None:
+    response = client.get("/api/purchases/p%00", headers=keys.headers())
+
+    assert response.status_code == 422
+    assert response.json()["error"] == "validation_error"

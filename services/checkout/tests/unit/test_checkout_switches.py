@@ -18,6 +18,7 @@ import pytest
 from billing_platform.app import create_app as build_app
 from billing_platform.db import Database
 from billing_platform.errors import ApiError
+from billing_platform.ratelimit import SlidingWindowLimiter
 from billing_platform.settings import InfraSettings
 from checkout import api
 from checkout.idempotency import IdempotencyKeys
@@ -491,7 +492,7 @@ def _purchase_client(settings: Settings, switches: FakeSwitches) -> TestClient:
     routes = api.router(
         PurchaseService(db, _NoStripe(), settings.public_base_url),
         IdempotencyKeys(db),
-        rate_limit_per_minute=100,
+        limiter=SlidingWindowLimiter(100, 60.0),
         switches=switches,
     )
     return TestClient(build_app(settings, routers=[routes]), raise_server_exceptions=False)

@@ -1,6 +1,13 @@
 from billing_platform import entrypoint
 
+from ledger.db_access import schema_access
 from ledger.settings import Settings
 
 if __name__ == "__main__":
-    entrypoint.run(Settings(), app_factory="ledger.main:create_app", package="ledger")
+    settings = Settings()
+    entrypoint.run(
+        settings,
+        app_factory="ledger.main:create_app",
+        package="ledger",
+        access=schema_access(settings),
+    )

@@ -8,24 +8,26 @@ rule as the webhook path, so the two can race and still grant once.
 from __future__ import annotations
 
 import asyncio
-import base64
 import csv
 import io
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import stripe
-from billing_platform.auth import AdminUser, CurrentUser
+from billing_events import audit
+from billing_platform.auth import AdminUser, CurrentUser, SteppedUpAdmin
 from billing_platform.db import Database
 from billing_platform.errors import ApiError
 from billing_platform.logging import mask_user_id
 from billing_platform.money import credits_text
+from billing_platform.schemas import Text
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response, StreamingResponse
 
-from ledger import repository, service, statement_pdf, statements
+from ledger import cursors, repository, service, statement_pdf, statements
 from ledger.schemas import (
     AdjustmentIn,
     AdjustmentOut,
@@ -36,6 +38,7 @@ from ledger.schemas import (
     LedgerPage,
 )
 
+UserIdQuery = Annotated[Text | None, Query(alias="userId", max_length=200)]
 EXPORT_BATCH = 1000
 NIL_UUID = "00000000-0000-0000-0000-000000000000"
 log = logging.getLogger(__name__)
@@ -65,9 +68,7 @@ def _target_user(principal: Any, user_id: str | None) -> str:
 
 def _account_routes(api: APIRouter, deps: ApiDeps) -> None:
     @api.get("/api/balance", response_model=BalanceOut, response_model_by_alias=True)
-    async def get_balance(
-        user: CurrentUser, user_id: Annotated[str | None, Query(alias="userId")] = None
-    ) -> BalanceOut:
+    async def get_balance(user: CurrentUser, user_id: UserIdQuery = None) -> BalanceOut:
         target = _target_user(user, user_id)
         async with deps.db.pool.acquire() as conn:
             balance, held = await repository.balance(conn, target)
@@ -78,7 +79,7 @@ def _account_routes(api: APIRouter, deps: ApiDeps) -> None:
         user: CurrentUser,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
         cursor: str | None = None,
-        user_id: Annotated[str | None, Query(alias="userId")] = None,
+        user_id: UserIdQuery = None,
     ) -> LedgerPage:
         target = _target_user(user, user_id)
         async with deps.db.pool.acquire() as conn:
@@ -90,12 +91,10 @@ def _account_routes(api: APIRouter, deps: ApiDeps) -> None:
         next_cursor = encode_cursor(rows[-1]["entry_id"]) if more else None
         return LedgerPage(entries=[entry_body(r) for r in rows], next_cursor=next_cursor)
 
-    @api.get("/api/ledger/export.csv")
-    async def export_csv(
-        user: CurrentUser, user_id: Annotated[str | None, Query(alias="userId")] = None
-    ) -> StreamingResponse:
+    @api.get("/api/ledger/export.csv", response_class=StreamingResponse, responses=_CSV)
+    async def export_csv(user: CurrentUser, user_id: UserIdQuery = None) -> StreamingResponse:
         target = _target_user(user, user_id)
-        headers = {"Content-Disposition": f'attachment; filename="ledger-{target}.csv"'}
+        headers = {"Content-Disposition": attachment(f"ledger-{target}.csv")}
         return StreamingResponse(_csv_rows(deps.db, target), media_type="text/csv", headers=headers)
 
 
@@ -125,20 +124,11 @@ def entry_body(row: Any) -> LedgerEntryOut:
 
 
 def encode_cursor(entry_id: int) -> str:
-    return base64.urlsafe_b64encode(f"e:{entry_id}".encode()).decode().rstrip("=")
+    return cursors.encode("e", entry_id)
 
 
 def decode_cursor(cursor: str | None) -> int | None:
-    if not cursor:
-        return None
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        prefix, _, value = text.partition(":")
-        if prefix != "e":
-            raise ValueError(prefix)
-        return int(value)
-    except ValueError as exc:
-        raise ApiError(400, "invalid_cursor", "cursor is not one this API returned") from exc
+    return cursors.decode("e", cursor)
 
 
 CSV_COLUMNS = [
@@ -181,16 +171,14 @@ def _csv_line(values: list[Any]) -> str:
 
 def _statement_routes(api: APIRouter, deps: ApiDeps) -> None:
     @api.get("/api/statements/{month}.csv", response_class=Response, responses=_CSV)
-    async def statement_csv(
-        month: str, user: CurrentUser, user_id: Annotated[str | None, Query(alias="userId")] = None
-    ) -> Response:
+    async def statement_csv(month: str, user: CurrentUser, user_id: UserIdQuery = None) -> Response:
         statement = await _statement(deps.db, _target_user(user, user_id), month)
         body = statements.statement_csv(statement)
         return _download(body.encode(), "text/csv", _statement_name(statement, "csv"))
 
     @api.get("/api/statements/{month}.pdf", response_class=Response, responses=_PDF)
     async def statement_pdf_file(
-        month: str, user: CurrentUser, user_id: Annotated[str | None, Query(alias="userId")] = None
+        month: str, user: CurrentUser, user_id: UserIdQuery = None
     ) -> Response:
         statement = await _statement(deps.db, _target_user(user, user_id), month)
         # Laying out hundreds of lines is CPU work: keep it off the event loop.
@@ -236,10 +224,16 @@ def _statement_name(statement: statements.Statement, extension: str) -> str:
 
 
 def _download(body: bytes, media_type: str, filename: str) -> Response:
-    # The user id is free text: keep the header to a safe ASCII file name.
+    return Response(
+        body, media_type=media_type, headers={"Content-Disposition": attachment(filename)}
+    )
+
+
+def attachment(filename: str) -> str:
+    """``Content-Disposition`` for a file name holding free text (a user id), per RFC 6266:
+    a plain ASCII fallback, and the exact name percent-encoded as UTF-8 (RFC 5987)."""
     safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in filename)
-    headers = {"Content-Disposition": f'attachment; filename="{safe}"'}
-    return Response(body, media_type=media_type, headers=headers)
+    return f"attachment; filename=\"{safe}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def _accounting_routes(api: APIRouter, deps: ApiDeps) -> None:
@@ -272,8 +266,10 @@ def _admin_routes(api: APIRouter, deps: ApiDeps) -> None:
         response_model=FulfillPurchaseOut,
         response_model_by_alias=True,
     )
-    async def fulfill_purchase(body: FulfillPurchaseIn, admin: AdminUser) -> FulfillPurchaseOut:
-        return await _fulfill(deps, body.purchase_id, admin.user_id)
+    async def fulfill_purchase(
+        body: FulfillPurchaseIn, admin: SteppedUpAdmin
+    ) -> FulfillPurchaseOut:
+        return await _fulfill(deps, body.purchase_id, admin.user_id, body.reason)
 
     @api.post(
         "/api/admin/adjustments",
@@ -283,7 +279,7 @@ def _admin_routes(api: APIRouter, deps: ApiDeps) -> None:
     )
     async def adjustments(
         body: AdjustmentIn,
-        admin: AdminUser,
+        admin: SteppedUpAdmin,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> dict[str, Any]:
         if body.amount_millicredits == 0:
@@ -300,7 +296,7 @@ def _admin_routes(api: APIRouter, deps: ApiDeps) -> None:
             return await service.adjust(conn, deps.ctx.topics, adj)
 
 
-async def _fulfill(deps: ApiDeps, purchase_id: str, actor: str) -> FulfillPurchaseOut:
+async def _fulfill(deps: ApiDeps, purchase_id: str, actor: str, reason: str) -> FulfillPurchaseOut:
     async with deps.db.pool.acquire() as conn:
         terms = await repository.purchase_terms(conn, deps.ctx.checkout_schema, purchase_id)
         existing = await repository.grant_of(conn, purchase_id)
@@ -320,11 +316,12 @@ async def _fulfill(deps: ApiDeps, purchase_id: str, actor: str) -> FulfillPurcha
         await service.audit(
             conn,
             actor,
-            "fulfill_purchase",
+            audit.FULFILL_PURCHASE,
             terms["user_id"],
             purchase_id,
-            "admin fulfilment",
+            reason,
             details,
+            target=audit.target("purchase", purchase_id),
         )
     if posted is None:
         async with deps.db.pool.acquire() as conn:

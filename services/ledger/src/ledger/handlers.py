@@ -11,7 +11,7 @@ import logging
 
 from billing_events.kafka import Handler, InboundMessage, PermanentError
 from billing_events.topics import Topics
-from billing_events.v1 import stripe_pb2, usage_pb2
+from billing_events.v1 import audit_pb2, stripe_pb2, usage_pb2
 from billing_platform import tracing
 from billing_platform.db import Database
 from billing_platform.errors import ApiError
@@ -35,6 +35,11 @@ CREDITS_PURCHASED = Counter(
 ALERTS = Counter("billing_ledger_rejections_total", "Stripe events refused a grant", ["reason"])
 USAGE_RECEIVED = Counter(
     "ledger_usage_records_received_total", "Usage records consumed by the ledger", ["outcome"]
+)
+AUDIT_RECEIVED = Counter(
+    "ledger_audit_records_received_total",
+    "Admin action records consumed into the audit trail",
+    ["outcome"],
 )
 
 
@@ -135,3 +140,17 @@ async def _post_usage(conn: object, topics: Topics, record: usage_pb2.UsageRecor
     await repository.lock_balance(conn, record.user_id)
     posted = await holds.charge_usage(conn, topics, record.user_id, usage, None)
     return "posted" if posted else "uncollected"
+
+
+def audit_handler(db: Database) -> Handler:
+    """Keeps each admin action record of ``billing.audit.v1`` once, by its event id."""
+
+    async def handle(message: InboundMessage) -> None:
+        record = message.decode(audit_pb2.AdminActionRecorded)
+        if not (record.meta.event_id and record.actor and record.action and record.target):
+            raise PermanentError("audit record without event id, actor, action or target")
+        async with db.pool.acquire() as conn:
+            kept = await repository.insert_audit(conn, record)
+        AUDIT_RECEIVED.labels("kept" if kept else "duplicate").inc()
+
+    return handle

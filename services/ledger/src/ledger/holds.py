@@ -9,8 +9,6 @@ zero; what could not be collected is reported, not silently dropped.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from typing import Any
 from billing_events.topics import Topics
 from billing_platform.errors import ApiError
 from billing_platform.money import credits_text
+from billing_platform.tasks import Periodic
 from prometheus_client import Counter
 
 from ledger import journal, repository, service
@@ -189,23 +188,13 @@ async def expire_due(conn: Any, user_id: str) -> int:
     return await repository.expire_due_holds(conn, user_id)
 
 
-class HoldSweeper:
+class HoldSweeper(Periodic):
     """Expires overdue holds on a period, so reserved credits come back by themselves."""
 
     def __init__(self, db: Any, interval_s: float, batch: int = 500) -> None:
+        super().__init__("hold-sweeper", self.sweep, interval_s)
         self._db = db
-        self._interval_s = interval_s
         self._batch = batch
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="hold-sweeper")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     async def sweep(self) -> int:
         async with self._db.pool.acquire() as conn:
@@ -216,11 +205,3 @@ class HoldSweeper:
                 expired += await expire_due(conn, user_id)
         HOLDS_EXPIRED.inc(expired)
         return expired
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except Exception:  # the database may be away; the next round tries again
-                log.warning("hold sweep failed", exc_info=True)
-            await asyncio.sleep(self._interval_s)

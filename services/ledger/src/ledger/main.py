@@ -5,14 +5,14 @@ from __future__ import annotations
 from billing_events import wiring
 from billing_events.dlq_depth import DlqDepthMonitor, replay_group
 from billing_events.outbox import OutboxRelay
-from billing_events.topics import USAGE_DLQ
+from billing_events.topics import AUDIT_DLQ, USAGE_DLQ
 from billing_platform.app import create_app as build_app
 from billing_platform.db import Database
 from billing_platform.stripe_client import stripe_client
 from fastapi import FastAPI
 
-from ledger import api, holds_api, service
-from ledger.handlers import stripe_event_handler, usage_handler
+from ledger import api, audit_api, holds_api, service
+from ledger.handlers import audit_handler, stripe_event_handler, usage_handler
 from ledger.holds import HoldSweeper
 from ledger.settings import Settings
 
@@ -33,19 +33,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     handlers = {
         ctx.topics.stripe_events: stripe_event_handler(db, ctx),
         ctx.topics.usage: usage_handler(db, ctx.topics),
+        ctx.topics.audit: audit_handler(db),
     }
     consumer = wiring.consumer_for(settings, publisher, handlers)
     relay = OutboxRelay(db, publisher)
     dlq = DlqDepthMonitor(
         settings.infra.kafka_bootstrap,
-        [ctx.topics.stripe_events_dlq, ctx.topics.name(USAGE_DLQ)],
+        [ctx.topics.stripe_events_dlq, ctx.topics.name(USAGE_DLQ), ctx.topics.name(AUDIT_DLQ)],
         replay_group(settings.infra.topic_namespace),
         settings.dlq_depth_interval_s,
     )
     stripe = stripe_client(settings.infra, timeout_s=settings.stripe_timeout_s)
     return build_app(
         settings,
-        routers=[api.router(api.ApiDeps(db, ctx, stripe)), holds_api.router(db, ctx.topics)],
+        routers=[
+            api.router(api.ApiDeps(db, ctx, stripe)),
+            holds_api.router(db, ctx.topics),
+            audit_api.router(db),
+        ],
         lifecycle=[
             db,
             publisher,
@@ -54,5 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             dlq,
             HoldSweeper(db, settings.hold_sweep_interval_s),
         ],
-        checks={"database": db.ping, "kafka": wiring.kafka_check(settings)},
+        checks={
+            "database": db.ping,
+            "kafka": wiring.kafka_check(settings),
+            "consumer": consumer.check,
+        },
+        browser_facing=True,
     )

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+from billing_events import audit
 from billing_events.kafka import InboundMessage
+from billing_events.v1 import audit_pb2
 from billing_platform.db import check_schema_name
 
 from ledger.journal import Posting
@@ -220,27 +223,60 @@ async def transaction_by_idempotency_key(conn: Any, key: str) -> Any:
 
 
 async def insert_audit(
-    conn: Any,
-    *,
-    actor: str,
-    action: str,
-    target_user_id: str | None,
-    reference_id: str | None,
-    reason: str | None,
-    correlation_id: str,
-    details: dict[str, Any],
-) -> None:
-    await conn.execute(
-        "INSERT INTO audit_log (actor, action, target_user_id, reference_id, reason,"
-        " correlation_id, details) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)",
-        actor,
-        action,
-        target_user_id,
+    conn: Any, record: audit_pb2.AdminActionRecorded, reference_id: str | None = None
+) -> bool:
+    """Keep an admin action's record; False when its event id is already kept."""
+    meta = record.meta
+    occurred = meta.occurred_at.ToDatetime(tzinfo=UTC) if meta.HasField("occurred_at") else None
+    inserted = await conn.fetchval(
+        "INSERT INTO audit_log (event_id, actor, action, target, target_user_id, reference_id,"
+        " reason, correlation_id, details, source, occurred_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11)"
+        " ON CONFLICT (event_id) DO NOTHING RETURNING true",
+        meta.event_id,
+        record.actor,
+        record.action,
+        record.target,
+        record.target_user_id or None,
         reference_id,
-        reason,
-        correlation_id,
-        json.dumps(details),
+        record.reason or None,
+        meta.correlation_id or None,
+        json.dumps(audit.details_of(record)),
+        meta.producer or None,
+        occurred,
     )
+    return bool(inserted)
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    action: str | None = None
+    actor: str | None = None
+    target: str | None = None
+    target_user_id: str | None = None
+    correlation_id: str | None = None
+
+
+async def audit_newest_first(
+    conn: Any, where: AuditFilter, before_id: int | None, limit: int
+) -> list[Any]:
+    """The audit trail, newest record first, optionally filtered and before ``before_id``."""
+    rows: list[Any] = await conn.fetch(
+        "SELECT id, event_id, actor, action, target, target_user_id, reference_id, reason,"
+        " correlation_id, details, source, occurred_at, created_at FROM audit_trail"
+        " WHERE ($1::text IS NULL OR action = $1) AND ($2::text IS NULL OR actor = $2)"
+        " AND ($3::text IS NULL OR target = $3) AND ($4::text IS NULL OR target_user_id = $4)"
+        " AND ($5::text IS NULL OR correlation_id = $5) AND ($6::bigint IS NULL OR id < $6)"
+        " ORDER BY id DESC LIMIT $7",
+        where.action,
+        where.actor,
+        where.target,
+        where.target_user_id,
+        where.correlation_id,
+        before_id,
+        limit,
+    )
+    return rows
 
 
 # --- holds -------------------------------------------------------------------------------

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from billing_platform.schemas import CamelModel
+from billing_platform.schemas import MAX_AMOUNT_MILLICREDITS, CamelModel, Text
 from pydantic import Field
+
+# Tokens of one call: far above any model's context, far inside the bigint columns.
+MAX_TOKENS = 100_000_000
 
 
 class BalanceOut(CamelModel):
@@ -34,7 +38,8 @@ class LedgerPage(CamelModel):
 
 
 class FulfillPurchaseIn(CamelModel):
-    purchase_id: str = Field(min_length=1, max_length=100)
+    purchase_id: Text = Field(min_length=1, max_length=100)
+    reason: Text = Field(default="admin fulfilment", min_length=3, max_length=500)
 
 
 class FulfillPurchaseOut(CamelModel):
@@ -45,10 +50,10 @@ class FulfillPurchaseOut(CamelModel):
 
 
 class AdjustmentIn(CamelModel):
-    user_id: str = Field(min_length=1, max_length=200)
-    amount_millicredits: int
-    reason: str = Field(min_length=3, max_length=500)
-    reference_id: str = Field(min_length=1, max_length=200)
+    user_id: Text = Field(min_length=1, max_length=200)
+    amount_millicredits: int = Field(ge=-MAX_AMOUNT_MILLICREDITS, le=MAX_AMOUNT_MILLICREDITS)
+    reason: Text = Field(min_length=3, max_length=500)
+    reference_id: Text = Field(min_length=1, max_length=200)
 
 
 class AdjustmentOut(CamelModel):
@@ -59,16 +64,37 @@ class AdjustmentOut(CamelModel):
 
 
 class HoldIn(CamelModel):
-    user_id: str = Field(min_length=1, max_length=200)
-    amount_millicredits: int = Field(gt=0)
-    idempotency_key: str = Field(min_length=1, max_length=200)
+    user_id: Text = Field(min_length=1, max_length=200)
+    amount_millicredits: int = Field(gt=0, le=MAX_AMOUNT_MILLICREDITS)
+    idempotency_key: Text = Field(min_length=1, max_length=200)
     ttl_seconds: int = Field(default=120, ge=1, le=3600)
 
 
 class CaptureIn(CamelModel):
-    amount_millicredits: int = Field(ge=0)
-    usage_id: str = Field(min_length=1, max_length=200)
-    model: str = Field(min_length=1, max_length=100)
-    input_tokens: int = Field(ge=0)
-    output_tokens: int = Field(ge=0)
-    rate_card_version: str = Field(default="", max_length=100)
+    amount_millicredits: int = Field(ge=0, le=MAX_AMOUNT_MILLICREDITS)
+    usage_id: Text = Field(min_length=1, max_length=200)
+    model: Text = Field(min_length=1, max_length=100)
+    input_tokens: int = Field(ge=0, le=MAX_TOKENS)
+    output_tokens: int = Field(ge=0, le=MAX_TOKENS)
+    rate_card_version: Text = Field(default="", max_length=100)
+
+
+class AuditRecordOut(CamelModel):
+    id: str
+    event_id: str | None
+    occurred_at: datetime
+    recorded_at: datetime
+    actor: str
+    action: str
+    target: str
+    target_user_id: str | None
+    reference_id: str | None
+    reason: str | None
+    correlation_id: str | None
+    source: str
+    details: dict[str, Any]
+
+
+class AuditPage(CamelModel):
+    records: list[AuditRecordOut]
+    next_cursor: str | None

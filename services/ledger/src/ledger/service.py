@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from billing_events.audit import ADJUSTMENT, AdminAction, admin_action_message
+from billing_events.audit import target as audit_target
 from billing_events.outbox import write_outbox
 from billing_events.topics import Topics
 from billing_events.v1 import alert_pb2, common_pb2, ledger_pb2
@@ -24,6 +26,8 @@ from ledger import journal, repository
 from ledger.stripe_events import ChargeRefunded, LedgerEvent, SessionPaid
 
 log = logging.getLogger(__name__)
+
+SOURCE = "ledger"
 
 _KINDS = {
     "purchase": ledger_pb2.TRANSACTION_KIND_PURCHASE,
@@ -300,7 +304,7 @@ async def adjust(conn: Any, topics: Topics, adj: Adjustment) -> dict[str, Any]:
         "kind": posting.kind,
         "amount_millicredits": adj.amount_millicredits,
     }
-    await audit(conn, adj.actor, "adjustment", adj.user_id, adj.reference_id, adj.reason, details)
+    await audit(conn, adj.actor, ADJUSTMENT, adj.user_id, adj.reference_id, adj.reason, details)
     return _adjustment_body(
         posted.transaction_id, posting.kind, adj.amount_millicredits, posted.balance_after
     )
@@ -352,17 +356,24 @@ async def audit(
     reference_id: str | None,
     reason: str | None,
     details: dict[str, Any],
+    *,
+    target: str | None = None,
 ) -> None:
-    await repository.insert_audit(
-        conn,
+    """Keep a ledger admin action in the audit trail, in the caller's transaction.
+
+    The ledger is where the trail is kept, so its own actions go straight into it rather
+    than through Kafka; the record is built as every service builds one.
+    """
+    action_taken = AdminAction(
         actor=actor,
         action=action,
-        target_user_id=user_id,
-        reference_id=reference_id,
-        reason=reason,
-        correlation_id=context.current_correlation_id(),
+        target=target or audit_target("user", user_id or ""),
+        reason=reason or "",
+        target_user_id=user_id or "",
         details=details,
     )
+    record = admin_action_message(action_taken, SOURCE)
+    await repository.insert_audit(conn, record, reference_id)
 
 
 def paid_session_problem(session: Any, terms: Any) -> str | None:

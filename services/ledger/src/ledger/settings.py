@@ -13,6 +13,8 @@ class Settings(ServiceSettings):
     service_name: str = "ledger"
     port: int = 8103
     db_schema: str = "ledger"
+    # The reconciler's runtime role: `migrate` lets it SELECT what reconciliation checks here.
+    db_reconciler_role: str = ""
     # Checkout's schema, whose read-only `purchase_terms` view sizes every grant.
     checkout_schema: str = "checkout"
     # How long an event may name a purchase (or grant) the ledger cannot see yet and still be

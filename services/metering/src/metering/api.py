@@ -22,6 +22,7 @@ from billing_platform.auth import (
     require_role,
 )
 from billing_platform.errors import ApiError
+from billing_platform.schemas import Text
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -47,7 +48,8 @@ from metering.usage_store import UsageStore
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 ServiceOrAdmin = Annotated[Principal, require_role(SERVICE_ROLE, ADMIN_ROLE)]
-UserIdPath = Annotated[str, Path(min_length=1, max_length=MAX_USER_ID_LENGTH)]
+UserIdPath = Annotated[Text, Path(min_length=1, max_length=MAX_USER_ID_LENGTH)]
+UserIdQuery = Annotated[Text | None, Query(alias="userId", max_length=MAX_USER_ID_LENGTH)]
 
 
 def _today() -> date:
@@ -116,7 +118,7 @@ def _usage_routes(api: APIRouter, deps: ApiDeps) -> None:
         user: CurrentUser,
         start: Annotated[date | None, Query(alias="from")] = None,
         end: Annotated[date | None, Query(alias="to")] = None,
-        user_id: Annotated[str | None, Query(alias="userId")] = None,
+        user_id: UserIdQuery = None,
     ) -> JSONResponse:
         """Calls, tokens and credits per model over whole UTC days (default: the last 30)."""
         target = user_id or user.user_id
@@ -153,7 +155,7 @@ def _pause_routes(api: APIRouter, deps: ApiDeps) -> None:
     @api.get("/api/admin/review-flags", response_model=ReviewFlagsOut)
     async def review_flags(
         _: AdminUser,
-        user_id: Annotated[str | None, Query(alias="userId", max_length=MAX_USER_ID_LENGTH)] = None,
+        user_id: UserIdQuery = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> ReviewFlagsOut:
         """Charged calls flagged by the anomaly breaker, newest first."""

@@ -1,11 +1,16 @@
 """Where the guardrails keep their state: a port, and its PostgreSQL version.
 
 ``reserve`` is the one step that must be atomic per user: in a single short transaction,
-under a per-user advisory lock, it reads the pause, the caps and what counts against them,
-then either refuses (pausing the user when the session cap trips) or adds the call's worst
-case to the calls in flight. Two concurrent calls of one user therefore never both pass on
-the same headroom. The transaction never spans the ledger or the model: the gateway awaits
-those after it has committed.
+under a per-user advisory lock, it counts the request against the user's rate limit (shared
+by every replica, see ``billing_platform.ratelimit``), reads the pause, the caps and what
+counts against them, then either refuses (pausing the user when the session cap trips) or
+adds the call's worst case to the calls in flight. Two concurrent calls of one user
+therefore never both pass on the same headroom. A request over the rate limit is refused
+before anything else is read or written. The transaction never spans the ledger or the
+model: the gateway awaits those after it has committed.
+
+``admit`` counts a request that the caps do not apply to (not charged, or reconcile)
+against the same rate limit, in one statement.
 """
 
 from __future__ import annotations
@@ -15,6 +20,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from billing_events.audit import CAPS_SET, USER_RESUME, AdminAction, AuditTrail
+from billing_events.audit import target as audit_target
+from billing_platform import ratelimit
+from billing_platform.ratelimit import Limit, Limited
+
 from metering import guardrails, repository
 from metering.guardrails import CapOverride, Caps, CapTrip, Pause, Spending
 
@@ -22,7 +32,7 @@ log = logging.getLogger(__name__)
 
 SYSTEM_ACTOR = "metering"
 
-Refusal = Pause | CapTrip
+Refusal = Limited | Pause | CapTrip
 
 
 @dataclass(frozen=True)
@@ -48,7 +58,12 @@ class GuardStore(Protocol):
     async def reserve(
         self, user_id: str, usage_id: str, estimate: int, now: datetime
     ) -> Refusal | None:
-        """The active pause or the cap tripped; None once the call is counted in flight."""
+        """The rate limit, the active pause or the cap tripped; None once the call is
+        counted in flight."""
+        ...
+
+    async def admit(self, user_id: str, now: datetime) -> Limited | None:
+        """Count a request of the user that no cap applies to; Limited when over the rate."""
         ...
 
     async def release(self, usage_id: str) -> None:
@@ -76,9 +91,19 @@ class HasPool(Protocol):
 
 
 class PgGuardStore:
-    def __init__(self, db: HasPool, defaults: Caps, *, inflight_ttl_s: float) -> None:
+    def __init__(
+        self,
+        db: HasPool,
+        defaults: Caps,
+        *,
+        inflight_ttl_s: float,
+        audit: AuditTrail,
+        rate: Limit,
+    ) -> None:
         self._db = db
         self._defaults = defaults
+        self._rate = rate
+        self._audit = audit
         # A call in flight longer than its hold can live has lost its process.
         self._inflight_ttl = timedelta(seconds=inflight_ttl_s)
 
@@ -87,6 +112,9 @@ class PgGuardStore:
     ) -> Refusal | None:
         async with self._db.pool.acquire() as conn, conn.transaction():
             await repository.lock_user_guard(conn, user_id)
+            limited = await ratelimit.take(conn, self._rate, user_id, now)
+            if limited is not None:
+                return limited
             pause = _pause(await repository.pause_of(conn, user_id))
             if pause is not None and pause.active:
                 return pause
@@ -96,6 +124,10 @@ class PgGuardStore:
             expires_at = now + self._inflight_ttl
             await repository.insert_inflight(conn, usage_id, user_id, estimate, now, expires_at)
         return None
+
+    async def admit(self, user_id: str, now: datetime) -> Limited | None:
+        async with self._db.pool.acquire() as conn:
+            return await ratelimit.take(conn, self._rate, user_id, now)
 
     async def _check(self, conn: Any, user_id: str, estimate: int, now: datetime) -> CapTrip | None:
         await repository.drop_expired_inflight(conn, user_id, now)
@@ -144,6 +176,7 @@ class PgGuardStore:
             await repository.insert_guardrail_change(
                 conn, "caps_set", user_id, actor, reason, details
             )
+            await self._audit.record(conn, admin_action(CAPS_SET, actor, user_id, reason, details))
         return self._view(_override(row))
 
     def _view(self, override: CapOverride | None) -> CapsView:
@@ -160,12 +193,27 @@ class PgGuardStore:
                 await repository.insert_guardrail_change(
                     conn, "resumed", user_id, actor, reason, {}
                 )
+                await self._audit.record(conn, admin_action(USER_RESUME, actor, user_id, reason))
         return _pause(row)
 
     async def review_flags(self, user_id: str | None, limit: int) -> list[ReviewFlag]:
         async with self._db.pool.acquire() as conn:
             rows = await repository.review_flags(conn, user_id, limit)
         return [ReviewFlag(**dict(r)) for r in rows]
+
+
+def admin_action(
+    action: str, actor: str, user_id: str, reason: str, details: dict[str, Any] | None = None
+) -> AdminAction:
+    """The audit record of an admin's change to one user's guardrails."""
+    return AdminAction(
+        actor=actor,
+        action=action,
+        target=audit_target("user", user_id),
+        reason=reason,
+        target_user_id=user_id,
+        details=details or {},
+    )
 
 
 def _pause(row: Any) -> Pause | None:

@@ -16,6 +16,7 @@ from billing_events.outbox import OutboxRelay
 from billing_platform.app import Lifecycle, ReadinessCheck
 from billing_platform.app import create_app as build_app
 from billing_platform.db import Database
+from billing_platform.ratelimit import Limit, RateLimitSweeper
 from fastapi import FastAPI
 
 from metering import api, service
@@ -50,6 +51,10 @@ def default_caps(settings: Settings) -> Caps:
     )
 
 
+def rate_limit(settings: Settings) -> Limit:
+    return Limit("charges-per-user", settings.rate_limit_per_minute)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     db = Database.for_service(settings)
@@ -69,14 +74,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     cards = RateCardBook(load_rate_cards(), settings.rate_card_version)
     switches = Switches(PgSwitchSource(db, settings.checkout_schema), settings.switch_cache_s)
     # A call counts in flight no longer than its claim can stay in progress.
-    guard = PgGuardStore(db, default_caps(settings), inflight_ttl_s=takeover_s)
+    guard = PgGuardStore(
+        db,
+        default_caps(settings),
+        inflight_ttl_s=takeover_s,
+        audit=wiring.audit_trail_for(settings),
+        rate=rate_limit(settings),
+    )
     gateway = service.Gateway(
         cards, ledger, model, store, limits(settings), switches=switches, guard=guard
     )
     return gateway_app(
         settings,
         api.ApiDeps(gateway, store, cards, guard),
-        lifecycle=[db, publisher, relay, ledger, model],
+        lifecycle=[db, publisher, relay, ledger, model, RateLimitSweeper(db)],
         checks={"database": db.ping, "kafka": wiring.kafka_check(settings)},
     )
 
@@ -89,6 +100,12 @@ def gateway_app(
     checks: dict[str, ReadinessCheck] | None = None,
 ) -> FastAPI:
     """The app around the routes, with the overhead header on every gateway answer."""
-    app = build_app(settings, routers=[api.router(deps)], lifecycle=lifecycle, checks=checks)
+    app = build_app(
+        settings,
+        routers=[api.router(deps)],
+        lifecycle=lifecycle,
+        checks=checks,
+        browser_facing=True,
+    )
     app.add_middleware(OverheadHeader, prefixes=GATEWAY_PREFIXES)
     return app

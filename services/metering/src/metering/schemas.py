@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from billing_platform.schemas import CamelModel
+from billing_platform.schemas import CamelModel, Text
 from pydantic import BaseModel, ConfigDict, Field
 
 from metering.guard_store import CapsView, ReviewFlag
@@ -27,22 +27,22 @@ class ChatMessageIn(BaseModel):
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(min_length=1, max_length=200)
+    model: Text = Field(min_length=1, max_length=200)
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     stream: bool = False
     returnTo: str | None = None
-    idempotencyKey: str | None = Field(default=None, min_length=1, max_length=MAX_KEY_LENGTH)
+    idempotencyKey: Text | None = Field(default=None, min_length=1, max_length=MAX_KEY_LENGTH)
 
 
 class ReconcileRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    userId: str = Field(min_length=1, max_length=200)
-    model: str = Field(min_length=1, max_length=200)
+    userId: Text = Field(min_length=1, max_length=200)
+    model: Text = Field(min_length=1, max_length=200)
     inputTokens: int = Field(ge=0, le=100_000_000)
     outputTokens: int = Field(ge=0, le=100_000_000)
-    idempotencyKey: str = Field(min_length=1, max_length=MAX_KEY_LENGTH)
+    idempotencyKey: Text = Field(min_length=1, max_length=MAX_KEY_LENGTH)
 
 
 class ModelRateOut(BaseModel):
@@ -107,7 +107,7 @@ class CapsRequest(BaseModel):
     perRequestMillicredits: int | None = Field(default=None, ge=0, le=MAX_CAP_MILLICREDITS)
     perDayMillicredits: int | None = Field(default=None, ge=0, le=MAX_CAP_MILLICREDITS)
     perHourMillicredits: int | None = Field(default=None, ge=0, le=MAX_CAP_MILLICREDITS)
-    reason: str = Field(min_length=1, max_length=500)
+    reason: Text = Field(min_length=1, max_length=500)
 
     def caps(self) -> tuple[int | None, int | None, int | None]:
         return self.perRequestMillicredits, self.perDayMillicredits, self.perHourMillicredits
@@ -116,7 +116,7 @@ class CapsRequest(BaseModel):
 class ReasonRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(min_length=1, max_length=500)
+    reason: Text = Field(min_length=1, max_length=500)
 
 
 class CapValues(CamelModel):

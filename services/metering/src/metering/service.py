@@ -8,8 +8,10 @@ A chat, in order:
 2. the switches decide the call's billing mode (``switches.decide``): charged, shadow or
    unbilled;
 3. a client idempotency key is claimed (a repeat gets the stored answer, charged once);
-4. a call to be charged passes the guardrails (``guardrails``): 423 ``user_paused``, then
-   429 for the request, daily and hourly caps; passing counts its worst case in flight;
+4. the user's rate limit (every replica counts together; 429 ``rate_limited`` with
+   ``Retry-After``), and for a call to be charged, in the same transaction, the guardrails
+   (``guardrails``): 423 ``user_paused``, then 429 for the request, daily and hourly caps;
+   passing counts its worst case in flight. A refused call leaves its key free;
 5. a call to be charged holds its worst case in the ledger (402 ``insufficient_credits``
    when the user cannot cover it); shadow and unbilled calls make no hold;
 6. the model is called; if it fails, the hold (and in-flight count) is released and
@@ -17,8 +19,9 @@ A chat, in order:
 7. the actual tokens are priced; a charged call's hold is captured for exactly that. The
    usage record (every mode) and its ``UsageRecorded`` event are stored in one transaction.
 A streamed chat follows the same steps; ``streaming`` relays it and settles it once.
-Reconcile (usage consumed elsewhere) obeys the switches but not the pause or the caps:
-refusing usage already consumed would only lose its charge.
+Reconcile (usage consumed elsewhere) obeys the switches and the user's rate limit (its
+caller retries after ``Retry-After``) but not the pause or the caps: refusing usage already
+consumed would only lose its charge.
 No database transaction is open while the ledger or the model is awaited.
 """
 
@@ -37,6 +40,7 @@ from typing import Any
 
 from billing_platform import context
 from billing_platform.errors import ApiError
+from billing_platform.ratelimit import Limited, rate_limited
 
 from metering import bodies, guardrails, metrics, overhead, pricing, return_to, streaming
 from metering.guard_store import CapsView, GuardStore, Refusal, ReviewFlag
@@ -191,13 +195,14 @@ class Gateway:
     async def reconcile(self, call: ReconcileCall) -> Answer:
         """Charge usage made elsewhere: a hold of exactly its price, captured at once.
 
-        The switches apply (an unbilled or shadow reconcile is recorded, not charged); the
-        pause and the caps do not, as the usage was already consumed.
+        The switches and the rate limit apply (an unbilled or shadow reconcile is recorded,
+        not charged); the pause and the caps do not, as the usage was already consumed.
         """
         job = await self._reconcile_job(call)
         attempt = await self._claim(job)
         if isinstance(attempt, Answer):
             return attempt
+        await self._pass_guardrails(job)
         hold = await self._hold(job, attempt)
         usage = TokenUsage(call.input_tokens, call.output_tokens)
         body = {
@@ -293,20 +298,22 @@ class Gateway:
     # --- guardrails and holds --------------------------------------------------------
 
     async def _pass_guardrails(self, job: Job) -> None:
-        """Pause and caps of a call to be charged; passing, its worst case counts in flight."""
-        if not job.charged:
-            return
+        """The rate limit, then pause and caps of a call to be charged (one transaction);
+        passing, its worst case counts in flight."""
         now = self._clock()
         try:
-            refusal = await self._guard.reserve(
-                job.user_id, job.usage_id, job.hold_millicredits, now
-            )
+            refusal = await self._admit(job, now)
         except BaseException:
             await self._unclaim(job)
             raise
         if refusal is not None:
             await self._unclaim(job)
             raise _guardrail_refused(refusal, now)
+
+    async def _admit(self, job: Job, now: datetime) -> Refusal | None:
+        if job.capped and job.charged:
+            return await self._guard.reserve(job.user_id, job.usage_id, job.hold_millicredits, now)
+        return await self._guard.admit(job.user_id, now)
 
     async def _hold(self, job: Job, attempt: int) -> Hold | None:
         """The ledger hold of a call to be charged; None for shadow and unbilled calls."""
@@ -533,6 +540,8 @@ def _replay(claim: Taken, request_hash: str) -> Answer:
 
 
 def _guardrail_refused(refusal: Refusal, now: datetime) -> ApiError:
+    if isinstance(refusal, Limited):
+        return rate_limited(refusal.retry_after_s, "for this user")
     if isinstance(refusal, Pause):
         metrics.CAP_TRIPS.labels(guardrails.PAUSED).inc()
         return guardrails.paused_refusal(refusal)

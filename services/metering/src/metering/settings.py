@@ -17,6 +17,8 @@ class Settings(ServiceSettings):
     service_name: str = "metering"
     port: int = 8104
     db_schema: str = "metering"
+    # The reconciler's runtime role: `migrate` lets it SELECT what reconciliation checks here.
+    db_reconciler_role: str = ""
     # The ledger's hold API, called with a token carrying the `service` role.
     ledger_url: str = "http://127.0.0.1:8103"
     ledger_token: SecretStr = SecretStr("")
@@ -42,6 +44,9 @@ class Settings(ServiceSettings):
     cap_per_request_millicredits: int = Field(default=50_000, ge=0)
     cap_per_day_millicredits: int = Field(default=500_000, ge=0)
     cap_per_hour_millicredits: int = Field(default=100_000, ge=0)
+    # Charge requests (chat and reconcile) per user in any 60 s, counted in the database so
+    # that every replica shares one count.
+    rate_limit_per_minute: int = Field(default=100, gt=0)
 
     @field_validator("checkout_schema")
     @classmethod

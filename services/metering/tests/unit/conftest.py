@@ -20,6 +20,8 @@ from typing import Any
 import jwt
 import pytest
 from billing_events.v1 import alert_pb2, usage_pb2
+from billing_platform import ratelimit
+from billing_platform.ratelimit import Limited
 from billing_platform.settings import InfraSettings
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -323,12 +325,17 @@ class FakeStore:
 
 
 class FakeGuard:
-    """``PgGuardStore``'s rules over the fake store's records, one call at a time."""
+    """``PgGuardStore``'s rules over the fake store's records, one call at a time; the rate
+    limit keeps its per-window counts as ``rate_limit_hits`` rows do."""
 
-    def __init__(self, store: FakeStore, defaults: Caps, ttl_s: float = 180) -> None:
+    def __init__(
+        self, store: FakeStore, defaults: Caps, ttl_s: float = 180, rate_limit: int = 100
+    ) -> None:
         self.store = store
         self.defaults = defaults
         self.ttl = timedelta(seconds=ttl_s)
+        self.rate_limit = rate_limit
+        self.hits: dict[tuple[str, datetime], int] = {}
         self.overrides: dict[str, CapOverride] = {}
         self.pauses: dict[str, Pause] = {}
         self.released: list[str] = []
@@ -336,6 +343,9 @@ class FakeGuard:
     async def reserve(
         self, user_id: str, usage_id: str, estimate: int, now: datetime
     ) -> Refusal | None:
+        limited = await self.admit(user_id, now)
+        if limited is not None:
+            return limited
         pause = self.pauses.get(user_id)
         if pause is not None and pause.active:
             return pause
@@ -352,6 +362,16 @@ class FakeGuard:
         if trip is not None:
             return trip
         self.store.inflight[usage_id] = InFlight(user_id, estimate, now + self.ttl)
+        return None
+
+    async def admit(self, user_id: str, now: datetime) -> Limited | None:
+        window = ratelimit.window_at(now, 60)
+        previous = self.hits.get((user_id, window.previous_start), 0)
+        current = self.hits.get((user_id, window.start), 0)
+        if ratelimit.previous_share(previous, window) + current >= self.rate_limit:
+            wait = ratelimit.retry_after_s(self.rate_limit, window, previous, current)
+            return Limited(wait)
+        self.hits[(user_id, window.start)] = current + 1
         return None
 
     def spending(self, user_id: str, now: datetime) -> Spending:

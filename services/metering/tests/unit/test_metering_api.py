@@ -277,3 +277,51 @@ def test_usage_with_a_bad_date_is_422(app: Any) -> None:
     )
 
     assert response.status_code == 422
+
+
+# --- text that PostgreSQL cannot store (found by fuzzing) ---------------------------------
+
+
+def _refused_before_the_store(app: Any, response: Any) -> None:
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "validation_error"
+    assert app.parts.guard.overrides == {}
+    assert app.parts.guard.pauses == {}
+
+
+def test_a_cap_change_with_a_nul_in_its_reason_is_422(app: Any) -> None:
+    response = app.client.put(
+        "/api/admin/caps/bob",
+        json={"perRequestMillicredits": 1000, "reason": "incident\x00"},
+        headers=app.keys.headers("ops", "admin"),
+    )
+
+    _refused_before_the_store(app, response)
+
+
+def test_a_resume_of_a_user_id_with_a_nul_is_422(app: Any) -> None:
+    response = app.client.post(
+        "/api/admin/users/bob%00/resume",
+        json={"reason": "checked"},
+        headers=app.keys.headers("ops", "admin"),
+    )
+
+    _refused_before_the_store(app, response)
+
+
+@pytest.mark.parametrize("path", ["/api/usage", "/api/admin/review-flags"])
+def test_a_user_id_query_with_a_nul_is_422(app: Any, path: str) -> None:
+    response = app.client.get(
+        path, params={"userId": "bob\x00"}, headers=app.keys.headers("ops", "admin")
+    )
+
+    _refused_before_the_store(app, response)
+
+
+def test_a_reconcile_with_a_nul_in_its_text_is_422(app: Any) -> None:
+    body = {**RECONCILE, "idempotencyKey": "key\x00"}
+    response = app.client.post(
+        "/api/usage/reconcile", json=body, headers=app.keys.headers("ops", "admin")
+    )
+
+    _refused_before_the_store(app, response)

@@ -9,8 +9,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from billing_events.audit import AuditTrail
+from billing_events.topics import Topics
 from billing_events.v1 import alert_pb2
 from billing_platform.errors import ApiError
+from billing_platform.ratelimit import Limit, Limited
 from metering import guardrails, pricing, service
 from metering.guard_store import PgGuardStore, ReviewFlag
 from metering.guardrails import (
@@ -718,6 +721,12 @@ class GuardConn:
         self.pause = pause
         self.spent = {"charged_today": 0, "charged_last_hour": 0, "in_flight": 0, **spent}
         self.charges: list[tuple[datetime, int]] = []
+        self.rate: dict[str, int | None] = {
+            "counted": 1,
+            "previous": 0,
+            "budget": 100,
+            "current": 0,
+        }
         self.log: list[str] = []
         self.transactions = 0
         self.in_transaction = False
@@ -731,6 +740,8 @@ class GuardConn:
 
     async def fetchrow(self, sql: str, *args: Any) -> dict[str, Any] | None:
         self._seen(sql)
+        if "rate_limit_hits" in sql:
+            return self.rate
         if "FROM user_pauses" in sql:
             return self.pause
         if "FROM user_caps" in sql:
@@ -765,7 +776,10 @@ class GuardDb:
 
 
 def pg_store(conn: GuardConn) -> PgGuardStore:
-    return PgGuardStore(GuardDb(conn), DEFAULT_CAPS, inflight_ttl_s=180)
+    audit = AuditTrail(Topics(), "metering")
+    return PgGuardStore(
+        GuardDb(conn), DEFAULT_CAPS, inflight_ttl_s=180, audit=audit, rate=Limit("charges", 100)
+    )
 
 
 async def test_a_reservation_is_checked_and_counted_in_one_locked_transaction() -> None:
@@ -776,6 +790,7 @@ async def test_a_reservation_is_checked_and_counted_in_one_locked_transaction() 
     assert conn.transactions == 1
     assert conn.log == [
         "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        "WITH previous AS",
         "SELECT user_id, reason,",
         "DELETE FROM inflight_charges",
         "SELECT per_request_millicredits, per_day_millicredits,",
@@ -816,3 +831,15 @@ async def test_the_session_cap_pauses_the_user_in_the_same_transaction() -> None
         "INSERT INTO guardrail_changes",
     ]
     assert "INSERT INTO inflight_charges" not in conn.log
+
+
+async def test_a_request_over_the_rate_limit_is_refused_before_anything_else() -> None:
+    conn = GuardConn()
+    conn.rate = {"counted": None, "previous": 0, "budget": 100, "current": 100}
+
+    refusal = await pg_store(conn).reserve("alice", "u-1", SMALL, NOON)
+
+    # 100 of 100 at the window's very start: one more fits once 1/100 of the next one passed.
+    assert refusal == Limited(61)
+    assert conn.transactions == 1
+    assert conn.log == ["SELECT pg_advisory_xact_lock($1, hashtext($2))", "WITH previous AS"]

@@ -109,6 +109,7 @@ def test_the_migrations_are_in_order() -> None:
     assert [m.name for m in load_migrations("metering")] == [
         "0001_usage.sql",
         "0002_guardrails.sql",
+        "0003_rate_limits.sql",
     ]
 
 

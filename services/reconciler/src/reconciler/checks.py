@@ -539,7 +539,8 @@ def _grant_without_payment(row: Any) -> Finding:
 REFUNDS = "refunds"
 # Stripe reports amount_refunded cumulatively per charge, so a charge's latest (largest)
 # figure is its total; the ledger claws back floor(grant * refunded / price), capped at the
-# price, and records the totals on the grant.
+# price, and records the totals on the grant. div() floors as the ledger does: sum() of
+# bigint is numeric, and a numeric quotient cast to bigint would round instead.
 _REFUNDS_SQL = """
 WITH refund_events AS (
     SELECT e.object_id AS charge_id, coalesce(e.stripe_created, e.received_at) AS at,
@@ -556,7 +557,7 @@ WITH refund_events AS (
     GROUP BY charge_id
 ), stripe_side AS (
     SELECT coalesce(g.purchase_id, c.purchase_id, 'charge:' || c.charge_id) AS purchase_key,
-           sum(c.refunded_cents) AS refunded_cents, bool_or(c.in_period) AS in_period,
+           sum(c.refunded_cents)::bigint AS refunded_cents, bool_or(c.in_period) AS in_period,
            array_agg(c.charge_id ORDER BY c.charge_id) AS charge_ids
     FROM charges c
     LEFT JOIN {L}.purchase_grants g
@@ -578,8 +579,8 @@ WITH refund_events AS (
            coalesce(s.refunded_cents, 0) AS stripe_cents,
            least(coalesce(s.refunded_cents, 0), g.price_cents) AS owed_cents,
            coalesce(p.clawed_back, 0)::bigint AS posted_claw,
-           (g.grant_millicredits * least(coalesce(s.refunded_cents, 0), g.price_cents)
-               / g.price_cents)::bigint AS expected_claw,
+           div(g.grant_millicredits * least(coalesce(s.refunded_cents, 0), g.price_cents),
+               g.price_cents)::bigint AS expected_claw,
            coalesce(s.charge_ids, ARRAY[]::text[]) AS charge_ids,
            coalesce(p.transaction_ids, ARRAY[]::text[]) AS transaction_ids,
            coalesce(s.in_period, false) OR coalesce(p.in_period, false) AS in_period

@@ -38,6 +38,7 @@ def run_context(settings: Settings) -> service.RunContext:
         topics=wiring.topics_for(settings),
         checks=checks.all_checks(settings.lag_grace_s),
         chain_settle_s=settings.chain_settle_s,
+        audit=wiring.audit_trail_for(settings),
     )
 
 
@@ -67,5 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings,
         routers=[api.router(api.Deps(reconciler))],
         lifecycle=parts,
-        checks={"database": db.ping, "kafka": wiring.kafka_check(settings)},
+        checks={
+            "database": db.ping,
+            "kafka": wiring.kafka_check(settings),
+            "consumer": consumer.check,
+        },
     )

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
-from typing import Any
 
 from billing_platform import context
+from billing_platform.tasks import Periodic
 
 from reconciler import metrics, repository
 from reconciler.findings import Schemas
 from reconciler.period import yesterday
 from reconciler.runs import RunRequest
 from reconciler.service import Answer, HasPool
-
-log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
@@ -48,48 +43,12 @@ def seconds_to_next_slot(now: datetime, interval_s: float) -> float:
     return interval_s - elapsed
 
 
-class Timer:
-    """A task calling ``tick`` after ``first_delay_s``, then again after each ``pause()``."""
-
-    def __init__(
-        self,
-        name: str,
-        tick: Callable[[], Awaitable[Any]],
-        pause: Callable[[], float],
-        first_delay_s: float = 0.0,
-    ) -> None:
-        self._name = name
-        self._tick = tick
-        self._pause = pause
-        self._first_delay_s = first_delay_s
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name=self._name)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _loop(self) -> None:
-        await asyncio.sleep(self._first_delay_s)
-        while True:
-            try:
-                await self._tick()
-            except Exception:  # the database or Stripe may be away; the next round retries
-                log.warning("%s failed", self._name, exc_info=True)
-            await asyncio.sleep(self._pause())
-
-
 def scheduled_runs(
     run: Callable[[RunRequest], Awaitable[Answer]],
     interval_s: float,
     delay_s: float,
     clock: Clock = _utc_now,
-) -> Timer:
+) -> Periodic:
     """One reconciliation of yesterday per ``interval_s``, ``delay_s`` into each slot.
 
     The delay lets the day's last calls and payments reach the ledger before the day is
@@ -104,7 +63,7 @@ def scheduled_runs(
     def pause() -> float:
         return seconds_to_next_slot(clock(), interval_s) + delay_s
 
-    return Timer("scheduled-reconciliation", tick, pause, delay_s)
+    return Periodic("scheduled-reconciliation", tick, pause, delay_s)
 
 
 class Gauges:
@@ -124,5 +83,5 @@ class Gauges:
             figures = await repository.day_figures(conn, self._schemas, shown)
         metrics.show(figures)
 
-    def timer(self, interval_s: float) -> Timer:
-        return Timer("reconciler-gauges", self.refresh, lambda: interval_s)
+    def timer(self, interval_s: float) -> Periodic:
+        return Periodic("reconciler-gauges", self.refresh, interval_s)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
+from billing_events.audit import RECONCILIATION_RUN, AdminAction, AuditTrail
+from billing_events.audit import target as audit_target
 from billing_events.kafka import InboundMessage
 from billing_events.topics import Topics
 from billing_platform import context
@@ -79,6 +81,7 @@ class RunContext:
     topics: Topics
     checks: tuple[Check, ...]
     chain_settle_s: float
+    audit: AuditTrail
 
 
 async def stored_answer(conn: Any, request: RunRequest) -> Answer | None:
@@ -110,7 +113,18 @@ async def reconcile(
         run_id, request.period, started, datetime.now(UTC), results, sessions_seen, head
     )
     await store(conn, ctx.topics, record, request)
+    if request.requested_by is not None:  # an admin asked for it, not the schedule
+        await ctx.audit.record(conn, run_action(record, request.requested_by))
     return record
+
+
+def run_action(record: RunRecord, actor: str) -> AdminAction:
+    return AdminAction(
+        actor=actor,
+        action=RECONCILIATION_RUN,
+        target=audit_target("reconciliation", record.period.day.isoformat()),
+        details={"runId": record.run_id, "status": record.status, "findings": len(record.findings)},
+    )
 
 
 async def store(conn: Any, topics: Topics, record: RunRecord, request: RunRequest) -> None:

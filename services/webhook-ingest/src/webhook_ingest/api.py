@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from billing_events.audit import AuditTrail
 from billing_events.topics import Topics
 from billing_events.v1 import stripe_pb2
 from billing_platform.auth import AdminUser
@@ -56,6 +57,10 @@ class Deps:
     settings: Settings
     clock: Callable[[], float] = time.time
 
+    @property
+    def audit(self) -> AuditTrail:
+        return AuditTrail(self.topics, self.settings.service_name)
+
 
 def router(deps: Deps) -> APIRouter:
     routes = APIRouter()
@@ -84,6 +89,8 @@ def router(deps: Deps) -> APIRouter:
         """Publish a stored event again (consumers absorb it by its Stripe event id)."""
         async with deps.db.pool.acquire() as conn, conn.transaction():
             envelope = await service.replay_event(conn, deps.topics, body.event_id)
+            replayed_by = service.ReplayedBy(admin.user_id, body.reason)
+            await service.record_replay(conn, deps.audit, envelope, replayed_by)
         deps.relay.poke()
         REPLAYS.inc()
         log.info(
@@ -98,10 +105,10 @@ def router(deps: Deps) -> APIRouter:
 def _counted(limiter: SlidingWindowLimiter) -> Callable[[Request], Awaitable[None]]:
     check = per_ip(limiter)
 
-    # async so the limiter's counts are only ever touched from the event loop's thread.
+    # Per process (a flood guard): the limiter's counts are only touched from the event loop.
     async def rate_limit(request: Request) -> None:
         try:
-            check(request)
+            await check(request)
         except ApiError as exc:
             _refused(exc)
             raise

@@ -11,6 +11,8 @@ from billing_events.v1 import common_pb2, stripe_pb2
 from billing_platform import context
 from google.protobuf.timestamp_pb2 import Timestamp
 
+MAX_TEXT_LENGTH = 255
+
 
 class MalformedEvent(ValueError):
     pass
@@ -32,14 +34,15 @@ def envelope_from_body(body: bytes) -> stripe_pb2.StripeEventReceived:
             ),
             stripe_event_id=_required_text(event, "id"),
             type=_required_text(event, "type"),
-            api_version=str(event.get("api_version") or ""),
-            object_id=str(obj.get("id") or ""),
+            api_version=_text(str(event.get("api_version") or ""), "api_version"),
+            object_id=_text(str(obj.get("id") or ""), "data.object.id"),
             livemode=bool(event.get("livemode", False)),
             stripe_created=created,
             received_at=timestamp_now(),
             payload=body,
         )
-    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+    # OSError: a timestamp beyond what the platform's time_t holds.
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, OSError) as exc:
         raise MalformedEvent(f"not a Stripe event: {exc}") from exc
 
 
@@ -48,6 +51,13 @@ def _required_text(event: dict[str, object], name: str) -> str:
     value = event[name]
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name} must be a non-empty string")
+    return _text(value, name)
+
+
+def _text(value: str, name: str) -> str:
+    # Stored as PostgreSQL text (no NUL) and the event id in a btree key (bounded size).
+    if len(value) > MAX_TEXT_LENGTH or "\x00" in value:
+        raise ValueError(f"{name} must be at most {MAX_TEXT_LENGTH} characters, without NUL")
     return value
 
 

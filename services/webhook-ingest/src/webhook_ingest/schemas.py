@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from billing_platform.schemas import CamelModel
+from billing_platform.schemas import CamelModel, Text
 from pydantic import Field
 
 
@@ -12,7 +12,8 @@ class WebhookReceived(CamelModel):
 
 
 class ReplayRequest(CamelModel):
-    event_id: str = Field(min_length=1, max_length=255, examples=["evt_1PzX"])
+    event_id: Text = Field(min_length=1, max_length=255, examples=["evt_1PzX"])
+    reason: Text = Field(default="webhook replay", min_length=3, max_length=500)
 
 
 class ReplayAccepted(CamelModel):

@@ -6,8 +6,11 @@ Functions taking ``conn`` run inside the caller's transaction and never commit.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from billing_events.audit import WEBHOOK_REPLAY, AdminAction, AuditTrail
+from billing_events.audit import target as audit_target
 from billing_events.outbox import write_outbox
 from billing_events.topics import Topics
 from billing_events.v1 import stripe_pb2
@@ -51,6 +54,26 @@ async def replay_event(conn: Any, topics: Topics, event_id: str) -> stripe_pb2.S
     envelope.received_at.FromDatetime(stored.received_at)
     await _publish_later(conn, topics, envelope)
     return envelope
+
+
+@dataclass(frozen=True)
+class ReplayedBy:
+    actor: str
+    reason: str
+
+
+async def record_replay(
+    conn: Any, audit: AuditTrail, envelope: stripe_pb2.StripeEventReceived, by: ReplayedBy
+) -> None:
+    """The replay's audit record, in the transaction that queues the event again."""
+    action = AdminAction(
+        actor=by.actor,
+        action=WEBHOOK_REPLAY,
+        target=audit_target("stripe_event", envelope.stripe_event_id),
+        reason=by.reason,
+        details={"eventType": envelope.type},
+    )
+    await audit.record(conn, action)
 
 
 async def _publish_later(

@@ -14,6 +14,8 @@ class Settings(ServiceSettings):
     service_name: str = "webhook-ingest"
     port: int = 8102
     db_schema: str = "webhook_ingest"
+    # The reconciler's runtime role: `migrate` lets it SELECT what reconciliation checks here.
+    db_reconciler_role: str = ""
     # Stripe's own default: a signed delivery older (or newer) than this is refused.
     signature_tolerance_s: int = 300
     rate_limit_per_minute: int = 6000

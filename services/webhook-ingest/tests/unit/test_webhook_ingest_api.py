@@ -15,7 +15,7 @@ from typing import Any
 import jwt
 import pytest
 from billing_events.topics import Topics
-from billing_events.v1 import stripe_pb2
+from billing_events.v1 import audit_pb2, stripe_pb2
 from billing_platform.app import create_app
 from billing_platform.settings import InfraSettings
 from cryptography.hazmat.primitives import serialization
@@ -331,6 +331,32 @@ def test_replay_writes_the_stored_event_to_the_outbox_again(
     assert harness.relay.pokes == 2
 
 
+def test_replay_is_recorded_in_the_audit_trail_with_the_replay(
+    harness: Harness, key: AdminKey
+) -> None:
+    deliver(harness, stripe_body())
+
+    response = harness.client.post(
+        "/api/admin/webhooks/replay",
+        json={"eventId": "evt_1", "reason": "ledger was down"},
+        headers=key.bearer(sub="ops-9") | {"x-correlation-id": "corr-audit"},
+    )
+
+    assert response.status_code == 202
+    topic, record_key, payload, _ = harness.db.conn.outbox[2]
+    record = audit_pb2.AdminActionRecorded.FromString(payload)
+    assert topic == "billing.audit.v1"
+    assert record_key == b"stripe_event:evt_1"
+    assert (record.actor, record.action, record.target) == (
+        "ops-9",
+        "webhook_replay",
+        "stripe_event:evt_1",
+    )
+    assert record.reason == "ledger was down"
+    assert record.meta.correlation_id == "corr-audit"
+    assert record.meta.producer == "webhook-ingest-test"  # the settings' service name
+
+
 def test_replay_of_an_unknown_event_is_404(harness: Harness, key: AdminKey) -> None:
     response = _replay(harness, key, "evt_missing")
 
@@ -349,3 +375,22 @@ def test_replay_without_an_event_id_is_422(harness: Harness, key: AdminKey) -> N
     response = harness.client.post("/api/admin/webhooks/replay", json={}, headers=key.bearer())
 
     assert response.status_code == 422
+
+
+@pytest.mark.parametrize("event_id", ["evt_\u0000", "evt_" + "x" * 300])
+def test_replay_of_an_event_id_no_event_can_have_is_422(
+    harness: Harness, key: AdminKey, event_id: str
+) -> None:
+    response = _replay(harness, key, event_id)
+
+    assert response.status_code == 422
+    assert response.json()["error"] == "validation_error"
+    assert harness.db.conn.outbox == []
+
+
+def test_a_signed_event_with_a_nul_in_its_id_is_400_and_stores_nothing(harness: Harness) -> None:
+    body = stripe_body(event_id="evt_\u0000")
+
+    response = deliver(harness, body)
+
+    _assert_refused(harness, response, 400, "malformed_payload")

@@ -65,6 +65,12 @@ def test_the_key_falls_back_to_the_event_id_without_an_object_id() -> None:
         _body(type=None),
         _body(created="yesterday"),
         _body(created=10**20),
+        _body(created=-(2**63)),
+        _body(id="evt_\u0000"),
+        _body(id="evt_" + "x" * 300),
+        _body(type="checkout.session.completed\u0000"),
+        _body(api_version="2024\u0000"),
+        _body(data={"object": {"id": "cs_\u0000"}}),
         b"\xff\xfe",
     ],
 )

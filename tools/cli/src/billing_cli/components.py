@@ -9,12 +9,14 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
-from billing_cli import installers
+from billing_cli import db_roles, installers
+from billing_cli.db_roles import ServiceRoles
 from billing_cli.layout import Layout
-from billing_cli.procs import LaunchError, ProcessManager, port_open, wait_until
+from billing_cli.procs import LaunchError, ProcessManager, pid_alive, port_open, wait_until
 
 
 class Component:
@@ -88,6 +90,14 @@ class Postgres(Component):
             f"{self.layout.postgres_port}/{self.database}"
         )
 
+    def role_dsn(self, role: str, password: str) -> str:
+        """A DSN for one of the services' roles (see ``billing_cli.db_roles``)."""
+        secret = quote(password, safe="")
+        return f"postgresql://{role}:{secret}@127.0.0.1:{self.layout.postgres_port}/{self.database}"
+
+    def ensure_roles(self, services: list[ServiceRoles], passwords: dict[str, str]) -> None:
+        asyncio.run(db_roles.provision(self.dsn, services, passwords))
+
     def install(self) -> None:
         self.bindir = installers.ensure_postgres()
 
@@ -141,10 +151,22 @@ class Postgres(Component):
             pwfile.unlink(missing_ok=True)
 
     def running(self) -> bool:
-        if not (self.data / "PG_VERSION").exists():
-            return False
-        cmd = self._as_owner([self._tool("pg_ctl"), "status", "-D", str(self.data)])
-        return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+        # Not `pg_ctl status`: it counts a killed postmaster that is not reaped yet (a zombie)
+        # as running, and a start would then return at once with no server behind it.
+        pid = self._lock_pid()
+        return pid is not None and pid_alive(pid)
+
+    def _lock_pid(self) -> int | None:
+        try:
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            return None
+
+    def _await_reaped(self) -> None:
+        """A killed postmaster still in the process table makes a new one refuse its lock file."""
+        pid = self._lock_pid()
+        if pid is not None and not wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, 0.1):
+            raise LaunchError(f"postgres: the old postmaster (pid {pid}) was never reaped")
 
     def start(self) -> None:
         self.install()
@@ -153,6 +175,7 @@ class Postgres(Component):
             self._initdb()
         if self.running():
             return
+        self._await_reaped()
         port = self.layout.postgres_port
         if port_open(port):
             raise LaunchError(f"postgres: port {port} is in use by another process")
@@ -163,7 +186,9 @@ class Postgres(Component):
         )
         if self.layout.port_offset:
             # The throwaway test cluster trades crash safety of the OS for speed.
-            opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            opts += " -c fsync=off -c full_page_writes=off"
+            if not self.layout.acknowledged_commits_durable:
+                opts += " -c synchronous_commit=off"
         self._run(
             [
                 self._tool("pg_ctl"),

@@ -15,9 +15,11 @@ from datetime import UTC
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from billing_events.audit import DLQ_REPLAY, AdminAction, AuditTrail
+from billing_events.audit import target as audit_target
 from billing_events.kafka import KafkaPublisher, topic_partitions
 from billing_events.topics import Topics
-from billing_events.v1 import dlq_pb2
+from billing_events.v1 import audit_pb2, dlq_pb2
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -194,6 +196,40 @@ async def replay(
         async with _group_consumer(bootstrap, replay_group, tps) as consumer:
             await consumer.commit({TopicPartition(dlq_topic, p): o for p, o in moves.items()})
     return chosen
+
+
+AUDIT_PRODUCER = "billing-cli"
+
+
+@dataclass(frozen=True)
+class ReplayedBy:
+    actor: str
+    reason: str
+    correlation_id: str
+
+
+def replay_action(dlq_topic: str, letters: Sequence[Letter], by: ReplayedBy) -> AdminAction:
+    return AdminAction(
+        actor=by.actor,
+        action=DLQ_REPLAY,
+        target=audit_target("dlq", dlq_topic),
+        reason=by.reason,
+        details={"letters": [f"{x.partition}:{x.offset}" for x in letters], "count": len(letters)},
+    )
+
+
+async def record_replay(
+    bootstrap: str, topics: Topics, dlq_topic: str, letters: Sequence[Letter], by: ReplayedBy
+) -> audit_pb2.AdminActionRecorded:
+    """Publish the replay's audit record (the CLI has no outbox: straight to Kafka, after)."""
+    publisher = KafkaPublisher(bootstrap, client_id="billing-cli-audit")
+    await publisher.start()
+    try:
+        trail = AuditTrail(topics, AUDIT_PRODUCER)
+        action = replay_action(dlq_topic, letters, by)
+        return await trail.publish(publisher, action, by.correlation_id)
+    finally:
+        await publisher.stop()
 
 
 async def _republish(bootstrap: str, dlq_topic: str, letters: Sequence[Letter]) -> None:

@@ -1,4 +1,4 @@
-"""Dev credentials of a local stack: JWT key pair, DB password, Stripe and OpenAI keys.
+"""Dev credentials of a local stack: JWT key pair, DB passwords, Stripe and OpenAI keys.
 
 They are made on first use, kept under the stack's ignored state dir, and never committed.
 """
@@ -65,7 +65,25 @@ def ensure_secrets(layout: Layout) -> dict[str, str]:
     return values
 
 
-def mint_token(layout: Layout, user: str, roles: list[str] | None = None, ttl_s: int = 3600) -> str:
+def ensure_db_passwords(layout: Layout, roles: list[str]) -> dict[str, str]:
+    """A password per database role of the stack, made the first time the role is named."""
+    path = layout.keys / "db-roles.json"
+    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    if missing := [role for role in roles if role not in stored]:
+        stored.update({role: secrets.token_urlsafe(18) for role in missing})
+        _write_private(path, json.dumps(stored, indent=2))
+    return {role: stored[role] for role in roles}
+
+
+def mint_token(
+    layout: Layout,
+    user: str,
+    roles: list[str] | None = None,
+    ttl_s: int = 3600,
+    *,
+    mfa: bool = False,
+) -> str:
+    """A dev token; ``mfa`` adds what an identity provider states after a second factor."""
     private, _ = ensure_keys(layout)
     now = int(time.time())
     claims: dict[str, Any] = {
@@ -76,4 +94,6 @@ def mint_token(layout: Layout, user: str, roles: list[str] | None = None, ttl_s:
         "exp": now + ttl_s,
         "roles": roles or [],
     }
+    if mfa:
+        claims |= {"amr": ["pwd", "otp"], "auth_time": now}
     return jwt.encode(claims, private.read_bytes(), algorithm="RS256")

@@ -51,6 +51,20 @@ class Layout:
     def test(cls) -> Layout:
         return cls("test-stack", repo_root(), 10000)
 
+    @classmethod
+    def chaos(cls) -> Layout:
+        """The chaos harness's own stack (``billing chaos``): wiped and rebuilt every run."""
+        return cls("chaos", repo_root(), 20000)
+
+    @property
+    def acknowledged_commits_durable(self) -> bool:
+        """False for the test cluster, which acknowledges a commit before its WAL is written.
+
+        The chaos stack SIGKILLs PostgreSQL and counts every acknowledged write, so an
+        asynchronous commit lost in the crash would be reported as lost money.
+        """
+        return self.name != "test-stack"
+
     @property
     def local(self) -> Path:
         return self.root / ".local"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import os
 import sys
@@ -24,7 +25,7 @@ from billing_cli.procs import LaunchError
 from billing_cli.stack import Stack
 
 if TYPE_CHECKING:
-    from billing_cli.dlq import Letter
+    from billing_cli.dlq import Letter, ReplayedBy
 
 app = typer.Typer(
     help="Credits billing platform: local stack and operations.",
@@ -90,7 +91,8 @@ def status(
 @app.command()
 def env() -> None:
     """The dev settings as KEY=VALUE lines (``eval $(billing env)``-friendly)."""
-    for key, value in Stack(Layout.selected()).env().items():
+    stack = Stack(Layout.selected())
+    for key, value in {**stack.env(), **stack.role_env()}.items():
         sys.stdout.write(f"{key}={value}\n")
 
 
@@ -100,17 +102,21 @@ def token(
     admin: Annotated[bool, typer.Option(help="Add the admin role")] = False,
     role: Annotated[list[str] | None, typer.Option(help="Extra role (repeatable)")] = None,
     ttl: Annotated[int, typer.Option(help="Lifetime in seconds")] = 3600,
+    mfa: Annotated[
+        bool, typer.Option(help="Signed in with a second factor just now (step-up MFA)")
+    ] = False,
 ) -> None:
     """Print a JWT the local services accept."""
     roles = [*(role or []), *(["admin"] if admin else [])]
-    sys.stdout.write(keys.mint_token(Layout.selected(), user, roles, ttl) + "\n")
+    sys.stdout.write(keys.mint_token(Layout.selected(), user, roles, ttl, mfa=mfa) + "\n")
 
 
 @app.command()
 def migrate() -> None:
-    """Apply every service's pending migrations to the dev database."""
+    """Apply every service's pending migrations to the dev database, as each schema's owner."""
     stack = Stack(Layout.selected())
     try:
+        stack.ensure_db_roles()
         for svc in stack.services.values():
             console.print(f"{svc.name}: {svc.migrate()}")
     except LaunchError as exc:
@@ -176,7 +182,7 @@ def _http() -> httpx.Client:
 
 
 def _admin_headers(stack: Stack) -> dict[str, str]:
-    token = keys.mint_token(stack.layout, OPS_SUBJECT, ["admin"], 300)
+    token = keys.mint_token(stack.layout, OPS_SUBJECT, ["admin"], 300, mfa=True)
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -311,8 +317,17 @@ def dlq_replay(
     offset: Annotated[
         list[int] | None, typer.Option(help="Only the letter at this DLQ offset (repeatable)")
     ] = None,
+    reason: Annotated[str, typer.Option(help="Why, for the audit trail")] = "dead letters replayed",
+    actor: Annotated[
+        str | None, typer.Option(help="Who replays, for the audit trail (default: $USER)")
+    ] = None,
+    correlation_id: Annotated[
+        str | None, typer.Option(help="Correlation id of the audit record (default: a new one)")
+    ] = None,
 ) -> None:
-    """Re-publish pending letters to their original topics (all of them without --offset)."""
+    """Re-publish pending letters to their original topics (all of them without --offset).
+
+    The replay is then recorded in the audit trail (``billing.audit.v1``)."""
     from billing_cli.dlq import replay
 
     with _ops_errors(*_kafka_errors()):
@@ -323,9 +338,32 @@ def dlq_replay(
                 f"replayed {dlq_topic}:{x.partition}:{x.offset} -> {x.original_topic} key={x.key}\n"
             )
         console.print(f"{len(done)} letter(s) replayed")
+        if done:
+            by = _replayed_by(actor, reason, correlation_id)
+            _audit_dlq_replay(bootstrap, dlq_topic, done, by)
         missed = sorted(set(offset or ()) - {x.offset for x in done})
         if missed:
             raise OpsError(f"not replayed (no pending letter at): {', '.join(map(str, missed))}")
+
+
+def _replayed_by(actor: str | None, reason: str, correlation_id: str | None) -> ReplayedBy:
+    from billing_platform.context import new_id
+
+    from billing_cli.dlq import ReplayedBy
+
+    return ReplayedBy(actor or getpass.getuser(), reason, correlation_id or new_id())
+
+
+def _audit_dlq_replay(bootstrap: str, dlq_topic: str, done: list[Letter], by: ReplayedBy) -> None:
+    from billing_events.topics import Topics
+
+    from billing_cli.dlq import record_replay
+
+    topics = Topics(_ops_stack().topic_namespace)
+    record = asyncio.run(record_replay(bootstrap, topics, dlq_topic, done, by))
+    console.print(
+        f"audit record {record.meta.event_id} (correlation id {record.meta.correlation_id})"
+    )
 
 
 @webhook_app.command("replay")
@@ -362,6 +400,27 @@ def reconcile(
             raise OpsError(f"POST {url} -> {response.status_code}")
         if response.json().get("status") != "clean":
             raise typer.Exit(1)
+
+
+@app.command()
+def chaos(
+    seed: Annotated[int, typer.Option(help="Seed of the workload and the kill schedule")] = 1,
+    seconds: Annotated[float, typer.Option(min=10, help="Seconds of load under kills")] = 60,
+    as_json: Annotated[bool, typer.Option("--json", help="The summary as JSON on stdout")] = False,
+) -> None:
+    """A seeded chaos run on a stack of its own: load, kills, checks; exit 1 unless all pass."""
+    from billing_cli.chaos import runner
+
+    try:
+        result = runner.run(seed, seconds, lambda line: console.print(Text(line, "dim")))
+    except LaunchError as exc:
+        _fail(exc)
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+    else:
+        sys.stdout.writelines(line + "\n" for line in runner.render(result))
+    if not result["passed"]:
+        raise typer.Exit(1)
 
 
 @app.command()

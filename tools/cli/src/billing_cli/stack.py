@@ -9,6 +9,7 @@ from typing import Any
 
 from billing_cli import keys
 from billing_cli.components import Component, DevLLM, Kafka, Postgres, Service, StripeMock
+from billing_cli.db_roles import ServiceRoles
 from billing_cli.layout import SERVICES, Layout
 from billing_cli.procs import ProcessManager
 
@@ -32,11 +33,14 @@ class Stack:
         self.secrets = keys.ensure_secrets(layout)
         _, self.public_key = keys.ensure_keys(layout)
         self.postgres = Postgres(layout, self.procs, self.secrets["postgres_password"])
+        self.db_roles = {pkg: ServiceRoles.for_package(pkg) for pkg, _ in SERVICES.values()}
+        names = [role for r in self.db_roles.values() for role in (r.owner, r.runtime)]
+        self.db_passwords = keys.ensure_db_passwords(layout, names)
         self.kafka = Kafka(layout, self.procs)
         self.stripe_mock = StripeMock(layout, self.procs)
         self.devllm = DevLLM(layout, self.procs)
         # Settings for the services only (e.g. test-suite limits); not part of `billing env`.
-        env = {**self.env(), **(service_env or {})}
+        env = {**self.env(), **self.role_env(), **(service_env or {})}
         self.services = {
             name: Service(layout, self.procs, name, pkg, env) for name, (pkg, _) in SERVICES.items()
         }
@@ -50,7 +54,9 @@ class Stack:
         return [*self.infrastructure, *self.services.values()]
 
     def env(self) -> dict[str, str]:
-        """The dev settings every service reads (``billing env`` prints them)."""
+        """The dev settings every service reads (``billing env`` prints them, and
+        ``role_env``). Alone, they connect as the cluster's superuser: what ad-hoc processes
+        on schemas of their own (the integration tests') use."""
         values = {
             "BILLING_DATABASE_URL": self.postgres.dsn,
             "BILLING_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
@@ -64,6 +70,8 @@ class Stack:
             "BILLING_STRIPE_WEBHOOK_SECRETS": self.secrets["stripe_webhook_secret"],
             "BILLING_OPENAI_BASE_URL": self.devllm.url,
             "BILLING_OPENAI_API_KEY": self.secrets["openai_api_key"],
+            # The local web app (the Credits page) is the one origin browsers may call from.
+            "BILLING_CORS_ALLOWED_ORIGINS": "http://localhost:5173,http://127.0.0.1:5173",
             # metering reserves and captures credits through the ledger's internal API.
             "METERING_LEDGER_URL": f"http://127.0.0.1:{self.layout.service_port('ledger')}",
             "METERING_LEDGER_TOKEN": keys.mint_token(
@@ -71,6 +79,26 @@ class Stack:
             ),
         }
         return {k: v for k, v in values.items() if v != ""}
+
+    def role_env(self) -> dict[str, str]:
+        """Each service's own DSNs (``serve``: its runtime role; ``migrate``: its schema's
+        owner) and the other services' roles its ``migrate`` lets read what they need."""
+        values: dict[str, str] = {}
+        dsn = {role: self.postgres.role_dsn(role, pw) for role, pw in self.db_passwords.items()}
+        for pkg, roles in self.db_roles.items():
+            values[f"{pkg.upper()}_DATABASE_URL"] = dsn[roles.runtime]
+            values[f"{pkg.upper()}_MIGRATE_DATABASE_URL"] = dsn[roles.owner]
+        runtime = {pkg: roles.runtime for pkg, roles in self.db_roles.items()}
+        values["CHECKOUT_DB_LEDGER_ROLE"] = runtime["ledger"]
+        values["CHECKOUT_DB_METERING_ROLE"] = runtime["metering"]
+        for pkg in ("checkout", "ledger", "metering", "webhook_ingest"):
+            values[f"{pkg.upper()}_DB_RECONCILER_ROLE"] = runtime["reconciler"]
+        return values
+
+    def ensure_db_roles(self, report: Reporter = _quiet) -> None:
+        """The services' roles and schema owners, before any migration (needs Postgres up)."""
+        with _timed(report, "database roles ready"):
+            self.postgres.ensure_roles(list(self.db_roles.values()), self.db_passwords)
 
     def install(self, report: Reporter = _quiet) -> None:
         for part in self.infrastructure:
@@ -85,6 +113,7 @@ class Stack:
                 part.wait_ready(90)
         with _timed(report, "topics created"):
             self.kafka.create_topics(self.topic_namespace)
+        self.ensure_db_roles(report)
         if services:
             self.start_services(report)
 

@@ -11,7 +11,9 @@ import pytest
 from billing_cli import dlq, main
 from billing_cli.dlq import Letter
 from billing_cli.layout import Layout
-from billing_events.v1 import dlq_pb2
+from billing_events.audit import admin_action_message
+from billing_events.topics import Topics
+from billing_events.v1 import audit_pb2, dlq_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from typer.testing import CliRunner
 
@@ -301,6 +303,7 @@ def test_replay_prints_what_was_replayed_and_flags_the_rest(
         return [letter(2)]
 
     monkeypatch.setattr(dlq, "replay", fake_replay)
+    audited = record_replays(monkeypatch)
 
     result = runner.invoke(main.app, ["dlq", "replay", "--offset", "2", "--offset", "5"])
 
@@ -308,6 +311,55 @@ def test_replay_prints_what_was_replayed_and_flags_the_rest(
     assert result.stdout == f"replayed {DLQ}:0:2 -> stripe.events.v1 key=cs_test_1\n"
     assert result.exit_code == 1
     assert "5" in result.stderr
+    assert [offsets for offsets, _ in audited] == [[2]]
+
+
+def record_replays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> list[tuple[list[int], dlq.ReplayedBy]]:
+    """Stands in for the broker: keeps the audit records the command asks to publish."""
+    audited: list[tuple[list[int], dlq.ReplayedBy]] = []
+
+    async def fake_record(
+        bootstrap: str, topics: Topics, dlq_topic: str, letters: list[Letter], by: dlq.ReplayedBy
+    ) -> audit_pb2.AdminActionRecorded:
+        audited.append(([x.offset for x in letters], by))
+        action = dlq.replay_action(dlq_topic, letters, by)
+        return admin_action_message(action, "billing-cli", correlation_id=by.correlation_id)
+
+    monkeypatch.setattr(dlq, "record_replay", fake_record)
+    return audited
+
+
+def test_a_replay_is_recorded_for_the_audit_trail(
+    monkeypatch: pytest.MonkeyPatch, layout: Layout
+) -> None:
+    async def fake_replay(
+        bootstrap: str, topic: str, group: str, offsets: Collection[int] | None = None
+    ) -> list[Letter]:
+        return [letter(2), letter(3)]
+
+    monkeypatch.setattr(dlq, "replay", fake_replay)
+    audited = record_replays(monkeypatch)
+    args = ["dlq", "replay", "--actor", "ops-3", "--reason", "fixed", "--correlation-id", "c-1"]
+
+    result = runner.invoke(main.app, args)
+
+    assert result.exit_code == 0, result.stderr
+    [(offsets, by)] = audited
+    assert offsets == [2, 3]
+    assert by == dlq.ReplayedBy("ops-3", "fixed", "c-1")
+    assert "c-1" in result.stderr
+
+
+def test_the_replay_record_names_the_dlq_and_its_letters() -> None:
+    by = dlq.ReplayedBy("ops-3", "fixed", "c-1")
+
+    action = dlq.replay_action(DLQ, [letter(2), letter(4, partition=1)], by)
+
+    assert (action.actor, action.action, action.reason) == ("ops-3", "dlq_replay", "fixed")
+    assert action.target == f"dlq:{DLQ}"
+    assert action.details == {"letters": ["0:2", "1:4"], "count": 2}
 
 
 def test_replay_everything_pending(monkeypatch: pytest.MonkeyPatch, layout: Layout) -> None:
@@ -320,9 +372,11 @@ def test_replay_everything_pending(monkeypatch: pytest.MonkeyPatch, layout: Layo
         return []
 
     monkeypatch.setattr(dlq, "replay", fake_replay)
+    audited = record_replays(monkeypatch)
 
     result = runner.invoke(main.app, ["dlq", "replay"])
 
     assert result.exit_code == 0, result.stderr
     assert asked == [None]
     assert "0 letter(s) replayed" in result.stderr
+    assert audited == []  # nothing was done, so there is nothing to record

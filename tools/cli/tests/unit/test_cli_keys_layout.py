@@ -36,6 +36,17 @@ def test_minted_token_without_roles_has_none(layout: Layout) -> None:
     )
 
 
+def test_minted_token_with_mfa_is_stepped_up_and_without_is_not(layout: Layout) -> None:
+    _, public = keys.ensure_keys(layout)
+    verifier = JwtVerifier.from_files([public], keys.ISSUER, keys.AUDIENCE)
+
+    stepped_up = verifier.verify(keys.mint_token(layout, "ops", ["admin"], mfa=True))
+    plain = verifier.verify(keys.mint_token(layout, "ops", ["admin"]))
+
+    assert stepped_up.stepped_up_within(verifier.mfa_max_age_s)
+    assert not plain.stepped_up_within(verifier.mfa_max_age_s)
+
+
 def test_minted_token_with_negative_ttl_is_rejected(layout: Layout) -> None:
     token = keys.mint_token(layout, "user-7", ttl_s=-60)
     _, public = keys.ensure_keys(layout)
@@ -77,6 +88,15 @@ def test_secrets_file_is_private(layout: Layout) -> None:
     mode = (layout.keys / "secrets.json").stat().st_mode
 
     assert stat.S_IMODE(mode) == 0o600
+
+
+def test_db_role_passwords_are_kept_and_a_new_role_gets_one(layout: Layout) -> None:
+    first = keys.ensure_db_passwords(layout, ["ledger_owner", "ledger_runtime"])
+    later = keys.ensure_db_passwords(layout, ["ledger_runtime", "metering_runtime"])
+
+    assert later["ledger_runtime"] == first["ledger_runtime"]
+    assert len({*first.values(), later["metering_runtime"]}) == 3
+    assert stat.S_IMODE((layout.keys / "db-roles.json").stat().st_mode) == 0o600
 
 
 def test_layout_paths_live_under_the_stack_state(tmp_path: Path) -> None:

@@ -1,0 +1,45 @@
+"""Telling an outage of a dependency from a failure of the request or record at hand.
+
+One rule for the whole platform: an HTTP request that fails because the database or broker
+is down answers 503 (retry), and a Kafka record that fails so holds its partition instead
+of counting towards its dead letter.
+"""
+
+from __future__ import annotations
+
+
+class DependencyUnavailable(Exception):
+    """Raised by our own code when a dependency is known to be down."""
+
+
+# SQLSTATE classes and codes of a database that is unreachable, restarting or out of
+# resources: errors of the server, never of the statement.
+_SQLSTATE_CLASSES = ("08", "53", "58")
+_SQLSTATES = ("57P01", "57P02", "57P03")  # admin shutdown, crash shutdown, cannot connect now
+_ERROR_NAMES = (
+    "ConnectionDoesNotExistError",  # asyncpg: the server went away mid-statement
+    "KafkaConnectionError",
+    "KafkaTimeoutError",
+    "NodeNotReadyError",
+)
+
+
+def is_outage(error: BaseException) -> bool:
+    """True when ``error``, or an error it was raised from, means a dependency is down."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if _is_outage(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _is_outage(error: BaseException) -> bool:
+    if isinstance(error, DependencyUnavailable | OSError | TimeoutError):
+        return True
+    sqlstate = getattr(error, "sqlstate", None)
+    if isinstance(sqlstate, str) and (sqlstate[:2] in _SQLSTATE_CLASSES or sqlstate in _SQLSTATES):
+        return True
+    return any(cls.__name__ in _ERROR_NAMES for cls in type(error).__mro__)

@@ -1,0 +1,28 @@
+"""Opaque page cursors: a keyset position (a row id) behind a kind prefix.
+
+The prefix keeps a cursor of one listing from being accepted by another.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from billing_platform.errors import ApiError
+
+
+def encode(prefix: str, row_id: int) -> str:
+    return base64.urlsafe_b64encode(f"{prefix}:{row_id}".encode()).decode().rstrip("=")
+
+
+def decode(prefix: str, cursor: str | None) -> int | None:
+    """The row id of a cursor this API returned; 400 ``invalid_cursor`` for anything else."""
+    if not cursor:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        found, _, value = text.partition(":")
+        if found != prefix:
+            raise ValueError(found)
+        return int(value)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API returned") from exc
