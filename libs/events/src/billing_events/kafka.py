@@ -103,6 +103,9 @@ class InboundMessage:
 
 
 Handler = Callable[[InboundMessage], Awaitable[None]]
+# Applies a partition's fetched records together (one transaction); it must be all or
+# nothing, since a failed batch is handled again record by record.
+BatchHandler = Callable[[Sequence[InboundMessage]], Awaitable[None]]
 
 
 async def probe(bootstrap: str) -> None:
@@ -252,10 +255,12 @@ class ConsumerRunner:
         publisher: KafkaPublisher,
         retry: RetryPolicy | None = None,
         client_id: str | None = None,
+        batch_handlers: Mapping[str, BatchHandler] | None = None,
     ) -> None:
         self._bootstrap = bootstrap
         self.group_id = group_id
         self._handlers = dict(handlers)
+        self._batch_handlers = dict(batch_handlers or {})
         self._publisher = publisher
         self._retry = retry or RetryPolicy()
         self._client_id = client_id or group_id
@@ -325,8 +330,47 @@ class ConsumerRunner:
         await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
 
     async def _handle_partition(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        for record in records:
-            await self.handle(InboundMessage.from_record(record))
+        messages = [InboundMessage.from_record(record) for record in records]
+        together = self._batch_handlers.get(messages[0].topic)
+        if (
+            together is None
+            or len(messages) == 1
+            or not await self.handle_batch(together, messages)
+        ):
+            for message in messages:
+                await self.handle(message)
+
+    async def handle_batch(
+        self, batch_handler: BatchHandler, messages: Sequence[InboundMessage]
+    ) -> bool:
+        """Apply the records in one go; False when that failed and each must go on its own.
+
+        Only an outage is waited out here: any other failure may be one poison record, which
+        the record-by-record path isolates (its attempts, then its dead letter).
+        """
+        first = messages[0]
+        context.correlation_id_var.set(first.correlation_id or context.new_id())
+        parent = tracing.extract_context(first.headers)
+        name = f"{first.topic} process batch"
+        with self._tracer.start_as_current_span(name, context=parent, kind=SpanKind.CONSUMER):
+            outages = 0
+            while True:
+                try:
+                    await batch_handler(messages)
+                    break
+                except Exception as exc:
+                    if not is_outage(exc):
+                        log.warning(
+                            "batch failed; handling its records one by one",
+                            extra={"topic": first.topic, "records": len(messages)},
+                            exc_info=exc,
+                        )
+                        return False
+                    outages += 1
+                    await self._wait_out_outage(first, exc, outages)
+        self._stalled.discard((first.topic, first.partition))
+        metrics.KAFKA_CONSUMED.labels(first.topic, self.group_id, "ok").inc(len(messages))
+        return True
 
     async def handle(self, message: InboundMessage) -> None:
         """Run the handler with retries; dead-letter after the last attempt."""

@@ -22,6 +22,7 @@ import json
 import logging
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -69,19 +70,45 @@ async def write_outbox(
     correlation_id: str | None = None,
 ) -> int:
     """Add a record to the outbox inside the caller's transaction; returns its row id."""
-    corr = correlation_id or context.current_correlation_id()
-    headers = {k: v.decode() for k, v in tracing.inject_headers({CORRELATION_HEADER: corr})}
-    value = message if isinstance(message, bytes) else message.SerializeToString()
-    raw_key = key.encode() if isinstance(key, str) else key
+    row = OutboxRecord(topic, key, message, correlation_id)
     row_id: int = await conn.fetchval(
         "INSERT INTO outbox (topic, message_key, payload, headers)"
         " VALUES ($1, $2, $3, $4::jsonb) RETURNING id",
-        topic,
-        raw_key,
-        value,
-        json.dumps(headers),
+        *row.columns(),
     )
     return row_id
+
+
+@dataclass(frozen=True)
+class OutboxRecord:
+    topic: str
+    key: str | bytes | None
+    message: Message | bytes
+    correlation_id: str | None = None
+
+    def columns(self) -> tuple[str, bytes | None, bytes, str]:
+        corr = self.correlation_id or context.current_correlation_id()
+        headers = {k: v.decode() for k, v in tracing.inject_headers({CORRELATION_HEADER: corr})}
+        message = self.message
+        value = message if isinstance(message, bytes) else message.SerializeToString()
+        raw_key = self.key.encode() if isinstance(self.key, str) else self.key
+        return self.topic, raw_key, value, json.dumps(headers)
+
+
+async def write_outbox_many(conn: Any, records: Sequence[OutboxRecord]) -> None:
+    """Add records to the outbox in one statement, in order, inside the caller's transaction."""
+    if not records:
+        return
+    topics, keys, values, headers = zip(*(r.columns() for r in records), strict=True)
+    await conn.execute(
+        "INSERT INTO outbox (topic, message_key, payload, headers)"
+        " SELECT t, k, p, h::jsonb FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[])"
+        " WITH ORDINALITY AS r(t, k, p, h, n) ORDER BY n",
+        list(topics),
+        list(keys),
+        list(values),
+        list(headers),
+    )
 
 
 class OutboxRelay:

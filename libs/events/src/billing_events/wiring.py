@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from billing_platform.settings import ServiceSettings
 
 from billing_events.audit import AuditTrail
-from billing_events.kafka import ConsumerRunner, Handler, KafkaPublisher, probe
+from billing_events.kafka import BatchHandler, ConsumerRunner, Handler, KafkaPublisher, probe
 from billing_events.topics import Topics
 
 
@@ -24,7 +24,10 @@ def publisher_for(settings: ServiceSettings) -> KafkaPublisher:
 
 
 def consumer_for(
-    settings: ServiceSettings, publisher: KafkaPublisher, handlers: Mapping[str, Handler]
+    settings: ServiceSettings,
+    publisher: KafkaPublisher,
+    handlers: Mapping[str, Handler],
+    batch_handlers: Mapping[str, BatchHandler] | None = None,
 ) -> ConsumerRunner:
     namespace = settings.infra.topic_namespace
     group = f"{namespace}.{settings.service_name}" if namespace else settings.service_name
@@ -33,6 +36,7 @@ def consumer_for(
         group_id=group,
         handlers=handlers,
         publisher=publisher,
+        batch_handlers=batch_handlers,
     )
 
 

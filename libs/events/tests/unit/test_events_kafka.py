@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from aiokafka import ConsumerRecord
 from billing_events.kafka import (
     CORRELATION_HEADER,
     ConsumerRunner,
@@ -357,3 +359,70 @@ async def _check_fails(runner: ConsumerRunner) -> bool:
     except Exception:
         return True
     return False
+
+
+# --- a partition's records handled together -----------------------------------------------
+
+
+def _records(*values: bytes) -> list[ConsumerRecord[bytes, bytes]]:
+    return [
+        ConsumerRecord(TOPIC, 3, offset, 0, 0, b"user-1", value, None, 6, len(value), [])
+        for offset, value in enumerate(values)
+    ]
+
+
+class BatchHandler:
+    def __init__(self, errors: list[Exception] | None = None) -> None:
+        self.errors = errors or []
+        self.batches: list[list[bytes]] = []
+
+    async def __call__(self, messages: Sequence[InboundMessage]) -> None:
+        self.batches.append([m.value for m in messages])
+        if self.errors:
+            raise self.errors.pop(0)
+
+
+def _batch_runner(one: Handler, together: BatchHandler) -> ConsumerRunner:
+    return ConsumerRunner(
+        bootstrap="unused:9092",
+        group_id="test-group",
+        handlers={TOPIC: one},
+        batch_handlers={TOPIC: together},
+        publisher=FakePublisher(),  # type: ignore[arg-type]
+        retry=OUTAGE_RETRY,
+    )
+
+
+async def test_a_partitions_records_go_to_the_batch_handler_together() -> None:
+    one, together = CountingHandler(fail_times=0), BatchHandler()
+
+    await _batch_runner(one, together)._handle_partition(_records(b"a", b"b", b"c"))
+
+    assert together.batches == [[b"a", b"b", b"c"]]
+    assert one.calls == 0
+
+
+async def test_a_failed_batch_is_handled_again_record_by_record() -> None:
+    one, together = CountingHandler(fail_times=0), BatchHandler([ValueError("poison inside")])
+
+    await _batch_runner(one, together)._handle_partition(_records(b"a", b"b", b"c"))
+
+    assert len(together.batches) == 1
+    assert one.calls == 3
+
+
+async def test_an_outage_during_a_batch_is_waited_out_not_split() -> None:
+    one, together = CountingHandler(fail_times=0), BatchHandler([DatabaseStartingUp("down")] * 3)
+
+    await _batch_runner(one, together)._handle_partition(_records(b"a", b"b"))
+
+    assert len(together.batches) == 4
+    assert one.calls == 0
+
+
+async def test_a_single_record_takes_the_record_path() -> None:
+    one, together = CountingHandler(fail_times=0), BatchHandler()
+
+    await _batch_runner(one, together)._handle_partition(_records(b"a"))
+
+    assert (one.calls, together.batches) == (1, [])

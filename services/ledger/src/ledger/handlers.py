@@ -8,16 +8,17 @@ retry starts clean.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
-from billing_events.kafka import Handler, InboundMessage, PermanentError
+from billing_events.kafka import BatchHandler, Handler, InboundMessage, PermanentError
 from billing_events.topics import Topics
 from billing_events.v1 import audit_pb2, stripe_pb2, usage_pb2
-from billing_platform import tracing
+from billing_platform import context, tracing
 from billing_platform.db import Database
 from billing_platform.errors import ApiError
 from prometheus_client import Counter
 
-from ledger import holds, repository, service
+from ledger import holds, repository, service, usage
 from ledger.stripe_events import UnreadableEvent, interpret
 
 log = logging.getLogger(__name__)
@@ -119,10 +120,57 @@ def usage_handler(db: Database, topics: Topics) -> Handler:
     return handle
 
 
-async def _post_usage(conn: object, topics: Topics, record: usage_pb2.UsageRecorded) -> str:
-    if record.mode != usage_pb2.BILLING_MODE_CHARGED:
-        return "not_billed"
-    usage = holds.Usage(
+def usage_batch_handler(db: Database, topics: Topics) -> BatchHandler:
+    """A partition's fetched usage records in one transaction (``usage.post_usage_batch``).
+
+    Any failure (a record that does not decode, a hold still to capture, a conflict) undoes
+    the whole batch, and the consumer hands its records to ``usage_handler`` one by one.
+    """
+
+    async def handle(messages: Sequence[InboundMessage]) -> None:
+        records = [_usage_record(m) for m in messages]
+        async with db.pool.acquire() as conn, conn.transaction():
+            claims = [
+                repository.Claim(r.key, "usage", m) for r, m in zip(records, messages, strict=True)
+            ]
+            new = await repository.claim_messages(conn, claims, tracing.current_trace_id())
+            fresh = _first_of_each(records, new)
+            outcomes = await usage.post_usage_batch(conn, topics, fresh)
+            await repository.set_outcomes(conn, outcomes)
+        USAGE_RECEIVED.labels("duplicate").inc(len(records) - len(fresh))
+        for outcome in outcomes.values():
+            USAGE_RECEIVED.labels(outcome).inc()
+
+    return handle
+
+
+def _first_of_each(records: Sequence[usage.UsageRecord], keys: set[str]) -> list[usage.UsageRecord]:
+    """The records whose key was newly claimed, once each (a batch may repeat a record)."""
+    seen: set[str] = set()
+    first = []
+    for record in records:
+        if record.key in keys and record.key not in seen:
+            seen.add(record.key)
+            first.append(record)
+    return first
+
+
+def _usage_record(message: InboundMessage) -> usage.UsageRecord:
+    record = message.decode(usage_pb2.UsageRecorded)
+    if not record.usage_id or not record.user_id:
+        raise PermanentError("usage record without usage id or user id")
+    return usage.UsageRecord(
+        key=f"usage:{record.usage_id}",
+        user_id=record.user_id,
+        usage=_usage_of(record),
+        hold_id=record.hold_id,
+        charged=record.mode == usage_pb2.BILLING_MODE_CHARGED,
+        correlation_id=message.correlation_id or context.new_id(),
+    )
+
+
+def _usage_of(record: usage_pb2.UsageRecorded) -> holds.Usage:
+    return holds.Usage(
         record.usage_id,
         record.charged_millicredits,
         record.model,
@@ -130,15 +178,21 @@ async def _post_usage(conn: object, topics: Topics, record: usage_pb2.UsageRecor
         record.output_tokens,
         record.rate_card_version,
     )
+
+
+async def _post_usage(conn: object, topics: Topics, record: usage_pb2.UsageRecorded) -> str:
+    if record.mode != usage_pb2.BILLING_MODE_CHARGED:
+        return "not_billed"
+    charge = _usage_of(record)
     if record.hold_id:
         try:
-            await holds.capture(conn, topics, record.hold_id, usage)
+            await holds.capture(conn, topics, record.hold_id, charge)
             return "posted"
         except ApiError as exc:
             if exc.code != "hold_not_found":
                 raise PermanentError(f"usage {record.usage_id}: {exc.code}") from exc
     await repository.lock_balance(conn, record.user_id)
-    posted = await holds.charge_usage(conn, topics, record.user_id, usage, None)
+    posted = await holds.charge_usage(conn, topics, record.user_id, charge, None)
     return "posted" if posted else "uncollected"
 
 

@@ -142,10 +142,22 @@ async def charge_usage(
             raise ApiError(409, "usage_id_conflict", "this usage id was charged to another user")
         return str(done["id"]), -done["amount_millicredits"]
     balance, held = await repository.balance(conn, user_id)
-    charge = min(usage.amount_millicredits, max(0, balance - held))
+    charge = chargeable(usage, balance - held)
     if charge == 0:
         return None
-    posting = journal.Posting(
+    posted = await service.post(conn, topics, usage_posting(user_id, usage, charge, hold_id))
+    if posted is None:  # the unique usage index: posted meanwhile by the other path
+        raise RuntimeError(f"usage {usage.usage_id} was posted concurrently")
+    return posted.transaction_id, charge
+
+
+def chargeable(usage: Usage, available: int) -> int:
+    """What a usage record may charge: its price, at most what is available, never less than 0."""
+    return max(0, min(usage.amount_millicredits, available))
+
+
+def usage_posting(user_id: str, usage: Usage, charge: int, hold_id: str | None) -> journal.Posting:
+    return journal.Posting(
         kind="usage",
         user_id=user_id,
         reference_id=usage.usage_id,
@@ -153,10 +165,6 @@ async def charge_usage(
         entries=(journal.Entry(journal.wallet(user_id), -charge), journal.Entry(REVENUE, charge)),
         details=_usage_details(usage, hold_id),
     )
-    posted = await service.post(conn, topics, posting)
-    if posted is None:  # the unique usage index: posted meanwhile by the other path
-        raise RuntimeError(f"usage {usage.usage_id} was posted concurrently")
-    return posted.transaction_id, charge
 
 
 def _usage_details(usage: Usage, hold_id: str | None) -> dict[str, Any]:

@@ -12,7 +12,12 @@ from billing_platform.stripe_client import stripe_client
 from fastapi import FastAPI
 
 from ledger import api, audit_api, holds_api, service
-from ledger.handlers import audit_handler, stripe_event_handler, usage_handler
+from ledger.handlers import (
+    audit_handler,
+    stripe_event_handler,
+    usage_batch_handler,
+    usage_handler,
+)
 from ledger.holds import HoldSweeper
 from ledger.settings import Settings
 
@@ -35,7 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ctx.topics.usage: usage_handler(db, ctx.topics),
         ctx.topics.audit: audit_handler(db),
     }
-    consumer = wiring.consumer_for(settings, publisher, handlers)
+    batch_handlers = {ctx.topics.usage: usage_batch_handler(db, ctx.topics)}
+    consumer = wiring.consumer_for(settings, publisher, handlers, batch_handlers)
     relay = OutboxRelay(db, publisher)
     dlq = DlqDepthMonitor(
         settings.infra.kafka_bootstrap,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -457,3 +458,127 @@ async def journal_day_rows(
         limit,
     )
     return rows
+
+
+# --- batches: one statement per step for a whole fetched batch ----------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    message_key: str
+    kind: str
+    message: InboundMessage
+
+
+async def claim_messages(conn: Any, claims: Sequence[Claim], trace_id: str | None) -> set[str]:
+    """Record messages as handled; the keys that were new (the rest are redeliveries)."""
+    rows = await conn.fetch(
+        "INSERT INTO inbox (message_key, kind, topic, kafka_partition, kafka_offset,"
+        " correlation_id, trace_id)"
+        " SELECT k, kind, topic, p, o, c, $7 FROM unnest($1::text[], $2::text[], $3::text[],"
+        " $4::int[], $5::bigint[], $6::text[]) AS m(k, kind, topic, p, o, c)"
+        " ON CONFLICT (message_key) DO NOTHING RETURNING message_key",
+        [c.message_key for c in claims],
+        [c.kind for c in claims],
+        [c.message.topic for c in claims],
+        [c.message.partition for c in claims],
+        [c.message.offset for c in claims],
+        [c.message.correlation_id for c in claims],
+        trace_id,
+    )
+    return {r["message_key"] for r in rows}
+
+
+async def set_outcomes(conn: Any, outcomes: dict[str, str]) -> None:
+    await conn.execute(
+        "UPDATE inbox SET outcome = o.outcome FROM unnest($1::text[], $2::text[])"
+        " AS o(message_key, outcome) WHERE inbox.message_key = o.message_key",
+        list(outcomes),
+        list(outcomes.values()),
+    )
+
+
+async def lock_balances(conn: Any, user_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """(balance, held) of each user that has a balance, locked in one order for everyone."""
+    rows = await conn.fetch(
+        "SELECT user_id, balance_millicredits, held_millicredits FROM balances"
+        " WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE",
+        list(user_ids),
+    )
+    return {r["user_id"]: (r["balance_millicredits"], r["held_millicredits"]) for r in rows}
+
+
+async def usage_postings(conn: Any, usage_ids: Sequence[str]) -> dict[str, str]:
+    """The user each of these usage ids was already posted to."""
+    rows = await conn.fetch(
+        "SELECT reference_id, user_id FROM journal_transactions"
+        " WHERE kind = 'usage' AND reference_id = ANY($1::text[])",
+        list(usage_ids),
+    )
+    return {r["reference_id"]: r["user_id"] for r in rows}
+
+
+@dataclass(frozen=True)
+class NewTransaction:
+    transaction_id: str
+    posting: Posting
+    correlation_id: str
+
+
+async def insert_transactions(conn: Any, rows: Sequence[NewTransaction]) -> dict[str, datetime]:
+    """Insert in order; the creation time of each one a unique rule did not refuse."""
+    inserted = await conn.fetch(
+        "INSERT INTO journal_transactions (id, kind, user_id, reference_id, reverses_id,"
+        " idempotency_key, correlation_id, source, details)"
+        " SELECT i, kind, u, ref, rev, key, corr, src, d::jsonb FROM unnest($1::uuid[],"
+        " $2::text[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[],"
+        " $9::text[]) WITH ORDINALITY AS t(i, kind, u, ref, rev, key, corr, src, d, n)"
+        " ORDER BY n ON CONFLICT DO NOTHING RETURNING id, created_at",
+        [r.transaction_id for r in rows],
+        [r.posting.kind for r in rows],
+        [r.posting.user_id for r in rows],
+        [r.posting.reference_id for r in rows],
+        [r.posting.reverses_id for r in rows],
+        [r.posting.idempotency_key for r in rows],
+        [r.correlation_id for r in rows],
+        [r.posting.source for r in rows],
+        [json.dumps(r.posting.details) for r in rows],
+    )
+    return {str(r["id"]): r["created_at"] for r in inserted}
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    transaction_id: str
+    account: str
+    user_id: str | None
+    amount_millicredits: int
+    balance_after: int | None
+
+
+async def insert_entries_many(conn: Any, entries: Sequence[NewEntry]) -> None:
+    """Insert in order, so entry ids follow each wallet's running balance."""
+    await conn.execute(
+        "INSERT INTO journal_entries (transaction_id, account, user_id, amount_millicredits,"
+        " balance_after_millicredits)"
+        " SELECT t, a, u, m, b FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[],"
+        " $5::bigint[]) WITH ORDINALITY AS e(t, a, u, m, b, n) ORDER BY n",
+        [e.transaction_id for e in entries],
+        [e.account for e in entries],
+        [e.user_id for e in entries],
+        [e.amount_millicredits for e in entries],
+        [e.balance_after for e in entries],
+    )
+
+
+async def apply_wallet_deltas(conn: Any, deltas: dict[str, int]) -> None:
+    """Move each user's balance once for the whole batch (users named once each)."""
+    await conn.execute(
+        "INSERT INTO balances (user_id, balance_millicredits)"
+        " SELECT u, d FROM unnest($1::text[], $2::bigint[]) AS w(u, d)"
+        " ON CONFLICT (user_id) DO UPDATE SET"
+        " balance_millicredits = balances.balance_millicredits + EXCLUDED.balance_millicredits,"
+        " updated_at = now()",
+        list(deltas),
+        list(deltas.values()),
+    )

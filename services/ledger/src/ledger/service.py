@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from billing_events.audit import ADJUSTMENT, AdminAction, admin_action_message
 from billing_events.audit import target as audit_target
-from billing_events.outbox import write_outbox
+from billing_events.outbox import OutboxRecord, write_outbox, write_outbox_many
 from billing_events.topics import Topics
 from billing_events.v1 import alert_pb2, common_pb2, ledger_pb2
 from billing_platform import context
@@ -80,6 +80,69 @@ async def post(conn: Any, topics: Topics, posting: journal.Posting) -> Posted | 
     record = _posted_record(posting, posted, correlation_id)
     await write_outbox(conn, topics.ledger, posting.user_id, record, correlation_id=correlation_id)
     return posted
+
+
+@dataclass(frozen=True)
+class Batched:
+    """A posting of a batch, with the correlation id of the record it comes from."""
+
+    posting: journal.Posting
+    correlation_id: str
+
+
+async def post_many(
+    conn: Any, topics: Topics, items: Sequence[Batched], balances: dict[str, int]
+) -> list[Posted]:
+    """Write a batch of postings in a few statements, in order.
+
+    ``balances`` holds each user's balance before the batch, read under the row lock the
+    caller took; each wallet entry carries the running balance after it. Raises when a
+    unique rule refuses any of them: the batch is then handled record by record.
+    """
+    if not items:
+        return []
+    rows = [
+        repository.NewTransaction(str(uuid.uuid4()), i.posting, i.correlation_id) for i in items
+    ]
+    created = await repository.insert_transactions(conn, rows)
+    if len(created) != len(rows):
+        raise RuntimeError("a posting of this batch was already written")
+    running = dict(balances)
+    entries, posted, outbox = [], [], []
+    for row in rows:
+        user = row.posting.user_id
+        running[user] = running.get(user, 0) + row.posting.wallet_delta
+        done = Posted(row.transaction_id, running[user], created[row.transaction_id])
+        entries.extend(_entries(row, done.balance_after))
+        posted.append(done)
+        record = _posted_record(row.posting, done, row.correlation_id)
+        outbox.append(OutboxRecord(topics.ledger, user, record, row.correlation_id))
+    await repository.insert_entries_many(conn, entries)
+    await repository.apply_wallet_deltas(conn, _deltas(rows))
+    await write_outbox_many(conn, outbox)
+    return posted
+
+
+def _entries(row: repository.NewTransaction, balance_after: int) -> list[repository.NewEntry]:
+    wallet = journal.wallet(row.posting.user_id)
+    return [
+        repository.NewEntry(
+            row.transaction_id,
+            e.account,
+            row.posting.user_id if e.account == wallet else None,
+            e.amount_millicredits,
+            balance_after if e.account == wallet else None,
+        )
+        for e in row.posting.entries
+    ]
+
+
+def _deltas(rows: Sequence[repository.NewTransaction]) -> dict[str, int]:
+    deltas: dict[str, int] = {}
+    for row in rows:
+        user = row.posting.user_id
+        deltas[user] = deltas.get(user, 0) + row.posting.wallet_delta
+    return deltas
 
 
 def _posted_record(
