@@ -3,6 +3,7 @@
 - PostgreSQL server: Debian's packages (``apt-get``), when not installed already.
 - Apache Kafka: the broker's jars from Maven Central via ``mvn dependency:copy-dependencies``.
 - stripe-mock: ``go install`` of a pinned version into ``.local/bin``.
+- vegeta (the benchmarks' HTTP load generator): the same, on demand only.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 
 from billing_cli.layout import KAFKA_VERSION, STRIPE_MOCK_VERSION, Layout
 from billing_cli.procs import LaunchError
+
+VEGETA_VERSION = "v12.12.0"
 
 
 def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
@@ -94,18 +97,24 @@ def stripe_mock_binary(layout: Layout) -> Path:
 
 
 def ensure_stripe_mock(layout: Layout) -> Path:
-    binary = stripe_mock_binary(layout)
-    stamp = layout.bin / ".stripe-mock.version"
-    if binary.exists() and stamp.exists() and stamp.read_text() == STRIPE_MOCK_VERSION:
+    return _go_install(layout, "github.com/stripe/stripe-mock", STRIPE_MOCK_VERSION, "stripe-mock")
+
+
+def ensure_vegeta(layout: Layout) -> Path:
+    """vegeta, the open-loop HTTP load generator of ``bench/pipeline.py``."""
+    return _go_install(layout, "github.com/tsenart/vegeta/v12", VEGETA_VERSION, "vegeta")
+
+
+def _go_install(layout: Layout, module: str, version: str, name: str) -> Path:
+    """``go install module@version`` into ``.local/bin``, skipped when that version is there."""
+    binary = layout.bin / name
+    stamp = layout.bin / f".{name}.version"
+    if binary.exists() and stamp.exists() and stamp.read_text() == version:
         return binary
     if shutil.which("go") is None:
-        raise LaunchError("`go` not found: stripe-mock is installed with `go install`")
+        raise LaunchError(f"`go` not found: {name} is installed with `go install`")
     layout.bin.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "GOBIN": str(layout.bin), "GOFLAGS": "-mod=mod"}
-    _run(
-        ["go", "install", f"github.com/stripe/stripe-mock@{STRIPE_MOCK_VERSION}"],
-        "go install stripe-mock",
-        env,
-    )
-    stamp.write_text(STRIPE_MOCK_VERSION)
+    _run(["go", "install", f"{module}@{version}"], f"go install {name}", env)
+    stamp.write_text(version)
     return binary
