@@ -53,8 +53,12 @@ class Layout:
 
     @classmethod
     def chaos(cls) -> Layout:
-        """The chaos harness's own stack (``billing chaos``): wiped and rebuilt every run."""
-        return cls("chaos", repo_root(), 20000)
+        """The chaos harness's own stack (``billing chaos``): wiped and rebuilt every run.
+
+        +5000 keeps every port below 32768, where Linux never hands out an ephemeral port:
+        a restart must be able to bind its port again at once.
+        """
+        return cls("chaos", repo_root(), 5000)
 
     @property
     def acknowledged_commits_durable(self) -> bool:
