@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord
+from billing_events.inbox import first_claimed
 from billing_events.kafka import (
     CORRELATION_HEADER,
     ConsumerRunner,
@@ -426,3 +427,10 @@ async def test_a_single_record_takes_the_record_path() -> None:
     await _batch_runner(one, together)._handle_partition(_records(b"a"))
 
     assert (one.calls, together.batches) == (1, [])
+
+
+def test_first_claimed_keeps_newly_claimed_items_once_in_order() -> None:
+    items = ["a1", "b1", "a2", "c1", "b2"]
+
+    assert first_claimed(items, lambda s: s[0], {"a", "b"}) == ["a1", "b1"]
+    assert first_claimed(items, lambda s: s[0], set()) == []

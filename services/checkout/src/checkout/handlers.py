@@ -10,10 +10,11 @@ both topics at once are applied one after the other. Messages about nothing of o
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from billing_events.kafka import Handler, InboundMessage, PermanentError
+from billing_events.kafka import BatchHandler, Handler, InboundMessage, PermanentError
 from billing_events.topics import Topics
 from billing_events.v1 import ledger_pb2, stripe_pb2
 from billing_platform.db import Database
@@ -36,45 +37,84 @@ Effect = Callable[[dict[str, Any]], tuple[str, int]]
 
 
 def handlers_for(db: Database, topics: Topics) -> dict[str, Handler]:
-    return {topics.stripe_events: stripe_event_handler(db), topics.ledger: ledger_handler(db)}
+    return {
+        topics.stripe_events: record_handler(db, stripe_change),
+        topics.ledger: record_handler(db, ledger_change),
+    }
 
 
-def stripe_event_handler(db: Database) -> Handler:
+def batch_handlers_for(db: Database, topics: Topics) -> dict[str, BatchHandler]:
+    """A fetched batch in one transaction; most records (usage postings, other event types)
+    concern no purchase and cost no database work at all."""
+    return {
+        topics.stripe_events: batch_handler(db, stripe_change),
+        topics.ledger: batch_handler(db, ledger_change),
+    }
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a message does to a purchase: claimed by ``key``, applied as ``effect``."""
+
+    key: str
+    purchase_id: str
+    effect: Effect
+    why: str
+
+
+Parse = Callable[[InboundMessage], Change | None]
+
+
+def record_handler(db: Database, parse: Parse) -> Handler:
     async def handle(message: InboundMessage) -> None:
-        event = message.decode(stripe_pb2.StripeEventReceived)
-        if not event.stripe_event_id:
-            raise PermanentError("stripe event without an id")
-        try:
-            payload = parse_payload(event.payload)
-        except ValueError as exc:
-            raise PermanentError(f"stripe event payload is not JSON: {exc}") from exc
-        observed = observed_status(event.type, payload)
-        purchase_id = purchase_id_of(payload)
-        if observed is None or purchase_id is None:
-            log.info("stripe event ignored", extra={"event_type": event.type})
-            return
-
-        def effect(row: dict[str, Any]) -> tuple[str, int]:
-            return next_status(row["status"], observed), row["refunded_millicredits"]
-
-        key = f"stripe:{event.stripe_event_id}"
-        await apply(db, key, purchase_id, effect, event.type)
+        change = parse(message)
+        if change is not None:
+            async with db.pool.acquire() as conn, conn.transaction():
+                await apply(conn, change)
 
     return handle
 
 
-def ledger_handler(db: Database) -> Handler:
-    async def handle(message: InboundMessage) -> None:
-        txn = message.decode(ledger_pb2.LedgerTransactionPosted)
-        effect = ledger_effect(txn)
-        if effect is None or not txn.reference_id:
+def batch_handler(db: Database, parse: Parse) -> BatchHandler:
+    async def handle(messages: Sequence[InboundMessage]) -> None:
+        changes = [c for c in map(parse, messages) if c is not None]
+        if not changes:
             return
-        if not txn.transaction_id:
-            raise PermanentError("ledger transaction without an id")
-        kind = ledger_pb2.TransactionKind.Name(txn.kind)
-        await apply(db, f"ledger:{txn.transaction_id}", txn.reference_id, effect, kind)
+        async with db.pool.acquire() as conn, conn.transaction():
+            for change in changes:
+                await apply(conn, change)
 
     return handle
+
+
+def stripe_change(message: InboundMessage) -> Change | None:
+    event = message.decode(stripe_pb2.StripeEventReceived)
+    if not event.stripe_event_id:
+        raise PermanentError("stripe event without an id")
+    try:
+        payload = parse_payload(event.payload)
+    except ValueError as exc:
+        raise PermanentError(f"stripe event payload is not JSON: {exc}") from exc
+    observed = observed_status(event.type, payload)
+    purchase_id = purchase_id_of(payload)
+    if observed is None or purchase_id is None:
+        return None
+
+    def effect(row: dict[str, Any]) -> tuple[str, int]:
+        return next_status(row["status"], observed), row["refunded_millicredits"]
+
+    return Change(f"stripe:{event.stripe_event_id}", purchase_id, effect, event.type)
+
+
+def ledger_change(message: InboundMessage) -> Change | None:
+    txn = message.decode(ledger_pb2.LedgerTransactionPosted)
+    effect = ledger_effect(txn)
+    if effect is None or not txn.reference_id:
+        return None
+    if not txn.transaction_id:
+        raise PermanentError("ledger transaction without an id")
+    kind = ledger_pb2.TransactionKind.Name(txn.kind)
+    return Change(f"ledger:{txn.transaction_id}", txn.reference_id, effect, kind)
 
 
 def ledger_effect(txn: ledger_pb2.LedgerTransactionPosted) -> Effect | None:
@@ -92,23 +132,30 @@ def ledger_effect(txn: ledger_pb2.LedgerTransactionPosted) -> Effect | None:
     return None
 
 
-async def apply(db: Database, message_key: str, purchase_id: str, effect: Effect, why: str) -> None:
-    """Claim the message and apply ``effect`` to the purchase, in one transaction."""
-    async with db.pool.acquire() as conn, conn.transaction():
-        if not await repository.claim_message(conn, message_key):
-            log.info("duplicate message", extra={"message_key": message_key})
-            return
-        row = await repository.lock_purchase(conn, purchase_id)
-        if row is None:
-            # Not ours (or not a purchase id at all): the ledger alerts on unknown purchases.
-            log.info("unknown purchase", extra={"purchase_id": purchase_id[:64], "cause": why})
-            return
-        status, refunded = effect(row)
-        if (status, refunded) == (row["status"], row["refunded_millicredits"]):
-            return
-        await repository.set_status(conn, purchase_id, status, refunded)
+async def apply(conn: Any, change: Change) -> None:
+    """Claim the message and apply its effect to the purchase, in the caller's transaction."""
+    if not await repository.claim_message(conn, change.key):
+        log.info("duplicate message", extra={"message_key": change.key})
+        return
+    row = await repository.lock_purchase(conn, change.purchase_id)
+    if row is None:
+        # Not ours (or not a purchase id at all): the ledger alerts on unknown purchases.
+        log.info(
+            "unknown purchase",
+            extra={"purchase_id": change.purchase_id[:64], "cause": change.why},
+        )
+        return
+    status, refunded = change.effect(row)
+    if (status, refunded) == (row["status"], row["refunded_millicredits"]):
+        return
+    await repository.set_status(conn, change.purchase_id, status, refunded)
     metrics.PURCHASE_STATUS_CHANGES.labels(status).inc()
     log.info(
         "purchase status changed",
-        extra={"purchase_id": purchase_id, "from": row["status"], "to": status, "cause": why},
+        extra={
+            "purchase_id": change.purchase_id,
+            "from": row["status"],
+            "to": status,
+            "cause": change.why,
+        },
     )

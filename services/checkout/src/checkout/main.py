@@ -28,7 +28,7 @@ from billing_platform.stripe_client import stripe_client
 from fastapi import FastAPI
 
 from checkout import api
-from checkout.handlers import handlers_for
+from checkout.handlers import batch_handlers_for, handlers_for
 from checkout.idempotency import IdempotencyKeys
 from checkout.service import PurchaseService, StoredSwitches, SwitchService
 from checkout.settings import Settings
@@ -86,8 +86,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     db = Database.for_service(settings)
     publisher = wiring.publisher_for(settings)
+    topics = wiring.topics_for(settings)
     consumer = wiring.consumer_for(
-        settings, publisher, handlers_for(db, wiring.topics_for(settings))
+        settings, publisher, handlers_for(db, topics), batch_handlers_for(db, topics)
     )
     sessions = StripeCheckout(stripe_client(settings.infra, timeout_s=settings.stripe_timeout_s))
     defaults = defaults_from(settings)

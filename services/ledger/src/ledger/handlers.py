@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from billing_events.inbox import first_claimed
 from billing_events.kafka import BatchHandler, Handler, InboundMessage, PermanentError
 from billing_events.topics import Topics
 from billing_events.v1 import audit_pb2, stripe_pb2, usage_pb2
@@ -134,7 +135,7 @@ def usage_batch_handler(db: Database, topics: Topics) -> BatchHandler:
                 repository.Claim(r.key, "usage", m) for r, m in zip(records, messages, strict=True)
             ]
             new = await repository.claim_messages(conn, claims, tracing.current_trace_id())
-            fresh = _first_of_each(records, new)
+            fresh = first_claimed(records, lambda r: r.key, new)
             outcomes = await usage.post_usage_batch(conn, topics, fresh)
             await repository.set_outcomes(conn, outcomes)
         USAGE_RECEIVED.labels("duplicate").inc(len(records) - len(fresh))
@@ -142,17 +143,6 @@ def usage_batch_handler(db: Database, topics: Topics) -> BatchHandler:
             USAGE_RECEIVED.labels(outcome).inc()
 
     return handle
-
-
-def _first_of_each(records: Sequence[usage.UsageRecord], keys: set[str]) -> list[usage.UsageRecord]:
-    """The records whose key was newly claimed, once each (a batch may repeat a record)."""
-    seen: set[str] = set()
-    first = []
-    for record in records:
-        if record.key in keys and record.key not in seen:
-            seen.add(record.key)
-            first.append(record)
-    return first
 
 
 def _usage_record(message: InboundMessage) -> usage.UsageRecord:

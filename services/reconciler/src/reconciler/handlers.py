@@ -6,12 +6,13 @@ changes nothing; a failed attempt leaves no claim behind, so the retry starts cl
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from billing_events.kafka import Handler, InboundMessage
+from billing_events.inbox import first_claimed
+from billing_events.kafka import BatchHandler, Handler, InboundMessage
 from billing_events.topics import Topics
 from billing_events.v1 import ledger_pb2, stripe_pb2, usage_pb2
 
@@ -58,6 +59,53 @@ def ledger_handler(db: HasPool) -> Handler:
         await _remember(db, message, f"ledger:{seen.transaction_id}", write)
 
     return handle
+
+
+Seen = Callable[[InboundMessage], tuple[str, Any]]
+
+
+def _stripe_seen(message: InboundMessage) -> tuple[str, Any]:
+    seen = stream.seen_stripe_event(message.decode(stripe_pb2.StripeEventReceived))
+    return f"stripe:{seen.event_id}", seen
+
+
+def _usage_seen(message: InboundMessage) -> tuple[str, Any]:
+    seen = stream.seen_usage(message.decode(usage_pb2.UsageRecorded), _received(message))
+    return f"usage:{seen.usage_id}", seen
+
+
+def _ledger_seen(message: InboundMessage) -> tuple[str, Any]:
+    posted = message.decode(ledger_pb2.LedgerTransactionPosted)
+    seen = stream.seen_ledger_transaction(posted, _received(message))
+    return f"ledger:{seen.transaction_id}", seen
+
+
+def batch_handler(db: HasPool, seen_of: Seen, table: repository.SeenTable) -> BatchHandler:
+    """A partition's fetched records into the read model in one transaction, claims first.
+
+    A record that does not decode fails the batch; the consumer then takes the records one
+    by one (through ``handlers``), which dead-letters that one alone.
+    """
+
+    async def handle(messages: Sequence[InboundMessage]) -> None:
+        seen = [(*seen_of(m), m) for m in messages]
+        async with db.pool.acquire() as conn, conn.transaction():
+            new = await repository.claim_messages(conn, [(key, m) for key, _, m in seen])
+            rows = [row for _, row, _ in first_claimed(seen, lambda s: s[0], new)]
+            await repository.insert_seen(conn, table, rows)
+        topic = messages[0].topic
+        metrics.STREAM_MESSAGES.labels(topic, "new").inc(len(rows))
+        metrics.STREAM_MESSAGES.labels(topic, "duplicate").inc(len(messages) - len(rows))
+
+    return handle
+
+
+def batch_handlers(db: HasPool, topics: Topics) -> dict[str, BatchHandler]:
+    return {
+        topics.stripe_events: batch_handler(db, _stripe_seen, repository.SEEN_STRIPE_EVENTS),
+        topics.usage: batch_handler(db, _usage_seen, repository.SEEN_USAGE_RECORDS),
+        topics.ledger: batch_handler(db, _ledger_seen, repository.SEEN_LEDGER_TRANSACTIONS),
+    }
 
 
 def handlers(db: HasPool, topics: Topics) -> dict[str, Handler]:

@@ -48,7 +48,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ctx = run_context(settings)
     publisher = wiring.publisher_for(settings)
     relay = OutboxRelay(db, publisher)
-    consumer = wiring.consumer_for(settings, publisher, handlers.handlers(db, ctx.topics))
+    consumer = wiring.consumer_for(
+        settings,
+        publisher,
+        handlers.handlers(db, ctx.topics),
+        handlers.batch_handlers(db, ctx.topics),
+    )
     gauges = Gauges(db, ctx.schemas)
     stripe = stripe_client(settings.infra, timeout_s=settings.stripe_timeout_s)
     sessions = StripeSessions(stripe, settings.stripe_sessions_max)

@@ -44,6 +44,90 @@ async def claim_message(conn: Any, message_key: str, message: InboundMessage) ->
     return bool(inserted)
 
 
+async def claim_messages(conn: Any, claims: Sequence[tuple[str, InboundMessage]]) -> set[str]:
+    """Record a batch's messages as handled; the keys that were new (the rest: redeliveries)."""
+    rows = await conn.fetch(
+        "INSERT INTO inbox (message_key, topic, kafka_partition, kafka_offset)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[])"
+        " ON CONFLICT (message_key) DO NOTHING RETURNING message_key",
+        [key for key, _ in claims],
+        [m.topic for _, m in claims],
+        [m.partition for _, m in claims],
+        [m.offset for _, m in claims],
+    )
+    return {r["message_key"] for r in rows}
+
+
+@dataclass(frozen=True)
+class SeenTable:
+    """A read-model table, written a batch at a time: its columns and their array types."""
+
+    name: str
+    key: str
+    columns: tuple[tuple[str, str], ...]
+
+    def insert_sql(self) -> str:
+        names = ", ".join(c for c, _ in self.columns)
+        # jsonb travels as text (asyncpg's default codec) and is cast once it is a column.
+        arrays = ", ".join(
+            f"${i}::{'text' if t == 'jsonb' else t}[]" for i, (_, t) in enumerate(self.columns, 1)
+        )
+        values = ", ".join(f"{c}::{t}" for c, t in self.columns)
+        return (
+            f"INSERT INTO {self.name} ({names}) SELECT {values} FROM unnest({arrays})"
+            f" AS r({names}) ON CONFLICT ({self.key}) DO NOTHING"
+        )
+
+
+SEEN_STRIPE_EVENTS = SeenTable(
+    "seen_stripe_events",
+    "event_id",
+    (
+        ("event_id", "text"),
+        ("type", "text"),
+        ("object_id", "text"),
+        ("purchase_id", "text"),
+        ("amount", "bigint"),
+        ("amount_refunded", "bigint"),
+        ("created", "timestamptz"),
+        ("payload", "jsonb"),
+    ),
+)
+SEEN_USAGE_RECORDS = SeenTable(
+    "seen_usage_records",
+    "usage_id",
+    (
+        ("usage_id", "text"),
+        ("user_id", "text"),
+        ("model", "text"),
+        ("mode", "text"),
+        ("charged_millicredits", "bigint"),
+        ("cost_millicredits", "bigint"),
+        ("created", "timestamptz"),
+    ),
+)
+SEEN_LEDGER_TRANSACTIONS = SeenTable(
+    "seen_ledger_transactions",
+    "transaction_id",
+    (
+        ("transaction_id", "text"),
+        ("kind", "text"),
+        ("user_id", "text"),
+        ("reference_id", "text"),
+        ("wallet_delta_millicredits", "bigint"),
+        ("posted_at", "timestamptz"),
+    ),
+)
+
+
+async def insert_seen(conn: Any, table: SeenTable, rows: Sequence[Any]) -> None:
+    """Rows (dataclasses whose fields are the table's columns, in order) in one statement."""
+    if not rows:
+        return
+    columns = [[getattr(r, c) for r in rows] for c, _ in table.columns]
+    await conn.execute(table.insert_sql(), *columns)
+
+
 async def insert_stripe_event(conn: Any, seen: SeenStripeEvent) -> None:
     await conn.execute(
         "INSERT INTO seen_stripe_events (event_id, type, object_id, purchase_id, amount,"
