@@ -79,6 +79,10 @@ async def write_outbox(
     return row_id
 
 
+# An outbox row as inserted: topic, key, value, headers (JSON).
+OutboxColumns = tuple[str, bytes | None, bytes, str]
+
+
 @dataclass(frozen=True)
 class OutboxRecord:
     topic: str
@@ -86,7 +90,8 @@ class OutboxRecord:
     message: Message | bytes
     correlation_id: str | None = None
 
-    def columns(self) -> tuple[str, bytes | None, bytes, str]:
+    def columns(self) -> OutboxColumns:
+        """The row; its headers carry the trace context current when this is called."""
         corr = self.correlation_id or context.current_correlation_id()
         headers = {k: v.decode() for k, v in tracing.inject_headers({CORRELATION_HEADER: corr})}
         message = self.message
@@ -97,9 +102,15 @@ class OutboxRecord:
 
 async def write_outbox_many(conn: Any, records: Sequence[OutboxRecord]) -> None:
     """Add records to the outbox in one statement, in order, inside the caller's transaction."""
-    if not records:
+    await write_outbox_rows(conn, [r.columns() for r in records])
+
+
+async def write_outbox_rows(conn: Any, rows: Sequence[OutboxColumns]) -> None:
+    """As ``write_outbox_many``, for rows prepared earlier (e.g. in the scope of the request
+    whose trace they continue, when another task writes them)."""
+    if not rows:
         return
-    topics, keys, values, headers = zip(*(r.columns() for r in records), strict=True)
+    topics, keys, values, headers = zip(*rows, strict=True)
     await conn.execute(
         "INSERT INTO outbox (topic, message_key, payload, headers)"
         " SELECT t, k, p, h::jsonb FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[])"

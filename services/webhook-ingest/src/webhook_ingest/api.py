@@ -18,6 +18,7 @@ from billing_events.topics import Topics
 from billing_events.v1 import stripe_pb2
 from billing_platform.auth import AdminUser
 from billing_platform.errors import ApiError
+from billing_platform.group_commit import Overloaded
 from billing_platform.ratelimit import SlidingWindowLimiter, per_ip
 from fastapi import APIRouter, Depends, Request
 from prometheus_client import Counter
@@ -49,12 +50,19 @@ class Pokeable(Protocol):
     def poke(self) -> None: ...
 
 
+class Committer(Protocol):
+    """Stores deliveries, many per transaction (``billing_platform.group_commit``)."""
+
+    async def submit(self, item: service.Delivery) -> bool: ...
+
+
 @dataclass(frozen=True)
 class Deps:
     db: HasPool
     topics: Topics
     relay: Pokeable
     settings: Settings
+    committer: Committer
     clock: Callable[[], float] = time.time
 
     @property
@@ -77,8 +85,7 @@ def router(deps: Deps) -> APIRouter:
         except ApiError as exc:
             _refused(exc)
             raise
-        async with deps.db.pool.acquire() as conn, conn.transaction():
-            new = await service.store_event(conn, deps.topics, envelope)
+        new = await _stored(deps, envelope)
         if new:
             deps.relay.poke()
         _accepted(envelope, new)
@@ -100,6 +107,19 @@ def router(deps: Deps) -> APIRouter:
         return ReplayAccepted(event_id=body.event_id, replayed=True)
 
     return routes
+
+
+async def _stored(deps: Deps, envelope: stripe_pb2.StripeEventReceived) -> bool:
+    """True when the event is new; returns only once its transaction has committed."""
+    try:
+        return await deps.committer.submit(service.delivery(deps.topics, envelope))
+    except Overloaded as exc:
+        # Shed, not queued without end: nothing was written, and Stripe retries.
+        error = ApiError(
+            503, "overloaded", "too many deliveries in flight; retry", headers={"Retry-After": "1"}
+        )
+        _refused(error)
+        raise error from exc
 
 
 def _counted(limiter: SlidingWindowLimiter) -> Callable[[Request], Awaitable[None]]:

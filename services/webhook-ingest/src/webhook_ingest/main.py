@@ -6,9 +6,10 @@ from billing_events import wiring
 from billing_events.outbox import OutboxRelay
 from billing_platform.app import create_app as build_app
 from billing_platform.db import Database
+from billing_platform.group_commit import GroupCommitter
 from fastapi import FastAPI
 
-from webhook_ingest import api
+from webhook_ingest import api, service
 from webhook_ingest.settings import Settings
 
 
@@ -17,10 +18,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     db = Database.for_service(settings)
     publisher = wiring.publisher_for(settings)
     relay = OutboxRelay(db, publisher)
-    deps = api.Deps(db=db, topics=wiring.topics_for(settings), relay=relay, settings=settings)
+    committer = store_committer(db, settings)
+    deps = api.Deps(
+        db=db,
+        topics=wiring.topics_for(settings),
+        relay=relay,
+        settings=settings,
+        committer=committer,
+    )
     return build_app(
         settings,
         routers=[api.router(deps)],
-        lifecycle=[db, publisher, relay],
+        # Stopped first: the deliveries still queued are written while the pool is open.
+        lifecycle=[db, publisher, relay, committer],
         checks={"database": db.ping, "kafka": wiring.kafka_check(settings)},
+    )
+
+
+def store_committer(db: Database, settings: Settings) -> GroupCommitter[service.Delivery, bool]:
+    """Stores verified deliveries, many per transaction."""
+    return GroupCommitter(
+        "stripe_events",
+        lambda: db.pool.acquire(),
+        service.store_deliveries,
+        max_batch=settings.group_commit_max_batch,
+        max_queue=settings.group_commit_queue_bound,
+        max_wait_s=settings.group_commit_max_wait_s,
     )

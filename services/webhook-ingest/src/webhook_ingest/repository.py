@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,13 +16,27 @@ class StoredEvent:
     received_at: datetime
 
 
-async def insert_event(conn: Any, envelope: stripe_pb2.StripeEventReceived) -> bool:
-    """Store a verified event; False when its Stripe event id is already stored."""
-    inserted = await conn.fetchval(
+async def insert_events(conn: Any, envelopes: Sequence[stripe_pb2.StripeEventReceived]) -> set[str]:
+    """Store verified events in one statement; the ids of those not stored before.
+
+    The ids must be distinct: of two rows with one id in a statement, which one PostgreSQL
+    keeps is not the caller's choice.
+    """
+    if not envelopes:
+        return set()
+    rows = await conn.fetch(
         "INSERT INTO stripe_events (event_id, type, object_id, livemode, api_version,"
         " stripe_created, payload, correlation_id, received_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::text[],"
+        " $6::timestamptz[], $7::bytea[], $8::text[], $9::timestamptz[])"
         " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+        *(list(column) for column in zip(*map(_event_row, envelopes), strict=True)),
+    )
+    return {row["event_id"] for row in rows}
+
+
+def _event_row(envelope: stripe_pb2.StripeEventReceived) -> tuple[Any, ...]:
+    return (
         envelope.stripe_event_id,
         envelope.type,
         envelope.object_id or None,
@@ -32,7 +47,6 @@ async def insert_event(conn: Any, envelope: stripe_pb2.StripeEventReceived) -> b
         envelope.meta.correlation_id or None,
         envelope.received_at.ToDatetime(tzinfo=UTC),
     )
-    return inserted is not None
 
 
 async def stored_event(conn: Any, event_id: str) -> StoredEvent | None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from billing_events.audit import WEBHOOK_REPLAY, AdminAction, AuditTrail
 from billing_events.audit import target as audit_target
-from billing_events.outbox import write_outbox
+from billing_events.outbox import OutboxColumns, OutboxRecord, write_outbox, write_outbox_rows
 from billing_events.topics import Topics
 from billing_events.v1 import stripe_pb2
 from billing_platform.errors import ApiError
@@ -36,12 +36,42 @@ def verified_envelope(
         raise ApiError(400, "malformed_payload", "body is not a Stripe event") from exc
 
 
-async def store_event(conn: Any, topics: Topics, envelope: stripe_pb2.StripeEventReceived) -> bool:
-    """Store the event with its outbox record; False (nothing written) for a redelivery."""
-    if not await repository.insert_event(conn, envelope):
-        return False
-    await _publish_later(conn, topics, envelope)
-    return True
+@dataclass(frozen=True)
+class Delivery:
+    """A verified event bound for the store. Its outbox row is prepared in the request's
+    scope, so it carries that request's correlation id and trace context although the
+    group committer's task writes it."""
+
+    envelope: stripe_pb2.StripeEventReceived
+    outbox_row: OutboxColumns
+
+
+def delivery(topics: Topics, envelope: stripe_pb2.StripeEventReceived) -> Delivery:
+    key, correlation_id = event_key(envelope), envelope.meta.correlation_id
+    record = OutboxRecord(topics.stripe_events, key, envelope, correlation_id)
+    return Delivery(envelope, record.columns())
+
+
+async def store_deliveries(conn: Any, deliveries: Sequence[Delivery]) -> list[bool]:
+    """Store each event not stored yet with its outbox record, in the caller's transaction.
+
+    Per delivery: True when its event is new, False for a redelivery (nothing written for
+    it). Of several deliveries of one event in ``deliveries``, the first is the new one.
+    """
+    firsts = _first_of_each_event(deliveries)
+    stored = await repository.insert_events(conn, [deliveries[i].envelope for i in firsts])
+    new = [i for i in firsts if deliveries[i].envelope.stripe_event_id in stored]
+    await write_outbox_rows(conn, [deliveries[i].outbox_row for i in new])
+    is_new = set(new)
+    return [i in is_new for i in range(len(deliveries))]
+
+
+def _first_of_each_event(deliveries: Sequence[Delivery]) -> list[int]:
+    """Indexes of the first delivery of each event id, ascending."""
+    firsts: dict[str, int] = {}
+    for index, one in enumerate(deliveries):
+        firsts.setdefault(one.envelope.stripe_event_id, index)
+    return list(firsts.values())
 
 
 async def replay_event(conn: Any, topics: Topics, event_id: str) -> stripe_pb2.StripeEventReceived:

@@ -5,6 +5,7 @@ the webhook signing secrets are among them (`BILLING_STRIPE_WEBHOOK_SECRETS`).
 """
 
 from billing_platform.settings import ServiceSettings
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 
@@ -21,3 +22,12 @@ class Settings(ServiceSettings):
     rate_limit_per_minute: int = 6000
     # Stripe event bodies are a few KiB; a megabyte leaves room without inviting abuse.
     max_body_bytes: int = 1_048_576
+    # Group commit (billing_platform.group_commit): verified deliveries are stored in shared
+    # transactions of at most this many events, written as soon as the previous one commits.
+    group_commit_max_batch: int = Field(default=256, ge=1)
+    # Deliveries waiting for a transaction; beyond this a delivery is answered 503
+    # `overloaded` with Retry-After (Stripe retries) instead of queueing without end.
+    group_commit_queue_bound: int = Field(default=1024, ge=1)
+    # How long the writer waits for more deliveries when fewer than a batch are queued;
+    # 0: none (the previous commit is wait enough).
+    group_commit_max_wait_s: float = Field(default=0.0, ge=0.0, le=1.0)

@@ -17,13 +17,15 @@ import pytest
 from billing_events.topics import Topics
 from billing_events.v1 import audit_pb2, stripe_pb2
 from billing_platform.app import create_app
+from billing_platform.group_commit import GroupCommitter, Overloaded
 from billing_platform.settings import InfraSettings
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
-from webhook_ingest import api
+from webhook_ingest import api, service
+from webhook_ingest.events import envelope_from_body
 from webhook_ingest.settings import Settings
 
 NOW = 1_700_000_000
@@ -39,12 +41,20 @@ class FakeConn:
         self.events: dict[str, tuple[Any, ...]] = {}
         self.outbox: list[tuple[Any, ...]] = []
 
+    async def fetch(self, sql: str, *columns: list[Any]) -> list[dict[str, Any]]:
+        assert sql.startswith("INSERT INTO stripe_events"), sql
+        inserted = []
+        for row in zip(*columns, strict=True):
+            if row[0] not in self.events:
+                self.events[row[0]] = row
+                inserted.append({"event_id": row[0]})
+        return inserted
+
+    async def execute(self, sql: str, *columns: list[Any]) -> None:
+        assert sql.startswith("INSERT INTO outbox"), sql
+        self.outbox.extend(zip(*columns, strict=True))
+
     async def fetchval(self, sql: str, *args: Any) -> Any:
-        if sql.startswith("INSERT INTO stripe_events"):
-            if args[0] in self.events:
-                return None
-            self.events[args[0]] = args
-            return args[0]
         assert sql.startswith("INSERT INTO outbox"), sql
         self.outbox.append(args)
         return len(self.outbox)
@@ -123,8 +133,16 @@ def running(key: AdminKey, **overrides: Any) -> Iterator[Harness]:
     )
     settings = Settings(service_name="webhook-ingest-test", infra=infra, **overrides)
     db, relay = FakeDb(), FakeRelay()
-    deps = api.Deps(db=db, topics=Topics(), relay=relay, settings=settings, clock=lambda: NOW)
-    app = create_app(settings, routers=[api.router(deps)])
+    committer = GroupCommitter("test", db.acquire, service.store_deliveries)
+    deps = api.Deps(
+        db=db,
+        topics=Topics(),
+        relay=relay,
+        settings=settings,
+        committer=committer,
+        clock=lambda: NOW,
+    )
+    app = create_app(settings, routers=[api.router(deps)], lifecycle=[committer])
     with TestClient(app, raise_server_exceptions=False) as client:
         yield Harness(client, db, relay)
 
@@ -205,6 +223,47 @@ def test_counts_new_events_and_duplicates_by_type(harness: Harness) -> None:
 
     assert REGISTRY.get_sample_value("stripe_webhook_events_total", labels) == events + 1
     assert REGISTRY.get_sample_value("stripe_webhook_duplicates_total", labels) == dupes + 1
+
+
+async def test_in_one_batch_the_first_delivery_of_an_event_is_new_and_the_rest_duplicates() -> None:
+    conn, topics = FakeConn(), Topics()
+    stored_before = service.delivery(topics, envelope_from_body(stripe_body("evt_0")))
+    await service.store_deliveries(conn, [stored_before])
+    bodies = [stripe_body(e) for e in ("evt_a", "evt_b", "evt_a", "evt_0", "evt_b")]
+    batch = [service.delivery(topics, envelope_from_body(b)) for b in bodies]
+
+    new = await service.store_deliveries(conn, batch)
+
+    assert new == [True, True, False, False, False]
+    assert list(conn.events) == ["evt_0", "evt_a", "evt_b"]
+    assert [conn.published(i).stripe_event_id for i in range(3)] == ["evt_0", "evt_a", "evt_b"]
+
+
+class ShedEverything:
+    async def submit(self, item: service.Delivery) -> bool:
+        raise Overloaded("queue full")
+
+
+def test_a_full_queue_answers_503_overloaded_with_retry_after(key: AdminKey) -> None:
+    before = failures("overloaded")
+    infra = InfraSettings(stripe_webhook_secrets=[SecretStr(SECRET)])
+    settings = Settings(service_name="webhook-ingest-test", infra=infra)
+    deps = api.Deps(
+        db=FakeDb(),
+        topics=Topics(),
+        relay=FakeRelay(),
+        settings=settings,
+        committer=ShedEverything(),
+        clock=lambda: NOW,
+    )
+    with TestClient(create_app(settings, routers=[api.router(deps)])) as client:
+        body = stripe_body()
+        response = client.post("/webhooks/stripe", content=body, headers=signed(body))
+
+    assert response.status_code == 503
+    assert response.json()["error"] == "overloaded"
+    assert response.headers["retry-after"] == "1"
+    assert failures("overloaded") == before + 1
 
 
 # --- deliveries that are refused before the database -------------------------------------

@@ -22,7 +22,14 @@ def test_the_app_serves_the_webhook_and_replay_routes(monkeypatch: pytest.Monkey
 
 @pytest.mark.parametrize(
     ("name", "default"),
-    [("signature_tolerance_s", 300), ("rate_limit_per_minute", 6000), ("max_body_bytes", 1 << 20)],
+    [
+        ("signature_tolerance_s", 300),
+        ("rate_limit_per_minute", 6000),
+        ("max_body_bytes", 1 << 20),
+        ("group_commit_max_batch", 256),
+        ("group_commit_queue_bound", 1024),
+        ("group_commit_max_wait_s", 0.0),
+    ],
 )
 def test_settings_defaults(name: str, default: Any) -> None:
     assert Settings.model_fields[name].default == default
