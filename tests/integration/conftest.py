@@ -23,12 +23,14 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from billing_cli import keys, stripe_sim
 from billing_cli.layout import Layout
 from billing_cli.procs import ProcessManager, wait_until
 from billing_cli.stack import Stack
 from billing_events.kafka import KafkaPublisher, ensure_topics
-from billing_events.topics import Topics
+from billing_events.topics import CONTRACT_TOPICS, STRIPE_EVENTS, Topics
+from billing_events.v1 import stripe_pb2
 from billing_platform.db import Database, migrate_package
 
 
@@ -307,3 +309,36 @@ def run_billing(*args: str) -> str:
 def billing() -> Callable[..., str]:
     """Run the `billing` CLI against the test stack; its stdout (asserting exit code 0)."""
     return run_billing
+
+
+async def published_stripe_event_ids(bootstrap: str, topic: str) -> list[str]:
+    """The Stripe event id of every record on a stripe.events topic, from its start to its end.
+
+    The namespace fixture creates the topic with the contract's partition count.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(CONTRACT_TOPICS[STRIPE_EVENTS])]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        ids: list[str] = []
+        while any([await consumer.position(p) < end for p, end in ends.items()]):
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                ids += [
+                    stripe_pb2.StripeEventReceived.FromString(r.value or b"").stripe_event_id
+                    for r in records
+                ]
+        return ids
+    finally:
+        await consumer.stop()
+
+
+StripeEventIds = Callable[[str, str], Awaitable[list[str]]]
+
+
+@pytest.fixture
+def stripe_event_ids() -> StripeEventIds:
+    """``await stripe_event_ids(bootstrap, topic)``: the event ids published on that topic."""
+    return published_stripe_event_ids

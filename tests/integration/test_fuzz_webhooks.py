@@ -21,10 +21,8 @@ from typing import Any
 
 import asyncpg
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from billing_cli.stack import Stack
-from billing_events.topics import CONTRACT_TOPICS, STRIPE_EVENTS, Topics
-from billing_events.v1 import stripe_pb2
+from billing_events.topics import Topics
 from billing_platform.db import migrate_package
 
 SEED = 20261126
@@ -246,34 +244,6 @@ async def stored_event_ids(dsn: str, schema: str) -> tuple[set[str], int, int]:
         await conn.close()
 
 
-async def published_event_ids(bootstrap: str, topic: str) -> list[str]:
-    """Every record on the topic, from the beginning to its current end."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        # The namespace fixture created the topic with the contract's partition count.
-        partitions = [TopicPartition(topic, p) for p in range(CONTRACT_TOPICS[STRIPE_EVENTS])]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        ids: list[str] = []
-        while await behind(consumer, ends):
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                for record in records:
-                    envelope = stripe_pb2.StripeEventReceived.FromString(record.value or b"")
-                    ids.append(envelope.stripe_event_id)
-        return ids
-    finally:
-        await consumer.stop()
-
-
-async def behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
-    for partition, end in ends.items():
-        if await consumer.position(partition) < end:
-            return True
-    return False
-
-
 def send_all(url: str, sent: list[Delivery]) -> list[str]:
     """Every answer that is neither a 4xx nor (for a genuine delivery) a 2xx."""
     wrong = []
@@ -287,7 +257,7 @@ def send_all(url: str, sent: list[Delivery]) -> list[str]:
 
 
 async def test_only_genuinely_signed_deliveries_are_stored_and_published(
-    stack: Stack, namespace: Topics, schema: str, run_service: Any
+    stack: Stack, namespace: Topics, schema: str, run_service: Any, stripe_event_ids: Any
 ) -> None:
     await migrate_package(stack.postgres.dsn, schema, "webhook_ingest")
     sent = deliveries(stack.secrets["stripe_webhook_secret"])
@@ -304,5 +274,5 @@ async def test_only_genuinely_signed_deliveries_are_stored_and_published(
     ids, outbox_rows, _ = stored
     assert ids == genuine
     assert outbox_rows == len(genuine)
-    published = await published_event_ids(stack.kafka.bootstrap, namespace.stripe_events)
+    published = await stripe_event_ids(stack.kafka.bootstrap, namespace.stripe_events)
     assert sorted(published) == sorted(genuine)

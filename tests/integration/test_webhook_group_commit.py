@@ -17,10 +17,9 @@ from typing import Any
 
 import asyncpg
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from billing_cli import stripe_sim
 from billing_cli.stack import Stack
-from billing_events.topics import CONTRACT_TOPICS, STRIPE_EVENTS, Topics
+from billing_events.topics import Topics
 from billing_events.v1 import stripe_pb2
 from billing_platform.db import migrate_package
 
@@ -53,27 +52,6 @@ async def stored(dsn: str, schema: str) -> tuple[list[str], list[str], int]:
     return [r["event_id"] for r in events], [e.stripe_event_id for e in in_outbox], pending
 
 
-async def published(bootstrap: str, topic: str) -> list[str]:
-    """The Stripe event id of every record on the topic, from its beginning to its end."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in range(CONTRACT_TOPICS[STRIPE_EVENTS])]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        ids: list[str] = []
-        while any([await consumer.position(p) < end for p, end in ends.items()]):
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                ids += [
-                    stripe_pb2.StripeEventReceived.FromString(r.value or b"").stripe_event_id
-                    for r in records
-                ]
-        return ids
-    finally:
-        await consumer.stop()
-
-
 async def all_published(dsn: str, schema: str) -> tuple[list[str], list[str]]:
     deadline = time.monotonic() + 30
     while True:
@@ -94,7 +72,7 @@ def service_env(namespace: Topics, schema: str, **extra: str) -> dict[str, str]:
 
 
 async def test_concurrent_deliveries_with_duplicates_in_flight_are_stored_and_published_once(
-    stack: Stack, namespace: Topics, schema: str, run_service: Any
+    stack: Stack, namespace: Topics, schema: str, run_service: Any, stripe_event_ids: Any
 ) -> None:
     await migrate_package(stack.postgres.dsn, schema, "webhook_ingest")
     run = uuid.uuid4().hex[:8]
@@ -119,7 +97,7 @@ async def test_concurrent_deliveries_with_duplicates_in_flight_are_stored_and_pu
     assert sum(a.json()["duplicate"] for a in answers) == REDELIVERED
     assert sorted(events_stored) == sorted(expected)
     assert sorted(outbox) == sorted(expected)
-    on_topic = await published(stack.kafka.bootstrap, namespace.stripe_events)
+    on_topic = await stripe_event_ids(stack.kafka.bootstrap, namespace.stripe_events)
     assert sorted(on_topic) == sorted(expected)
     # Deliveries did share transactions.
     assert written == len(sent)
