@@ -318,7 +318,7 @@ class Kafka(Component):
         if (self.home / "data" / "meta.properties").exists():
             return
         cluster_file = self.home / "cluster.id"
-        if not cluster_file.exists():
+        if not cluster_file.exists() or cluster_file.read_text().startswith("-"):
             cluster_file.write_text(_kafka_cluster_id())
         cmd = self._java(
             "kafka.tools.StorageTool",
@@ -361,9 +361,13 @@ class Kafka(Component):
 
 
 def _kafka_cluster_id() -> str:
+    """A random id in Kafka's form; never starting with "-", which its CLI takes for a flag."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 class StripeMock(Component):
