@@ -77,8 +77,15 @@ async def wait_for_duplicate(ledger: Any, why: str, timeout: float = 30) -> None
         await asyncio.sleep(0.2)
 
 
-async def insert_starter_purchase(checkout: Database, purchase: stripe_sim.SimPurchase) -> None:
-    """A pending starter purchase in checkout's table, as if the user had just created it."""
+async def ledger_with_pending_purchase(
+    migrated_db: Any, schema: str, user: str
+) -> tuple[str, Database, stripe_sim.SimPurchase]:
+    """A ledger schema, a checkout schema beside it, and a pending starter purchase there."""
+    checkout_schema = f"{schema}_co"
+    checkout = await migrated_db(checkout_schema, "checkout")
+    db: Database = await migrated_db(schema, "ledger")
+    session = f"cs_test_{uuid.uuid4().hex[:8]}"
+    purchase = stripe_sim.SimPurchase(str(uuid.uuid4()), user, "starter", 999, "usd", session)
     await checkout.pool.execute(
         "INSERT INTO purchases (id, user_id, package_code, package_name, price_cents, currency,"
         " credits, bonus_credits, grant_millicredits, status, return_to, stripe_session_id)"
@@ -88,6 +95,7 @@ async def insert_starter_purchase(checkout: Database, purchase: stripe_sim.SimPu
         purchase.user_id,
         purchase.stripe_session_id,
     )
+    return checkout_schema, db, purchase
 
 
 def ledger_env(topics: Topics, schema: str) -> dict[str, str]:
@@ -124,13 +132,9 @@ async def test_crash_between_grant_commit_and_offset_commit_grants_once(
     migrated_db: Any,
     run_service: Any,
 ) -> None:
-    checkout_schema = f"{schema}_co"
-    checkout = await migrated_db(checkout_schema, "checkout")
-    db = await migrated_db(schema, "ledger")
-    purchase = stripe_sim.SimPurchase(
-        str(uuid.uuid4()), "crash-user", "starter", 999, "usd", "cs_test_crash"
+    checkout_schema, db, purchase = await ledger_with_pending_purchase(
+        migrated_db, schema, "crash-user"
     )
-    await insert_starter_purchase(checkout, purchase)
     event = stripe_sim.session_completed(purchase)
     body, key = json.dumps(event).encode(), f"stripe:{event['id']}"
     await publish_as_webhook_ingest(publisher, namespace, body, "corr-crash")
@@ -296,13 +300,9 @@ async def test_a_database_outage_holds_the_partition_and_grants_once_it_is_back(
     migrated_db: Any,
     run_service: Any,
 ) -> None:
-    checkout_schema = f"{schema}_co"
-    checkout = await migrated_db(checkout_schema, "checkout")
-    db = await migrated_db(schema, "ledger")
-    purchase = stripe_sim.SimPurchase(
-        str(uuid.uuid4()), "outage-user", "starter", 999, "usd", f"cs_test_{uuid.uuid4().hex[:8]}"
+    checkout_schema, db, purchase = await ledger_with_pending_purchase(
+        migrated_db, schema, "outage-user"
     )
-    await insert_starter_purchase(checkout, purchase)
     proxy = CuttableProxy(stack.layout.postgres_port)
     proxy.start()
     dsn = stack.postgres.dsn.replace(f":{stack.layout.postgres_port}/", f":{proxy.port}/")

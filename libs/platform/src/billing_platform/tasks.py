@@ -11,6 +11,14 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+async def cancel(task: asyncio.Task[Any] | None) -> None:
+    """End a background task and wait until it has ended (a no-op for None)."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 class Periodic:
     """Calls ``tick`` after ``first_delay_s``, then again ``every`` seconds after each call.
 
@@ -36,11 +44,8 @@ class Periodic:
         self._task = asyncio.create_task(self._loop(), name=self.name)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     async def _loop(self) -> None:
         await asyncio.sleep(self._first_delay_s)

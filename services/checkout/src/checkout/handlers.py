@@ -80,8 +80,10 @@ def batch_handler(db: Database, parse: Parse) -> BatchHandler:
         changes = [c for c in map(parse, messages) if c is not None]
         if not changes:
             return
+        # Purchase rows are locked in one order, so the two topics' batches running at once
+        # cannot deadlock; the sort is stable, so one purchase's changes keep their order.
         async with db.pool.acquire() as conn, conn.transaction():
-            for change in changes:
+            for change in sorted(changes, key=lambda c: c.purchase_id):
                 await apply(conn, change)
 
     return handle

@@ -15,12 +15,12 @@ wait in Kafka meanwhile.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from billing_events import wiring
 from billing_events.kafka import KafkaPublisher
 from billing_events.outbox import OutboxRelay
+from billing_platform import tasks
 from billing_platform.app import create_app as build_app
 from billing_platform.db import Database
 from billing_platform.ratelimit import DbLimiter, Limit, RateLimitSweeper
@@ -61,11 +61,8 @@ class BackgroundStart:
                 pause = min(pause * 2, self._max_pause_s)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.cancel(self._task)
+        self._task = None
         await self._publisher.stop()
 
 
