@@ -32,7 +32,9 @@ async def main() -> None:
     publisher = wiring.publisher_for(settings)
     await publisher.start()
     topics = wiring.topics_for(settings)
-    runner = wiring.consumer_for(settings, publisher, {topics.stripe_events: crash_after_effect})
+    runner = wiring.consumer_for(
+        settings, publisher, {topics.stripe_events: crash_after_effect}, db=db
+    )
     await runner.start()
     await asyncio.sleep(60)
     raise SystemExit("no message arrived within 60s")

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from billing_cli import stripe_sim
 from billing_cli.procs import wait_until
 from billing_cli.stack import Stack
@@ -124,7 +125,29 @@ async def test_event_reaches_ledger_with_trace_and_correlation(
     assert await db.pool.fetchval("SELECT count(*) FROM inbox") == 1
 
 
-async def test_crash_between_grant_commit_and_offset_commit_grants_once(
+async def stored_position(db: Database, topics: Topics) -> list[tuple[int, int]]:
+    """The ledger group's (partition, next offset) rows for the Stripe topic in its schema."""
+    rows = await db.pool.fetch(
+        "SELECT partition, next_offset FROM consumer_offsets"
+        " WHERE group_id = $1 AND topic = $2 ORDER BY partition",
+        f"{topics.namespace}.ledger",
+        topics.stripe_events,
+    )
+    return [(r["partition"], r["next_offset"]) for r in rows]
+
+
+async def kafka_position(stack: Stack, group: str, topics: Topics, partition: int) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka.bootstrap)
+    await admin.start()
+    try:
+        tp = TopicPartition(topics.stripe_events, partition)
+        committed = await admin.list_consumer_group_offsets(group, partitions=[tp])
+        return int(committed[tp].offset)
+    finally:
+        await admin.close()
+
+
+async def test_a_crash_right_after_the_grant_commits_resumes_past_it_and_grants_once(
     stack: Stack,
     namespace: Topics,
     schema: str,
@@ -155,21 +178,56 @@ async def test_crash_between_grant_commit_and_offset_commit_grants_once(
     )
     assert crashed.returncode == 137, crashed.stderr[-2000:]
     assert (await wait_for_inbox(db, key, timeout=1))["outcome"] == "granted"
+    # The position was saved in the grant's own transaction; Kafka was never told.
+    [(partition, position)] = await stored_position(db, namespace)
+    assert position == 1
 
     service_env = {**ledger_env(namespace, schema), "LEDGER_CHECKOUT_SCHEMA": checkout_schema}
     with run_service("ledger", service_env) as ledger:
-        await wait_for_duplicate(ledger, "the uncommitted record was not redelivered")
-        granted = ledger.metric(
+        later, later_key = stripe_event()
+        await publish_as_webhook_ingest(publisher, namespace, later, "corr-later")
+        await wait_for_inbox(db, later_key)
+        duplicates = ledger.metric(
             "ledger_stripe_events_received_total",
             event_type="checkout.session.completed",
-            outcome="granted",
+            outcome="duplicate",
         )
-        assert granted == 0
+    assert duplicates == 0, "the granted record was read again"
     assert await db.pool.fetchval("SELECT count(*) FROM journal_transactions") == 1
     balance = await db.pool.fetchval(
         "SELECT balance_millicredits FROM balances WHERE user_id = 'crash-user'"
     )
     assert balance == 9_990_000
+
+
+async def test_a_database_rewound_to_an_earlier_position_replays_and_the_inbox_absorbs_it(
+    stack: Stack,
+    namespace: Topics,
+    schema: str,
+    publisher: KafkaPublisher,
+    migrated_db: Any,
+    run_service: Any,
+) -> None:
+    """As after a restore: the consumer resumes from the database's position, not Kafka's."""
+    checkout_schema, db, purchase = await ledger_with_pending_purchase(
+        migrated_db, schema, "rewound-user"
+    )
+    event = stripe_sim.session_completed(purchase)
+    body, key = json.dumps(event).encode(), f"stripe:{event['id']}"
+    service_env = {**ledger_env(namespace, schema), "LEDGER_CHECKOUT_SCHEMA": checkout_schema}
+    with run_service("ledger", service_env):
+        await publish_as_webhook_ingest(publisher, namespace, body, "corr-rewind")
+        assert (await wait_for_inbox(db, key))["outcome"] == "granted"
+    [(partition, position)] = await stored_position(db, namespace)
+    assert position == 1
+    # Kafka holds the same position (copied for lag tooling); the database's must win.
+    assert await kafka_position(stack, f"{namespace.namespace}.ledger", namespace, partition) == 1
+    await db.pool.execute("UPDATE consumer_offsets SET next_offset = 0")
+
+    with run_service("ledger", service_env) as ledger:
+        await wait_for_duplicate(ledger, "the rewound position was not replayed")
+    assert await db.pool.fetchval("SELECT count(*) FROM journal_transactions") == 1
+    assert [p for _, p in await stored_position(db, namespace)] == [1]
 
 
 async def read_dead_letters(stack: Stack, topic: str, count: int) -> list[dlq_pb2.DeadLetter]:

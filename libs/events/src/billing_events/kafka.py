@@ -1,10 +1,13 @@
-"""Kafka publish/consume layer on aiokafka.
+"""Kafka publish/consume layer on confluent-kafka (librdkafka), plus topic admin on aiokafka.
 
 Guarantees the rest of the platform builds on:
 - the producer is idempotent (``acks=all``), so a retried send never duplicates a record;
-- a consumer commits an offset only after the handler for that record returned, i.e. after
-  its effect is durable; a crash before the commit means the record is seen again, so every
-  handler must be idempotent by a natural key;
+- a consumer moves a partition's position only after the handler for those records
+  returned, i.e. after their effect is durable. With an ``OffsetStore`` the position is
+  written in the handler's own transaction (``billing_events.offsets.unit_of_work``) and read
+  back on assignment; without one it is committed to Kafka after each batch. Either way a
+  crash before the position is saved means the records are seen again, so every handler must
+  be idempotent by a natural key;
 - a failing record is retried with exponential backoff, and after the last attempt it is
   published to its dead-letter topic with the error, and the partition moves on;
 - an outage of the infrastructure a handler depends on (the database or the broker unreachable,
@@ -19,12 +22,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+import confluent_kafka
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from billing_platform import context, metrics, tracing
@@ -32,6 +39,8 @@ from billing_platform.outages import DependencyUnavailable, is_outage
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.trace import SpanKind
+
+from billing_events.offsets import OffsetScope, OffsetStore, enter_scope
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +70,7 @@ def timestamp_now() -> Timestamp:
     return ts
 
 
-@dataclass(frozen=True)
-class InboundMessage:
+class InboundMessage(NamedTuple):
     topic: str
     partition: int
     offset: int
@@ -72,15 +80,17 @@ class InboundMessage:
     timestamp_ms: int
 
     @classmethod
-    def from_record(cls, record: ConsumerRecord[bytes, bytes]) -> InboundMessage:
+    def from_record(cls, record: confluent_kafka.Message) -> InboundMessage:
+        # As this layer produces them: str names, bytes values (cast, not copied: hot path).
+        headers = cast(list[tuple[str, bytes]] | None, record.headers())
         return cls(
-            record.topic,
-            record.partition,
-            record.offset,
-            record.key,
-            record.value or b"",
-            tuple(record.headers or ()),
-            record.timestamp,
+            record.topic() or "",
+            record.partition() or 0,
+            record.offset() or 0,
+            record.key(),
+            record.value() or b"",
+            tuple(headers) if headers else (),
+            record.timestamp()[1],
         )
 
     def header(self, name: str) -> str | None:
@@ -92,6 +102,12 @@ class InboundMessage:
     @property
     def correlation_id(self) -> str | None:
         return self.header(CORRELATION_HEADER)
+
+    @property
+    def trace_id(self) -> str | None:
+        """The trace the record continues (W3C ``traceparent``: version-trace-span-flags)."""
+        parts = (self.header("traceparent") or "").split("-")
+        return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
 
     def decode(self, message_type: type[M]) -> M:
         message = message_type()
@@ -144,24 +160,77 @@ async def topic_partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
     return [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
 
 
-class KafkaPublisher:
-    """Idempotent producer that stamps trace context and correlation id on every record."""
+def _librdkafka_logger() -> logging.Logger:
+    return logging.getLogger("librdkafka")
 
-    def __init__(self, bootstrap: str, client_id: str) -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            client_id=client_id,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=2,
-        )
+
+def _on_client_error(error: confluent_kafka.KafkaError) -> None:
+    # Broker connection errors are retried inside the client; they are worth a line, no more.
+    log.warning("kafka client error", extra={"error": error.str(), "fatal": error.fatal()})
+
+
+class KafkaPublisher:
+    """Idempotent producer that stamps trace context and correlation id on every record.
+
+    librdkafka batches and sends from its own threads; a poller thread serves its delivery
+    reports and settles the callers' futures on the event loop, one hand-over per poll.
+    """
+
+    def __init__(self, bootstrap: str, client_id: str, *, linger_ms: int = 2) -> None:
+        self._config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "client.id": client_id,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": linger_ms,
+            # A publish waits at most this long for the broker, then fails (and is retried by
+            # its caller: the outbox relay, the consumer's dead-letter path).
+            "message.timeout.ms": 30_000,
+            "error_cb": _on_client_error,
+            "logger": _librdkafka_logger(),
+        }
         self._tracer = tracing.tracer("billing.kafka")
+        self._producer: confluent_kafka.Producer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._poller: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._reports: list[tuple[asyncio.Future[None], confluent_kafka.KafkaError | None]] = []
 
     async def start(self) -> None:
-        await self._producer.start()
+        if self._producer is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._producer = confluent_kafka.Producer(self._config)
+        self._stopping.clear()
+        self._poller = threading.Thread(
+            target=self._serve_reports, name=f"kafka-producer:{self._config['client.id']}"
+        )
+        self._poller.start()
 
     async def stop(self) -> None:
-        await self._producer.stop()
+        """Deliver what is queued (up to the message timeout), then stop."""
+        if self._poller is None:
+            return
+        self._stopping.set()
+        await asyncio.to_thread(self._poller.join)
+        self._poller = None
+        self._producer = None
+
+    def _serve_reports(self) -> None:
+        producer = self._producer
+        assert producer is not None
+        while not self._stopping.is_set():
+            producer.poll(0.05)
+            self._hand_over()
+        producer.flush(self._config["message.timeout.ms"] / 1000)
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        if not self._reports or self._loop is None:
+            return
+        reports, self._reports = self._reports, []
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+            self._loop.call_soon_threadsafe(_settle, reports)
 
     async def publish(
         self,
@@ -186,23 +255,52 @@ class KafkaPublisher:
         *,
         correlation_id: str | None = None,
         headers: Sequence[tuple[str, bytes]] | None = None,
-    ) -> asyncio.Future[Any]:
+    ) -> asyncio.Future[None]:
         """Queue a record for a batch; await the returned future for the broker's ack.
 
         ``headers`` given explicitly (an outbox row's, captured when it was written) are
-        sent as they are instead of the current trace and correlation context.
+        sent as they are, and continue the trace they carry; otherwise the record gets the
+        current trace and correlation context, under a producer span.
         """
-        with self._tracer.start_as_current_span(f"{topic} publish", kind=SpanKind.PRODUCER):
-            if headers is None:
+        value = message if isinstance(message, bytes) else message.SerializeToString()
+        raw_key = key.encode() if isinstance(key, str) else key
+        if headers is not None:
+            future = await self._produce(topic, raw_key, value, list(headers))
+        else:
+            with self._tracer.start_as_current_span(f"{topic} publish", kind=SpanKind.PRODUCER):
                 corr = correlation_id or context.current_correlation_id()
-                headers = tracing.inject_headers({CORRELATION_HEADER: corr})
-            value = message if isinstance(message, bytes) else message.SerializeToString()
-            raw_key = key.encode() if isinstance(key, str) else key
-            future: asyncio.Future[Any] = await self._producer.send(
-                topic, value, key=raw_key, headers=headers
-            )
+                stamped = tracing.inject_headers({CORRELATION_HEADER: corr})
+                future = await self._produce(topic, raw_key, value, stamped)
         metrics.KAFKA_PUBLISHED.labels(topic).inc()
         return future
+
+    async def _produce(
+        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> asyncio.Future[None]:
+        if self._producer is None or self._loop is None:
+            raise RuntimeError("kafka publisher not started")
+        wire: list[tuple[str, str | bytes | None]] = [*headers]
+        future: asyncio.Future[None] = self._loop.create_future()
+
+        def delivered(error: confluent_kafka.KafkaError | None, _: object) -> None:
+            self._reports.append((future, error))  # on the poller thread
+
+        while True:
+            try:
+                self._producer.produce(topic, value, key, headers=wire, on_delivery=delivered)
+                return future
+            except BufferError:  # the client's queue is full: let it drain
+                await asyncio.sleep(0.005)
+
+
+def _settle(reports: list[tuple[asyncio.Future[None], confluent_kafka.KafkaError | None]]) -> None:
+    for future, error in reports:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(confluent_kafka.KafkaException(error))
 
 
 @dataclass(frozen=True)
@@ -235,15 +333,23 @@ class _Failure:
         self.error = error
 
 
+Position = tuple[tuple[str, int], int]  # (topic, partition) -> next offset
+
+
 class ConsumerRunner:
-    """Consumes topics with one handler each; commits only what was handled or dead-lettered.
+    """Consumes topics with one handler each; moves only past what was handled or
+    dead-lettered.
 
     Partitions of a fetched batch are handled concurrently, records within a partition in
     order. A handler failing because its database or broker is down holds its partition and
     retries until the dependency is back (``check`` fails meanwhile, for readiness); only
-    failures of the record itself count towards its dead letter. If the broker goes away the
-    loop reconnects; if the dead-letter publish itself
-    fails, nothing of that batch is committed and the records come back.
+    failures of the record itself count towards its dead letter. The client reconnects to
+    the broker by itself; if the loop fails (the dead-letter publish, saving a position),
+    the consumer is rebuilt and what was not saved comes back.
+
+    With ``offsets`` the positions live in the service's database (see
+    ``billing_events.offsets``) and are copied to Kafka about once a second, for lag
+    tooling only.
     """
 
     def __init__(
@@ -256,6 +362,8 @@ class ConsumerRunner:
         retry: RetryPolicy | None = None,
         client_id: str | None = None,
         batch_handlers: Mapping[str, BatchHandler] | None = None,
+        offsets: OffsetStore | None = None,
+        max_records: int = 500,
     ) -> None:
         self._bootstrap = bootstrap
         self.group_id = group_id
@@ -264,14 +372,21 @@ class ConsumerRunner:
         self._publisher = publisher
         self._retry = retry or RetryPolicy()
         self._client_id = client_id or group_id
+        self._offsets = offsets
+        self._max_records = max_records
         self._tracer = tracing.tracer("billing.kafka")
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stalled: set[tuple[str, int]] = set()
-        self.consumer: AIOKafkaConsumer | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-consumer:{group_id}")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._to_commit: dict[tuple[str, int], int] = {}
+        self._committed_at = 0.0
+        self._failing: Exception | None = None
 
     async def start(self) -> None:
         self._stopping.clear()
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run_forever(), name=f"consumer:{self.group_id}")
 
     async def stop(self) -> None:
@@ -294,51 +409,138 @@ class ConsumerRunner:
             except asyncio.CancelledError:
                 raise
             except _Interrupted:
-                return  # stopping mid-outage: the uncommitted records come back on restart
-            except Exception:
+                return  # stopping mid-outage: the unsaved records come back on restart
+            except Exception as exc:
+                # E.g. the positions could not be read on assignment: not ready till it works.
+                self._failing = exc
                 log.exception("consumer loop failed; reconnecting", extra={"group": self.group_id})
                 await self._sleep_unless_stopping(pause)
                 pause = min(pause * 2, 10.0)
 
+    def _config(self) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": self._bootstrap,
+            "group.id": self.group_id,
+            "client.id": self._client_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 3_000,
+            "error_cb": _on_client_error,
+            "logger": _librdkafka_logger(),
+        }
+
+    async def _in_thread(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """The client is driven from one thread; the loop waits for it without blocking."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, lambda: call(*args, **kwargs))
+
     async def _consume_until_stopped(self) -> None:
-        consumer = AIOKafkaConsumer(
-            *self._handlers,
-            bootstrap_servers=self._bootstrap,
-            group_id=self.group_id,
-            client_id=self._client_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-        )
-        await consumer.start()
-        self.consumer = consumer
+        consumer = confluent_kafka.Consumer(self._config())
         try:
+            await self._in_thread(
+                consumer.subscribe, list(self._handlers), on_assign=self._on_assign
+            )
             while not self._stopping.is_set():
-                batch = await consumer.getmany(timeout_ms=500, max_records=200)
-                if batch:
-                    await self._handle_batch(consumer, batch)
+                records = await self._in_thread(self._fetch, consumer)
+                self._failing = None
+                if records:
+                    await self._handle_fetched(consumer, records)
+                await self._copy_positions_to_kafka(consumer, force=False)
         finally:
-            self.consumer = None
-            await consumer.stop()
+            with contextlib.suppress(Exception):
+                await self._copy_positions_to_kafka(consumer, force=True)
+            await self._in_thread(consumer.close)
 
-    async def _handle_batch(
-        self,
-        consumer: AIOKafkaConsumer,
-        batch: Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]],
+    def _fetch(self, consumer: confluent_kafka.Consumer) -> list[confluent_kafka.Message]:
+        """Wait for one record (at most half a second), then take what else is buffered."""
+        first = consumer.poll(0.5)
+        if first is None:
+            return []
+        return [first, *consumer.consume(self._max_records - 1, 0)]
+
+    def _on_assign(
+        self, consumer: confluent_kafka.Consumer, partitions: list[confluent_kafka.TopicPartition]
     ) -> None:
-        await asyncio.gather(*(self._handle_partition(records) for records in batch.values()))
-        await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+        """Resume from the positions the database holds (runs on the client's thread)."""
+        if self._offsets is not None and self._loop is not None:
+            wanted = [(p.topic, p.partition) for p in partitions]
+            load = self._offsets.load(self.group_id, wanted)
+            stored = asyncio.run_coroutine_threadsafe(load, self._loop).result(30)
+            for p in partitions:
+                p.offset = stored.get((p.topic, p.partition), p.offset)
+            log.info(
+                "partitions assigned",
+                extra={
+                    "group": self.group_id,
+                    "resume_from": {f"{t}[{p}]": o for (t, p), o in stored.items()},
+                },
+            )
+        consumer.assign(partitions)
 
-    async def _handle_partition(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        messages = [InboundMessage.from_record(record) for record in records]
+    async def _handle_fetched(
+        self, consumer: confluent_kafka.Consumer, records: Sequence[confluent_kafka.Message]
+    ) -> None:
+        by_partition: dict[tuple[str, int], list[InboundMessage]] = {}
+        for record in records:
+            error = record.error()
+            if error is not None:
+                if error.fatal():
+                    raise confluent_kafka.KafkaException(error)
+                log.warning("kafka fetch error", extra={"error": error.str()})
+                continue
+            message = InboundMessage.from_record(record)
+            by_partition.setdefault((message.topic, message.partition), []).append(message)
+        done = await asyncio.gather(*(self._handle_partition(m) for m in by_partition.values()))
+        reached = {tp: messages[-1].offset + 1 for tp, messages in by_partition.items()}
+        if self._offsets is None:
+            await self._commit_to_kafka(consumer, reached)
+            return
+        unsaved = {tp: offset for tp, offset, saved in done if not saved}
+        if unsaved:
+            await self._offsets.store(self.group_id, unsaved)
+        self._to_commit.update(reached)
+
+    async def _handle_partition(self, messages: Sequence[InboundMessage]) -> tuple[Any, int, bool]:
+        """Handle a partition's records; returns its position and whether a unit of work
+        already saved it."""
+        last = self._scope(messages[-1])
         together = self._batch_handlers.get(messages[0].topic)
+        enter_scope(last)
         if (
             together is None
             or len(messages) == 1
             or not await self.handle_batch(together, messages)
         ):
             for message in messages:
+                enter_scope(last if message is messages[-1] else self._scope(message))
                 await self.handle(message)
+        tp = (messages[0].topic, messages[0].partition)
+        return tp, messages[-1].offset + 1, last is not None and last.saved
+
+    def _scope(self, message: InboundMessage) -> OffsetScope | None:
+        if self._offsets is None:
+            return None
+        return OffsetScope(self.group_id, message.topic, message.partition, message.offset + 1)
+
+    async def _commit_to_kafka(
+        self, consumer: confluent_kafka.Consumer, reached: Mapping[tuple[str, int], int]
+    ) -> None:
+        offsets = [confluent_kafka.TopicPartition(t, p, o) for (t, p), o in reached.items()]
+        await self._in_thread(consumer.commit, offsets=offsets, asynchronous=False)
+
+    async def _copy_positions_to_kafka(
+        self, consumer: confluent_kafka.Consumer, force: bool
+    ) -> None:
+        """Lag tooling reads Kafka's group offsets; the database stays the one that counts."""
+        if not self._to_commit or (not force and time.monotonic() - self._committed_at < 1.0):
+            return
+        reached, self._to_commit = self._to_commit, {}
+        self._committed_at = time.monotonic()
+        offsets = [confluent_kafka.TopicPartition(t, p, o) for (t, p), o in reached.items()]
+        await self._in_thread(consumer.commit, offsets=offsets, asynchronous=not force)
 
     async def handle_batch(
         self, batch_handler: BatchHandler, messages: Sequence[InboundMessage]
@@ -435,7 +637,10 @@ class ConsumerRunner:
             raise _Interrupted(f"{message.topic}[{message.partition}]@{message.offset}")
 
     async def check(self) -> None:
-        """Readiness: fails while any partition waits for its database or broker."""
+        """Readiness: fails while any partition waits for its database or broker, or the
+        loop itself cannot run (rebuilding the consumer after a failure)."""
+        if self._failing is not None:
+            raise DependencyUnavailable(f"consumer loop failing: {self._failing!r}"[:300])
         if self._stalled:
             held = ", ".join(f"{t}[{p}]" for t, p in sorted(self._stalled))
             raise DependencyUnavailable(f"waiting for a dependency on {held}")

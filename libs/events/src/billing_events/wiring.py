@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 
+from billing_platform.db import HasPool
 from billing_platform.settings import ServiceSettings
 
 from billing_events.audit import AuditTrail
 from billing_events.kafka import BatchHandler, ConsumerRunner, Handler, KafkaPublisher, probe
+from billing_events.offsets import OffsetStore
 from billing_events.topics import Topics
 
 
@@ -28,7 +30,10 @@ def consumer_for(
     publisher: KafkaPublisher,
     handlers: Mapping[str, Handler],
     batch_handlers: Mapping[str, BatchHandler] | None = None,
+    *,
+    db: HasPool | None,
 ) -> ConsumerRunner:
+    """The service's consumer; with ``db`` its positions are kept in that database."""
     namespace = settings.infra.topic_namespace
     group = f"{namespace}.{settings.service_name}" if namespace else settings.service_name
     return ConsumerRunner(
@@ -37,6 +42,7 @@ def consumer_for(
         handlers=handlers,
         publisher=publisher,
         batch_handlers=batch_handlers,
+        offsets=OffsetStore(db) if db is not None else None,
     )
 
 

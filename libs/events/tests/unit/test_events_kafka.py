@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import confluent_kafka
 import pytest
-from aiokafka import ConsumerRecord
 from billing_events.inbox import first_claimed
 from billing_events.kafka import (
     CORRELATION_HEADER,
@@ -132,6 +132,28 @@ def test_header_and_correlation_id_are_read_from_headers() -> None:
 
 def test_message_without_correlation_header_has_none() -> None:
     assert _message(headers=()).correlation_id is None
+
+
+def test_a_fetched_record_becomes_an_inbound_message() -> None:
+    record = confluent_kafka.Message(
+        topic=TOPIC,
+        partition=3,
+        offset=1234,
+        key=b"user-1",
+        value=b"payload",
+        headers=[(CORRELATION_HEADER, b"corr-abc")],
+        timestamp=(confluent_kafka.TIMESTAMP_CREATE_TIME, 1_700_000_000_000),
+    )
+
+    assert InboundMessage.from_record(record) == _message()
+
+
+def test_a_fetched_record_without_headers_or_value_has_empty_ones() -> None:
+    record = confluent_kafka.Message(topic=TOPIC, partition=0, offset=7, timestamp=(0, 0))
+
+    message = InboundMessage.from_record(record)
+
+    assert (message.key, message.value, message.headers) == (None, b"", ())
 
 
 # --- ConsumerRunner.handle --------------------------------------------------------------
@@ -365,9 +387,9 @@ async def _check_fails(runner: ConsumerRunner) -> bool:
 # --- a partition's records handled together -----------------------------------------------
 
 
-def _records(*values: bytes) -> list[ConsumerRecord[bytes, bytes]]:
+def _records(*values: bytes) -> list[InboundMessage]:
     return [
-        ConsumerRecord(TOPIC, 3, offset, 0, 0, b"user-1", value, None, 6, len(value), [])
+        InboundMessage(TOPIC, 3, offset, b"user-1", value, (), 0)
         for offset, value in enumerate(values)
     ]
 
@@ -427,6 +449,15 @@ async def test_a_single_record_takes_the_record_path() -> None:
     await _batch_runner(one, together)._handle_partition(_records(b"a"))
 
     assert (one.calls, together.batches) == (1, [])
+
+
+async def test_a_partition_reports_the_position_its_records_reached() -> None:
+    runner = _batch_runner(CountingHandler(fail_times=0), BatchHandler())
+
+    position = await runner._handle_partition(_records(b"a", b"b", b"c"))
+
+    # Without an offset store nothing saves it in a unit of work: Kafka gets it.
+    assert position == ((TOPIC, 3), 3, False)
 
 
 def test_first_claimed_keeps_newly_claimed_items_once_in_order() -> None:

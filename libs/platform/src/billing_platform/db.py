@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -128,6 +128,14 @@ async def _ensure_bookkeeping(conn: Any, schema: str) -> None:
         " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
         " applied_at timestamptz NOT NULL DEFAULT now())"
     )
+    # Kafka consumer positions, committed with the effects they cover (billing_events.offsets).
+    await conn.execute(
+        f'CREATE TABLE IF NOT EXISTS "{schema}".consumer_offsets ('
+        " group_id text NOT NULL, topic text NOT NULL, partition integer NOT NULL,"
+        " next_offset bigint NOT NULL CHECK (next_offset >= 0),"
+        " updated_at timestamptz NOT NULL DEFAULT now(),"
+        " PRIMARY KEY (group_id, topic, partition))"
+    )
 
 
 async def _apply_pending(conn: Any, schema: str, migrations: list[Migration]) -> list[str]:
@@ -223,6 +231,13 @@ async def migrate_package(
         return await migrate(conn, schema, load_migrations(package), access)
     finally:
         await conn.close()
+
+
+class HasPool(Protocol):
+    """Anything that lends connections: a ``Database``, or a test's stand-in."""
+
+    @property
+    def pool(self) -> Any: ...
 
 
 class Database:

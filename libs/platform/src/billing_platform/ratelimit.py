@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from fastapi import Request
 from prometheus_client import Counter
 
+from billing_platform.db import HasPool
 from billing_platform.errors import ApiError
 from billing_platform.tasks import Periodic
 
@@ -190,11 +191,6 @@ async def take(conn: Any, limit: Limit, key: str, now: datetime) -> Limited | No
     # Refused means this window holds at least the budget, however stale ``current`` is.
     current = max(row["current"], row["budget"])
     return Limited(retry_after_s(limit.per_window, window, row["previous"], current))
-
-
-class HasPool(Protocol):
-    @property
-    def pool(self) -> Any: ...
 
 
 def utc_now() -> datetime:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from billing_events.kafka import BatchHandler, Handler, InboundMessage, PermanentError
+from billing_events.offsets import unit_of_work
 from billing_events.topics import Topics
 from billing_events.v1 import ledger_pb2, stripe_pb2
 from billing_platform.db import Database
@@ -69,7 +70,7 @@ def record_handler(db: Database, parse: Parse) -> Handler:
     async def handle(message: InboundMessage) -> None:
         change = parse(message)
         if change is not None:
-            async with db.pool.acquire() as conn, conn.transaction():
+            async with unit_of_work(db) as conn:
                 await apply(conn, change)
 
     return handle
@@ -82,7 +83,7 @@ def batch_handler(db: Database, parse: Parse) -> BatchHandler:
             return
         # Purchase rows are locked in one order, so the two topics' batches running at once
         # cannot deadlock; the sort is stable, so one purchase's changes keep their order.
-        async with db.pool.acquire() as conn, conn.transaction():
+        async with unit_of_work(db) as conn:
             for change in sorted(changes, key=lambda c: c.purchase_id):
                 await apply(conn, change)
 

@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     publisher = wiring.publisher_for(settings)
     topics = wiring.topics_for(settings)
     consumer = wiring.consumer_for(
-        settings, publisher, handlers_for(db, topics), batch_handlers_for(db, topics)
+        settings, publisher, handlers_for(db, topics), batch_handlers_for(db, topics), db=db
     )
     sessions = StripeCheckout(stripe_client(settings.infra, timeout_s=settings.stripe_timeout_s))
     defaults = defaults_from(settings)

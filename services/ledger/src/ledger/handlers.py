@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from billing_events.inbox import first_claimed
 from billing_events.kafka import BatchHandler, Handler, InboundMessage, PermanentError
+from billing_events.offsets import unit_of_work
 from billing_events.topics import Topics
 from billing_events.v1 import audit_pb2, stripe_pb2, usage_pb2
 from billing_platform import context, tracing
@@ -47,9 +48,7 @@ AUDIT_RECEIVED = Counter(
 
 def stripe_event_handler(db: Database, ctx: service.LedgerContext) -> Handler:
     async def handle(message: InboundMessage) -> None:
-        event = message.decode(stripe_pb2.StripeEventReceived)
-        if not event.stripe_event_id:
-            raise PermanentError("stripe event without an id")
+        event = _stripe_event(message)
         outcome = await _apply(db, ctx, message, event)
         _count(event.type, outcome)
         log.info(
@@ -70,22 +69,65 @@ async def _apply(
     message: InboundMessage,
     event: stripe_pb2.StripeEventReceived,
 ) -> service.Outcome:
+    key = f"stripe:{event.stripe_event_id}"
+    async with unit_of_work(db) as conn:
+        trace_id = tracing.current_trace_id()
+        if not await repository.claim_message(conn, key, event.type, message, trace_id):
+            return service.Outcome("duplicate")
+        outcome = await _outcome(conn, ctx, event)
+        await repository.set_outcome(conn, key, outcome.name, outcome.detail)
+        return outcome
+
+
+def stripe_events_batch_handler(db: Database, ctx: service.LedgerContext) -> BatchHandler:
+    """A partition's fetched Stripe events in one transaction.
+
+    One bulk claim covers the batch; most events are of types the ledger ignores and cost
+    nothing more. The paid and refunded ones are applied in order inside it, each under its
+    own correlation id. Any failure (an undecodable event, a purchase not visible yet)
+    undoes the batch, and the consumer hands its records to ``stripe_event_handler``.
+    """
+
+    async def handle(messages: Sequence[InboundMessage]) -> None:
+        events = [_stripe_event(m) for m in messages]
+        outcomes: dict[str, service.Outcome] = {}
+        async with unit_of_work(db) as conn:
+            claims = [
+                repository.Claim(f"stripe:{e.stripe_event_id}", e.type, m)
+                for e, m in zip(events, messages, strict=True)
+            ]
+            new = await repository.claim_messages(conn, claims, tracing.current_trace_id())
+            pairs = list(zip(claims, events, strict=True))
+            for claim, event in first_claimed(pairs, lambda c: c[0].message_key, new):
+                context.correlation_id_var.set(claim.message.correlation_id or context.new_id())
+                outcomes[claim.message_key] = await _outcome(conn, ctx, event)
+            await repository.set_outcomes(
+                conn, {k: (o.name, o.detail) for k, o in outcomes.items()}
+            )
+        for event in events:
+            outcome = outcomes.pop(f"stripe:{event.stripe_event_id}", None)
+            _count(event.type, outcome or service.Outcome("duplicate"))
+
+    return handle
+
+
+def _stripe_event(message: InboundMessage) -> stripe_pb2.StripeEventReceived:
+    event = message.decode(stripe_pb2.StripeEventReceived)
+    if not event.stripe_event_id:
+        raise PermanentError("stripe event without an id")
+    return event
+
+
+async def _outcome(
+    conn: object, ctx: service.LedgerContext, event: stripe_pb2.StripeEventReceived
+) -> service.Outcome:
     try:
         meaning = interpret(event.payload)
     except UnreadableEvent as exc:
         raise PermanentError(str(exc)) from exc
-    key = f"stripe:{event.stripe_event_id}"
-    async with db.pool.acquire() as conn, conn.transaction():
-        trace_id = tracing.current_trace_id()
-        if not await repository.claim_message(conn, key, event.type, message, trace_id):
-            return service.Outcome("duplicate")
-        outcome = (
-            await service.apply_stripe_event(conn, ctx, meaning)
-            if meaning is not None
-            else service.Outcome("ignored")
-        )
-        await repository.set_outcome(conn, key, outcome.name, outcome.detail)
-        return outcome
+    if meaning is None:
+        return service.Outcome("ignored")
+    return await service.apply_stripe_event(conn, ctx, meaning)
 
 
 def _count(event_type: str, outcome: service.Outcome) -> None:
@@ -109,7 +151,7 @@ def usage_handler(db: Database, topics: Topics) -> Handler:
         if not record.usage_id or not record.user_id:
             raise PermanentError("usage record without usage id or user id")
         key = f"usage:{record.usage_id}"
-        async with db.pool.acquire() as conn, conn.transaction():
+        async with unit_of_work(db) as conn:
             trace_id = tracing.current_trace_id()
             if not await repository.claim_message(conn, key, "usage", message, trace_id):
                 outcome = "duplicate"
@@ -130,7 +172,7 @@ def usage_batch_handler(db: Database, topics: Topics) -> BatchHandler:
 
     async def handle(messages: Sequence[InboundMessage]) -> None:
         records = [_usage_record(m) for m in messages]
-        async with db.pool.acquire() as conn, conn.transaction():
+        async with unit_of_work(db) as conn:
             claims = [
                 repository.Claim(r.key, "usage", m) for r, m in zip(records, messages, strict=True)
             ]
@@ -193,7 +235,7 @@ def audit_handler(db: Database) -> Handler:
         record = message.decode(audit_pb2.AdminActionRecorded)
         if not (record.meta.event_id and record.actor and record.action and record.target):
             raise PermanentError("audit record without event id, actor, action or target")
-        async with db.pool.acquire() as conn:
+        async with unit_of_work(db) as conn:
             kept = await repository.insert_audit(conn, record)
         AUDIT_RECEIVED.labels("kept" if kept else "duplicate").inc()
 

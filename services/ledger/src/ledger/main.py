@@ -15,6 +15,7 @@ from ledger import api, audit_api, holds_api, service
 from ledger.handlers import (
     audit_handler,
     stripe_event_handler,
+    stripe_events_batch_handler,
     usage_batch_handler,
     usage_handler,
 )
@@ -40,8 +41,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ctx.topics.usage: usage_handler(db, ctx.topics),
         ctx.topics.audit: audit_handler(db),
     }
-    batch_handlers = {ctx.topics.usage: usage_batch_handler(db, ctx.topics)}
-    consumer = wiring.consumer_for(settings, publisher, handlers, batch_handlers)
+    batch_handlers = {
+        ctx.topics.stripe_events: stripe_events_batch_handler(db, ctx),
+        ctx.topics.usage: usage_batch_handler(db, ctx.topics),
+    }
+    consumer = wiring.consumer_for(settings, publisher, handlers, batch_handlers, db=db)
     relay = OutboxRelay(db, publisher)
     dlq = DlqDepthMonitor(
         settings.infra.kafka_bootstrap,

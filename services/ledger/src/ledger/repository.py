@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -471,12 +471,15 @@ class Claim:
 
 
 async def claim_messages(conn: Any, claims: Sequence[Claim], trace_id: str | None) -> set[str]:
-    """Record messages as handled; the keys that were new (the rest are redeliveries)."""
+    """Record messages as handled; the keys that were new (the rest are redeliveries).
+
+    Each row keeps the trace its record carries (``trace_id``, the batch's, when none)."""
     rows = await conn.fetch(
         "INSERT INTO inbox (message_key, kind, topic, kafka_partition, kafka_offset,"
         " correlation_id, trace_id)"
-        " SELECT k, kind, topic, p, o, c, $7 FROM unnest($1::text[], $2::text[], $3::text[],"
-        " $4::int[], $5::bigint[], $6::text[]) AS m(k, kind, topic, p, o, c)"
+        " SELECT k, kind, topic, p, o, c, coalesce(t, $7) FROM unnest($1::text[], $2::text[],"
+        " $3::text[], $4::int[], $5::bigint[], $6::text[], $8::text[])"
+        " AS m(k, kind, topic, p, o, c, t)"
         " ON CONFLICT (message_key) DO NOTHING RETURNING message_key",
         [c.message_key for c in claims],
         [c.kind for c in claims],
@@ -485,16 +488,21 @@ async def claim_messages(conn: Any, claims: Sequence[Claim], trace_id: str | Non
         [c.message.offset for c in claims],
         [c.message.correlation_id for c in claims],
         trace_id,
+        [c.message.trace_id for c in claims],
     )
     return {r["message_key"] for r in rows}
 
 
-async def set_outcomes(conn: Any, outcomes: dict[str, str]) -> None:
+async def set_outcomes(conn: Any, outcomes: Mapping[str, str | tuple[str, str | None]]) -> None:
+    """Each message's outcome, optionally with its detail: key -> outcome | (outcome, detail)."""
+    pairs = [o if isinstance(o, tuple) else (o, None) for o in outcomes.values()]
     await conn.execute(
-        "UPDATE inbox SET outcome = o.outcome FROM unnest($1::text[], $2::text[])"
-        " AS o(message_key, outcome) WHERE inbox.message_key = o.message_key",
+        "UPDATE inbox SET outcome = o.outcome, detail = o.detail"
+        " FROM unnest($1::text[], $2::text[], $3::text[]) AS o(message_key, outcome, detail)"
+        " WHERE inbox.message_key = o.message_key",
         list(outcomes),
-        list(outcomes.values()),
+        [p[0] for p in pairs],
+        [p[1] for p in pairs],
     )
 
 

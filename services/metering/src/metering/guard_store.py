@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from billing_events.audit import CAPS_SET, USER_RESUME, AdminAction, AuditTrail
 from billing_events.audit import target as audit_target
 from billing_platform import ratelimit
+from billing_platform.db import HasPool
 from billing_platform.ratelimit import Limit, Limited
 
 from metering import guardrails, repository
@@ -83,11 +84,6 @@ class GuardStore(Protocol):
         ...
 
     async def review_flags(self, user_id: str | None, limit: int) -> list[ReviewFlag]: ...
-
-
-class HasPool(Protocol):
-    @property
-    def pool(self) -> Any: ...
 
 
 class PgGuardStore:

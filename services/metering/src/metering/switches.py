@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from billing_platform.db import check_schema_name
+from billing_platform.db import HasPool, check_schema_name
 
 from metering import repository
 from metering.records import CHARGED, SHADOW, UNBILLED
@@ -149,11 +149,6 @@ class SwitchSource(Protocol):
     async def load(self) -> dict[str, Any]:
         """Switch name -> decoded JSON value, for every row of the view."""
         ...
-
-
-class HasPool(Protocol):
-    @property
-    def pool(self) -> Any: ...
 
 
 class PgSwitchSource:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from billing_events.outbox import write_outbox
 from billing_events.topics import Topics
 from billing_platform import context
+from billing_platform.db import HasPool
 
 from metering import guardrails, metrics, repository
 from metering.records import CHARGED, ModelTotals, ShadowCharge, UsageRecord
@@ -52,11 +53,6 @@ class UsageStore(Protocol):
         ...
 
     async def totals(self, user_id: str, start: datetime, end: datetime) -> list[ModelTotals]: ...
-
-
-class HasPool(Protocol):
-    @property
-    def pool(self) -> Any: ...
 
 
 class Pokeable(Protocol):

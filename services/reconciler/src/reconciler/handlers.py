@@ -13,6 +13,7 @@ from typing import Any
 
 from billing_events.inbox import first_claimed
 from billing_events.kafka import BatchHandler, Handler, InboundMessage
+from billing_events.offsets import unit_of_work
 from billing_events.topics import Topics
 from billing_events.v1 import ledger_pb2, stripe_pb2, usage_pb2
 
@@ -23,7 +24,7 @@ Write = Callable[[Any], Awaitable[None]]
 
 
 async def _remember(db: HasPool, message: InboundMessage, key: str, write: Write) -> None:
-    async with db.pool.acquire() as conn, conn.transaction():
+    async with unit_of_work(db) as conn:
         new = await service.remember(conn, key, message, write)
     metrics.STREAM_MESSAGES.labels(message.topic, "new" if new else "duplicate").inc()
 
@@ -89,7 +90,7 @@ def batch_handler(db: HasPool, seen_of: Seen, table: repository.SeenTable) -> Ba
 
     async def handle(messages: Sequence[InboundMessage]) -> None:
         seen = [(*seen_of(m), m) for m in messages]
-        async with db.pool.acquire() as conn, conn.transaction():
+        async with unit_of_work(db) as conn:
             new = await repository.claim_messages(conn, [(key, m) for key, _, m in seen])
             rows = [row for _, row, _ in first_claimed(seen, lambda s: s[0], new)]
             await repository.insert_seen(conn, table, rows)

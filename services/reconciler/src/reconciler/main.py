@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         publisher,
         handlers.handlers(db, ctx.topics),
         handlers.batch_handlers(db, ctx.topics),
+        db=db,
     )
     gauges = Gauges(db, ctx.schemas)
     stripe = stripe_client(settings.infra, timeout_s=settings.stripe_timeout_s)

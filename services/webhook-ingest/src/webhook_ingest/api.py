@@ -11,12 +11,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from billing_events.audit import AuditTrail
 from billing_events.topics import Topics
 from billing_events.v1 import stripe_pb2
 from billing_platform.auth import AdminUser
+from billing_platform.db import HasPool
 from billing_platform.errors import ApiError
 from billing_platform.group_commit import Overloaded
 from billing_platform.ratelimit import SlidingWindowLimiter, per_ip
@@ -39,11 +40,6 @@ FAILURES = Counter(
     "stripe_webhook_failures_total", "Stripe deliveries refused, by error code", ["reason"]
 )
 REPLAYS = Counter("stripe_webhook_replays_total", "Stored Stripe events published again")
-
-
-class HasPool(Protocol):
-    @property
-    def pool(self) -> Any: ...
 
 
 class Pokeable(Protocol):
