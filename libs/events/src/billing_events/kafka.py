@@ -333,7 +333,8 @@ class _Failure:
         self.error = error
 
 
-Position = tuple[tuple[str, int], int]  # (topic, partition) -> next offset
+# How often positions that no unit of work saved reach the database, and all reach Kafka.
+POSITION_FLUSH_S = 0.2
 
 
 class ConsumerRunner:
@@ -348,7 +349,7 @@ class ConsumerRunner:
     the consumer is rebuilt and what was not saved comes back.
 
     With ``offsets`` the positions live in the service's database (see
-    ``billing_events.offsets``) and are copied to Kafka about once a second, for lag
+    ``billing_events.offsets``) and are copied to Kafka every ``POSITION_FLUSH_S``, for lag
     tooling only.
     """
 
@@ -380,8 +381,9 @@ class ConsumerRunner:
         self._stalled: set[tuple[str, int]] = set()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-consumer:{group_id}")
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._unsaved: dict[tuple[str, int], int] = {}
         self._to_commit: dict[tuple[str, int], int] = {}
-        self._committed_at = 0.0
+        self._flushed_at = 0.0
         self._failing: Exception | None = None
 
     async def start(self) -> None:
@@ -448,10 +450,10 @@ class ConsumerRunner:
                 self._failing = None
                 if records:
                     await self._handle_fetched(consumer, records)
-                await self._copy_positions_to_kafka(consumer, force=False)
+                await self._flush_positions(consumer, force=False)
         finally:
             with contextlib.suppress(Exception):
-                await self._copy_positions_to_kafka(consumer, force=True)
+                await self._flush_positions(consumer, force=True)
             await self._in_thread(consumer.close)
 
     def _fetch(self, consumer: confluent_kafka.Consumer) -> list[confluent_kafka.Message]:
@@ -498,9 +500,9 @@ class ConsumerRunner:
         if self._offsets is None:
             await self._commit_to_kafka(consumer, reached)
             return
-        unsaved = {tp: offset for tp, offset, saved in done if not saved}
-        if unsaved:
-            await self._offsets.store(self.group_id, unsaved)
+        # Records that needed no unit of work (skipped, dead-lettered) move the position
+        # lazily: replaying them after a crash changes nothing.
+        self._unsaved.update({tp: offset for tp, offset, saved in done if not saved})
         self._to_commit.update(reached)
 
     async def _handle_partition(self, messages: Sequence[InboundMessage]) -> tuple[Any, int, bool]:
@@ -531,14 +533,23 @@ class ConsumerRunner:
         offsets = [confluent_kafka.TopicPartition(t, p, o) for (t, p), o in reached.items()]
         await self._in_thread(consumer.commit, offsets=offsets, asynchronous=False)
 
-    async def _copy_positions_to_kafka(
-        self, consumer: confluent_kafka.Consumer, force: bool
-    ) -> None:
-        """Lag tooling reads Kafka's group offsets; the database stays the one that counts."""
-        if not self._to_commit or (not force and time.monotonic() - self._committed_at < 1.0):
+    async def _flush_positions(self, consumer: confluent_kafka.Consumer, force: bool) -> None:
+        """Every few tenths of a second: the lazy positions to the database, and a copy of
+        all to Kafka for lag tooling (the database's stays the one that counts)."""
+        if not force and time.monotonic() - self._flushed_at < POSITION_FLUSH_S:
+            return
+        self._flushed_at = time.monotonic()
+        if self._unsaved and self._offsets is not None:
+            unsaved, self._unsaved = self._unsaved, {}
+            try:
+                await self._offsets.store(self.group_id, unsaved)
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                self._unsaved = {**unsaved, **self._unsaved}  # next time, then
+        if not self._to_commit:
             return
         reached, self._to_commit = self._to_commit, {}
-        self._committed_at = time.monotonic()
         offsets = [confluent_kafka.TopicPartition(t, p, o) for (t, p), o in reached.items()]
         await self._in_thread(consumer.commit, offsets=offsets, asynchronous=not force)
 
