@@ -10,9 +10,9 @@ and measures, in one run:
    charged ``UsageRecorded`` records (no hold, unique usage ids, 1-100 millicredits) are
    produced to ``billing.usage.v1`` as fast as the producer goes; postings/s is
    records / (time from the first send until the ledger's consumer group has moved past
-   every one of them: the positions its schema keeps, or Kafka's copy). A second round puts half of the records on one user (a hot
-   account). Both are compared with the anchor; the journal is then checked to hold one
-   usage posting per record.
+   every one of them: the positions its schema keeps, or Kafka's copy). A second round puts
+   half of the records on one user (a hot account). Both are compared with the anchor; the
+   journal is then checked to hold one usage posting per record.
 3. webhooks: vegeta (installed pinned into ``.local/bin``) sends, open loop, ``--seconds``
    of distinct, correctly signed ``customer.created`` events (which the ledger ignores) at
    each of ``--rates``; targets are generated just before each step, so signatures are
