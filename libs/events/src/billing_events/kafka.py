@@ -45,6 +45,9 @@ from billing_events.offsets import OffsetScope, OffsetStore, enter_scope
 log = logging.getLogger(__name__)
 
 CORRELATION_HEADER = "correlation-id"
+# What a record is, in terms a consumer can filter on without decoding it (e.g. a ledger
+# transaction's kind), for consumers that need a few records of a busy topic.
+KIND_HEADER = "kind"
 M = TypeVar("M", bound=Message)
 
 
@@ -119,6 +122,8 @@ class InboundMessage(NamedTuple):
 
 
 Handler = Callable[[InboundMessage], Awaitable[None]]
+# Whether a consumer needs a record at all; records it does not are passed over undecoded.
+Wanted = Callable[[InboundMessage], bool]
 # Applies a partition's fetched records together (one transaction); it must be all or
 # nothing, since a failed batch is handled again record by record.
 BatchHandler = Callable[[Sequence[InboundMessage]], Awaitable[None]]
@@ -365,6 +370,7 @@ class ConsumerRunner:
         batch_handlers: Mapping[str, BatchHandler] | None = None,
         offsets: OffsetStore | None = None,
         max_records: int = 500,
+        wanted: Mapping[str, Wanted] | None = None,
     ) -> None:
         self._bootstrap = bootstrap
         self.group_id = group_id
@@ -375,6 +381,7 @@ class ConsumerRunner:
         self._client_id = client_id or group_id
         self._offsets = offsets
         self._max_records = max_records
+        self._wanted = dict(wanted or {})
         self._tracer = tracing.tracer("billing.kafka")
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -443,7 +450,10 @@ class ConsumerRunner:
         consumer = confluent_kafka.Consumer(self._config())
         try:
             await self._in_thread(
-                consumer.subscribe, list(self._handlers), on_assign=self._on_assign
+                consumer.subscribe,
+                list(self._handlers),
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
             )
             while not self._stopping.is_set():
                 records = await self._in_thread(self._fetch, consumer)
@@ -481,11 +491,34 @@ class ConsumerRunner:
                 },
             )
         consumer.assign(partitions)
+        metrics.KAFKA_ASSIGNED.labels(self.group_id).set(len(partitions))
+
+    def _on_revoke(
+        self, consumer: confluent_kafka.Consumer, partitions: list[confluent_kafka.TopicPartition]
+    ) -> None:
+        consumer.unassign()
+        metrics.KAFKA_ASSIGNED.labels(self.group_id).set(0)
 
     async def _handle_fetched(
         self, consumer: confluent_kafka.Consumer, records: Sequence[confluent_kafka.Message]
     ) -> None:
+        by_partition, reached = self._sorted(records)
+        done = await asyncio.gather(*(self._handle_partition(m) for m in by_partition.values()))
+        if self._offsets is None:
+            await self._commit_to_kafka(consumer, reached)
+            return
+        saved = {tp for tp, offset, was_saved in done if was_saved and offset == reached[tp]}
+        # Positions no unit of work saved (records passed over, dead-lettered, or with no
+        # database effect) are saved lazily: replaying those records changes nothing.
+        self._unsaved.update({tp: o for tp, o in reached.items() if tp not in saved})
+        self._to_commit.update(reached)
+
+    def _sorted(
+        self, records: Sequence[confluent_kafka.Message]
+    ) -> tuple[dict[tuple[str, int], list[InboundMessage]], dict[tuple[str, int], int]]:
+        """The wanted records by partition, and the position each partition reaches."""
         by_partition: dict[tuple[str, int], list[InboundMessage]] = {}
+        reached: dict[tuple[str, int], int] = {}
         for record in records:
             error = record.error()
             if error is not None:
@@ -494,16 +527,14 @@ class ConsumerRunner:
                 log.warning("kafka fetch error", extra={"error": error.str()})
                 continue
             message = InboundMessage.from_record(record)
-            by_partition.setdefault((message.topic, message.partition), []).append(message)
-        done = await asyncio.gather(*(self._handle_partition(m) for m in by_partition.values()))
-        reached = {tp: messages[-1].offset + 1 for tp, messages in by_partition.items()}
-        if self._offsets is None:
-            await self._commit_to_kafka(consumer, reached)
-            return
-        # Records that needed no unit of work (skipped, dead-lettered) move the position
-        # lazily: replaying them after a crash changes nothing.
-        self._unsaved.update({tp: offset for tp, offset, saved in done if not saved})
-        self._to_commit.update(reached)
+            tp = (message.topic, message.partition)
+            reached[tp] = message.offset + 1
+            wanted = self._wanted.get(message.topic)
+            if wanted is None or wanted(message):
+                by_partition.setdefault(tp, []).append(message)
+            else:
+                metrics.KAFKA_CONSUMED.labels(message.topic, self.group_id, "passed_over").inc()
+        return by_partition, reached
 
     async def _handle_partition(self, messages: Sequence[InboundMessage]) -> tuple[Any, int, bool]:
         """Handle a partition's records; returns its position and whether a unit of work

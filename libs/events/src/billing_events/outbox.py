@@ -31,7 +31,7 @@ from billing_platform.db import Database
 from google.protobuf.message import Message
 from prometheus_client import Counter, Gauge
 
-from billing_events.kafka import CORRELATION_HEADER, KafkaPublisher
+from billing_events.kafka import CORRELATION_HEADER, KIND_HEADER, KafkaPublisher
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,10 @@ async def write_outbox(
     message: Message | bytes,
     *,
     correlation_id: str | None = None,
+    kind: str | None = None,
 ) -> int:
     """Add a record to the outbox inside the caller's transaction; returns its row id."""
-    row = OutboxRecord(topic, key, message, correlation_id)
+    row = OutboxRecord(topic, key, message, correlation_id, kind)
     row_id: int = await conn.fetchval(
         "INSERT INTO outbox (topic, message_key, payload, headers)"
         " VALUES ($1, $2, $3, $4::jsonb) RETURNING id",
@@ -89,11 +90,14 @@ class OutboxRecord:
     key: str | bytes | None
     message: Message | bytes
     correlation_id: str | None = None
+    # Sent as the ``kind`` header, for consumers that filter without decoding.
+    kind: str | None = None
 
     def columns(self) -> OutboxColumns:
         """The row; its headers carry the trace context current when this is called."""
         corr = self.correlation_id or context.current_correlation_id()
-        headers = {k: v.decode() for k, v in tracing.inject_headers({CORRELATION_HEADER: corr})}
+        extra = {CORRELATION_HEADER: corr, **({KIND_HEADER: self.kind} if self.kind else {})}
+        headers = {k: v.decode() for k, v in tracing.inject_headers(extra)}
         message = self.message
         value = message if isinstance(message, bytes) else message.SerializeToString()
         raw_key = self.key.encode() if isinstance(self.key, str) else self.key

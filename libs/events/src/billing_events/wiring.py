@@ -8,7 +8,14 @@ from billing_platform.db import HasPool
 from billing_platform.settings import ServiceSettings
 
 from billing_events.audit import AuditTrail
-from billing_events.kafka import BatchHandler, ConsumerRunner, Handler, KafkaPublisher, probe
+from billing_events.kafka import (
+    BatchHandler,
+    ConsumerRunner,
+    Handler,
+    KafkaPublisher,
+    Wanted,
+    probe,
+)
 from billing_events.offsets import OffsetStore
 from billing_events.topics import Topics
 
@@ -32,6 +39,7 @@ def consumer_for(
     batch_handlers: Mapping[str, BatchHandler] | None = None,
     *,
     db: HasPool | None,
+    wanted: Mapping[str, Wanted] | None = None,
 ) -> ConsumerRunner:
     """The service's consumer; with ``db`` its positions are kept in that database."""
     namespace = settings.infra.topic_namespace
@@ -43,6 +51,7 @@ def consumer_for(
         publisher=publisher,
         batch_handlers=batch_handlers,
         offsets=OffsetStore(db) if db is not None else None,
+        wanted=wanted,
     )
 
 

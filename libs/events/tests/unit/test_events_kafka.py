@@ -465,3 +465,35 @@ def test_first_claimed_keeps_newly_claimed_items_once_in_order() -> None:
 
     assert first_claimed(items, lambda s: s[0], {"a", "b"}) == ["a1", "b1"]
     assert first_claimed(items, lambda s: s[0], set()) == []
+
+
+# --- records a consumer does not want --------------------------------------------------
+
+
+def _fetched(partition: int, offset: int, value: bytes) -> confluent_kafka.Message:
+    return confluent_kafka.Message(
+        topic=TOPIC, partition=partition, offset=offset, value=value, timestamp=(0, 0)
+    )
+
+
+def test_records_a_consumer_does_not_want_are_passed_over_but_still_move_the_position() -> None:
+    runner = ConsumerRunner(
+        bootstrap="unused:9092",
+        group_id="test-group",
+        handlers={TOPIC: CountingHandler(fail_times=0)},
+        publisher=FakePublisher(),  # type: ignore[arg-type]
+        wanted={TOPIC: lambda m: not m.value.startswith(b"usage")},
+    )
+    fetched = [
+        _fetched(0, 10, b"purchase-1"),
+        _fetched(0, 11, b"usage-1"),
+        _fetched(1, 4, b"usage-2"),
+        _fetched(0, 12, b"usage-3"),
+    ]
+
+    by_partition, reached = runner._sorted(fetched)
+
+    assert {tp: [m.value for m in ms] for tp, ms in by_partition.items()} == {
+        (TOPIC, 0): [b"purchase-1"]
+    }
+    assert reached == {(TOPIC, 0): 13, (TOPIC, 1): 5}

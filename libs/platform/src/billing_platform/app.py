@@ -278,6 +278,7 @@ class _RequestScope:
             log.info(
                 "request",
                 extra={
+                    **(context.log_fields_var.get() or {}),
                     "method": request.method,
                     "route": route,
                     "status": status,
@@ -308,19 +309,19 @@ class _Reply:
         await self._send(message)
 
 
-_Bound = list[tuple[ContextVar[str | None], Token[str | None]]]
+_Bound = list[tuple[ContextVar[Any], Token[Any]]]
 
 
 def _bind_ids(request_id: str, correlation_id: str) -> _Bound:
     # The user var is cleared too: auth sets it inside the app, and without a token of
     # our own it would outlive the request whenever the caller reuses one task/context
     # (in-process ASGI clients do; uvicorn gives each request its own task).
-    values = (
-        (context.request_id_var, request_id),
-        (context.correlation_id_var, correlation_id),
-        (context.user_id_var, None),
-    )
-    return [(var, var.set(value)) for var, value in values]
+    bound: _Bound = [
+        (context.request_id_var, context.request_id_var.set(request_id)),
+        (context.correlation_id_var, context.correlation_id_var.set(correlation_id)),
+        (context.user_id_var, context.user_id_var.set(None)),
+    ]
+    return [*bound, (context.log_fields_var, context.log_fields_var.set({}))]
 
 
 def _unbind(bound: _Bound) -> None:

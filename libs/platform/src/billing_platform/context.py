@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import uuid
 from contextvars import ContextVar
+from typing import Any
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 correlation_id_var: ContextVar[str | None] = ContextVar("correlation_id", default=None)
 user_id_var: ContextVar[str | None] = ContextVar("user_id", default=None)
+# What a request's handler adds to that request's access line: one line per request, not two.
+log_fields_var: ContextVar[dict[str, Any] | None] = ContextVar("log_fields", default=None)
 
 
 def new_id() -> str:
@@ -21,3 +24,10 @@ def current_correlation_id() -> str:
         value = new_id()
         correlation_id_var.set(value)
     return value
+
+
+def annotate_request(**fields: Any) -> None:
+    """Add fields to the current request's access log line (masked like any log field)."""
+    current = log_fields_var.get()
+    if current is not None:
+        current.update(fields)

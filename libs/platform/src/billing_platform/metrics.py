@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 HTTP_REQUESTS = Counter(
     "http_requests_total", "HTTP requests handled", ["service", "method", "route", "status"]
@@ -22,6 +22,7 @@ KAFKA_HANDLER_RETRIES = Counter(
     "Handler attempts that failed and were retried",
     ["topic", "group"],
 )
+KAFKA_ASSIGNED = Gauge("kafka_assigned_partitions", "Partitions this consumer owns now", ["group"])
 KAFKA_OUTAGE_RETRIES = Counter(
     "kafka_handler_outage_retries_total",
     "Handler attempts that failed because a dependency was down; retried without limit",

@@ -14,7 +14,12 @@ import httpx
 import pytest
 from billing_platform import metrics
 from billing_platform.app import _RequestScope, create_app
-from billing_platform.context import correlation_id_var, request_id_var, user_id_var
+from billing_platform.context import (
+    annotate_request,
+    correlation_id_var,
+    request_id_var,
+    user_id_var,
+)
 from billing_platform.logging import JsonFormatter, mask_user_id
 from billing_platform.settings import InfraSettings, ServiceSettings
 from fastapi import APIRouter, FastAPI
@@ -190,6 +195,34 @@ def test_access_line_carries_the_user_set_by_auth(
     assert line["route"] == "/api/whoami"
     assert line["status"] == 200
     assert line["user"] == mask_user_id("u-access")
+
+
+def test_fields_a_handler_annotates_go_on_its_access_line_only(
+    app_log: list[dict[str, Any]],
+) -> None:
+    router = APIRouter()
+
+    @router.get("/annotated")
+    async def annotated() -> dict[str, str]:
+        annotate_request(event_id="evt_1", contact="someone@example.com")
+        return {}
+
+    @router.get("/plain")
+    async def plain() -> dict[str, str]:
+        return {}
+
+    settings = ServiceSettings(service_name="scope-test", infra=InfraSettings())
+    with TestClient(create_app(settings, routers=[router])) as client:
+        client.get("/annotated")
+        client.get("/plain")
+
+    first, second = _access_lines(app_log)
+    assert (first["route"], first["event_id"], first["contact"]) == (
+        "/annotated",
+        "evt_1",
+        "***@***",
+    )
+    assert "event_id" not in second
 
 
 async def test_request_context_does_not_outlive_the_request(

@@ -14,7 +14,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from billing_events.kafka import BatchHandler, Handler, InboundMessage, PermanentError
+from billing_events.kafka import (
+    KIND_HEADER,
+    BatchHandler,
+    Handler,
+    InboundMessage,
+    PermanentError,
+    Wanted,
+)
 from billing_events.offsets import unit_of_work
 from billing_events.topics import Topics
 from billing_events.v1 import ledger_pb2, stripe_pb2
@@ -35,6 +42,15 @@ log = logging.getLogger(__name__)
 
 # A purchase row -> its new (status, refunded_millicredits).
 Effect = Callable[[dict[str, Any]], tuple[str, int]]
+
+
+# The ledger transactions that move a purchase; the rest of that busy topic (usage above
+# all) is passed over undecoded. Records from before the kind header are all looked at.
+_PURCHASE_KINDS = frozenset({None, "purchase", "refund"})
+
+
+def wanted_for(topics: Topics) -> dict[str, Wanted]:
+    return {topics.ledger: lambda message: message.header(KIND_HEADER) in _PURCHASE_KINDS}
 
 
 def handlers_for(db: Database, topics: Topics) -> dict[str, Handler]:

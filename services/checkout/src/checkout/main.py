@@ -28,7 +28,7 @@ from billing_platform.stripe_client import stripe_client
 from fastapi import FastAPI
 
 from checkout import api
-from checkout.handlers import batch_handlers_for, handlers_for
+from checkout.handlers import batch_handlers_for, handlers_for, wanted_for
 from checkout.idempotency import IdempotencyKeys
 from checkout.service import PurchaseService, StoredSwitches, SwitchService
 from checkout.settings import Settings
@@ -85,7 +85,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     publisher = wiring.publisher_for(settings)
     topics = wiring.topics_for(settings)
     consumer = wiring.consumer_for(
-        settings, publisher, handlers_for(db, topics), batch_handlers_for(db, topics), db=db
+        settings,
+        publisher,
+        handlers_for(db, topics),
+        batch_handlers_for(db, topics),
+        db=db,
+        wanted=wanted_for(topics),
     )
     sessions = StripeCheckout(stripe_client(settings.infra, timeout_s=settings.stripe_timeout_s))
     defaults = defaults_from(settings)

@@ -78,7 +78,14 @@ async def post(conn: Any, topics: Topics, posting: journal.Posting) -> Posted | 
     await repository.insert_entries(conn, transaction_id, posting, account, balance)
     posted = Posted(transaction_id, balance, created)
     record = _posted_record(posting, posted, correlation_id)
-    await write_outbox(conn, topics.ledger, posting.user_id, record, correlation_id=correlation_id)
+    await write_outbox(
+        conn,
+        topics.ledger,
+        posting.user_id,
+        record,
+        correlation_id=correlation_id,
+        kind=posting.kind,
+    )
     return posted
 
 
@@ -116,7 +123,9 @@ async def post_many(
         entries.extend(_entries(row, done.balance_after))
         posted.append(done)
         record = _posted_record(row.posting, done, row.correlation_id)
-        outbox.append(OutboxRecord(topics.ledger, user, record, row.correlation_id))
+        outbox.append(
+            OutboxRecord(topics.ledger, user, record, row.correlation_id, row.posting.kind)
+        )
     await repository.insert_entries_many(conn, entries)
     await repository.apply_wallet_deltas(conn, _deltas(rows))
     await write_outbox_many(conn, outbox)
