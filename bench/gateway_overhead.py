@@ -1,165 +1,266 @@
-"""What the AI gateway adds to a model call, at a steady request rate.
+"""What the AI gateway adds to a model call, and what a charged call costs in CPU.
 
-Two runs against the local OpenAI-compatible server, same prompt, same rate:
-1. direct: the official ``openai`` SDK calling the model server;
-2. gateway: ``POST /api/ai/chat`` on metering (auth, switches, caps, estimate, hold in the
-   ledger, the model call, pricing, capture, usage record), same SDK underneath.
-Requests are sent open-loop at ``--rate`` per second (a new one every 1/rate s whether or
-not earlier ones finished), so queueing shows up in the figures. For the gateway it also
-reports the ``x-billing-overhead-ms`` header: the request's time outside the model call.
+Brings the dev stack up (durable commits; guardrail caps and the per-user rate limit lifted
+so a long run is not refused) and, for each of ``--rates`` calls per second, runs two open
+loops with vegeta (pinned, installed into ``.local/bin``), ``--seconds`` each:
+1. direct: ``POST /v1/chat/completions`` on the local OpenAI-compatible model server;
+2. gateway: ``POST /api/ai/chat`` on metering for ``--users`` funded users, each call with
+   its own ``Idempotency-Key`` (auth, switches, rate limit, caps, hold in the ledger, the
+   model call, pricing, capture, the usage record and everything downstream of it).
+Same prompt, same model, 20 output tokens. Per rate it prints both latency distributions,
+the overhead (gateway minus direct at each percentile, same run), the answers that were not
+200, and the CPU ms per call of every process for the gateway step, measured from the
+first call until the whole pipeline is quiet (outboxes published, consumers caught up), so
+the call's downstream work counts too. A rate whose gateway p99 passes 100 ms is marked.
 
-Runs on the dev stack (durable commits), restarted with the guardrail caps lifted so a
-long run is not refused. Run: ``uv run python bench/gateway_overhead.py [--rate 20]
-[--seconds 30] [--keep]``.
+Run: ``uv run python bench/gateway_overhead.py [--quick] [--json] [--rates 50,100,200,300]
+[--seconds 10] [--users 50] [--stack dev|test] [--keep]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import json
+import tempfile
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-import httpx
-import openai
-from billing_cli import keys
+import asyncpg
+from billing_cli import installers, keys
 from billing_cli.layout import Layout
 from billing_cli.stack import Stack
+from pipeline import Meter, Phase, Pipeline, fund, progress, run_tool
 
 LIFTED_CAPS = {
     "METERING_CAP_PER_REQUEST_MILLICREDITS": "1000000000",
     "METERING_CAP_PER_DAY_MILLICREDITS": "1000000000000",
     "METERING_CAP_PER_HOUR_MILLICREDITS": "1000000000000",
-    # 100 calls per user per minute would refuse a run above --rate 33 (20 users).
-    "METERING_RATE_LIMIT_PER_MINUTE": "1000000",
+    "METERING_RATE_LIMIT_PER_MINUTE": "100000000",
 }
-PROMPT = [{"role": "user", "content": "Summarise the benefits of prepaid credits. [[tokens=20]]"}]
 MODEL = "gpt-4o-mini"
+BODY = {
+    "model": MODEL,
+    "messages": [
+        {"role": "user", "content": "Summarise the benefits of prepaid credits. [[tokens=20]]"}
+    ],
+    "max_tokens": 20,
+}
+SLOW_P99_MS = 100.0
+PERCENTILES = ("50th", "90th", "99th", "max")
 
 
-async def open_loop(
-    rate: float, seconds: float, call: Callable[[], Coroutine[Any, Any, float]]
-) -> list[float]:
-    """Start ``call`` every 1/rate s for ``seconds``; the latency of each, in ms."""
-    tasks = []
-    started = time.perf_counter()
-    for i in range(int(rate * seconds)):
-        delay = started + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(call()))
-    return list(await asyncio.gather(*tasks))
+@dataclass(frozen=True)
+class Step:
+    """One vegeta run: latencies (ms), status counts and, for the gateway, CPU."""
+
+    rate: int
+    latency_ms: dict[str, float]
+    codes: dict[str, int]
+    errors: list[str]
+    phase: Phase | None = None
+
+    @property
+    def ok(self) -> int:
+        return self.codes.get("200", 0)
 
 
-async def direct(stack: Stack, rate: float, seconds: float) -> list[float]:
-    client = openai.AsyncOpenAI(
-        base_url=stack.env()["BILLING_OPENAI_BASE_URL"],
-        api_key=stack.secrets["openai_api_key"],
-        max_retries=0,
+def _target(method: str, url: str, headers: dict[str, str], body: bytes) -> str:
+    return json.dumps(
+        {
+            "method": method,
+            "url": url,
+            "body": base64.b64encode(body).decode(),
+            "header": {k: [v] for k, v in headers.items()},
+        }
     )
 
-    async def call() -> float:
-        began = time.perf_counter()
-        await client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=20)  # type: ignore[arg-type]
-        return (time.perf_counter() - began) * 1000
 
-    try:
-        return await open_loop(rate, seconds, call)
-    finally:
-        await client.close()
-
-
-async def gateway(stack: Stack, rate: float, seconds: float) -> tuple[list[float], list[float]]:
-    url = f"{stack.services['metering'].url}/api/ai/chat"
-    users = [f"bench-gw-{uuid.uuid4().hex[:8]}" for _ in range(20)]
-    async with httpx.AsyncClient(
-        timeout=60, limits=httpx.Limits(max_connections=200, keepalive_expiry=2.0)
-    ) as http:
-        await fund(stack, http, users)
-        tokens = {u: keys.mint_token(stack.layout, u) for u in users}
-        overheads: list[float] = []
-        calls = 0
-
-        async def call() -> float:
-            nonlocal calls
-            user = users[calls % len(users)]
-            calls += 1
-            began = time.perf_counter()
-            answer = await http.post(
-                url,
-                json={"model": MODEL, "messages": PROMPT, "max_tokens": 20},
-                headers={"Authorization": f"Bearer {tokens[user]}"},
-            )
-            elapsed = (time.perf_counter() - began) * 1000
-            answer.raise_for_status()
-            overheads.append(float(answer.headers["x-billing-overhead-ms"]))
-            return elapsed
-
-        latencies = await open_loop(rate, seconds, call)
-    return latencies, overheads
-
-
-async def fund(stack: Stack, http: httpx.AsyncClient, users: list[str]) -> None:
-    admin = {
-        "Authorization": f"Bearer {keys.mint_token(stack.layout, 'bench', ['admin'], mfa=True)}"
+def direct_targets(stack: Stack, path: Path, count: int) -> None:
+    url = stack.env()["BILLING_OPENAI_BASE_URL"].rstrip("/") + "/chat/completions"
+    headers = {
+        "Authorization": f"Bearer {stack.secrets['openai_api_key']}",
+        "Content-Type": "application/json",
     }
-    for user in users:
-        answer = await http.post(
-            f"{stack.services['ledger'].url}/api/admin/adjustments",
-            json={
-                "userId": user,
-                "amountMillicredits": 10**9,
-                "reason": "benchmark credits",
-                "referenceId": f"bench-{user}",
-            },
-            headers=admin,
+    line = _target("POST", url, headers, json.dumps(BODY).encode())
+    path.write_text((line + "\n") * count)
+
+
+def gateway_targets(stack: Stack, path: Path, count: int, tokens: list[str]) -> None:
+    url = f"{stack.services['metering'].url}/api/ai/chat"
+    body = json.dumps(BODY).encode()
+    with path.open("w") as out:
+        for n in range(count):
+            headers = {
+                "Authorization": f"Bearer {tokens[n % len(tokens)]}",
+                "Content-Type": "application/json",
+                "Idempotency-Key": uuid.uuid4().hex,
+            }
+            out.write(_target("POST", url, headers, body) + "\n")
+
+
+async def attack(vegeta: Path, targets: Path, rate: int, seconds: int) -> dict[str, Any]:
+    results = targets.with_suffix(".bin")
+    await run_tool(
+        [
+            str(vegeta),
+            "attack",
+            *("-format=json", f"-targets={targets}", f"-rate={rate}/1s"),
+            *(f"-duration={seconds}s", "-timeout=30s", f"-output={results}"),
+        ]
+    )
+    report: dict[str, Any] = json.loads(
+        await run_tool([str(vegeta), "report", "-type=json", str(results)])
+    )
+    return report
+
+
+def step(rate: int, report: dict[str, Any], phase: Phase | None = None) -> Step:
+    latency = {k: report["latencies"][k] / 1e6 for k in PERCENTILES}
+    errors = report.get("errors") or []
+    return Step(rate, latency, report.get("status_codes") or {}, errors[:3], phase)
+
+
+@dataclass
+class Run:
+    stack: Stack
+    vegeta: Path
+    workdir: Path
+    pipe: Pipeline
+    tokens: list[str]
+    seconds: int
+
+    async def direct(self, rate: int) -> Step:
+        targets = self.workdir / f"direct-{rate}.json"
+        await asyncio.to_thread(direct_targets, self.stack, targets, rate * self.seconds)
+        return step(rate, await attack(self.vegeta, targets, rate, self.seconds))
+
+    async def gateway(self, rate: int) -> Step:
+        targets = self.workdir / f"gateway-{rate}.json"
+        count = rate * self.seconds
+        await asyncio.to_thread(gateway_targets, self.stack, targets, count, self.tokens)
+        meter = Meter(self.stack)
+        meter.start()
+        began = time.perf_counter()
+        report = await attack(self.vegeta, targets, rate, self.seconds)
+        await self.pipe.quiet()
+        cpu = meter.stop()
+        charged = (report.get("status_codes") or {}).get("200", 0)
+        phase = Phase(f"gateway at {rate}/s", charged, time.perf_counter() - began, cpu)
+        return step(rate, report, phase)
+
+
+async def measure(stack: Stack, vegeta: Path, opts: argparse.Namespace) -> list[Step]:
+    users = [f"bench-gw-{uuid.uuid4().hex[:8]}-{n:03d}" for n in range(opts.users)]
+    progress(f"funding {len(users)} users")
+    await fund(stack, users)
+    tokens = [keys.mint_token(stack.layout, user) for user in users]
+    db = await asyncpg.connect(stack.postgres.dsn)
+    pipe = Pipeline(stack, db)
+    await pipe.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
+            run = Run(stack, vegeta, Path(tmp), pipe, tokens, opts.seconds)
+            return await _steps(run, opts.rates)
+    finally:
+        await pipe.stop()
+        await db.close()
+
+
+async def _steps(run: Run, rates: list[int]) -> list[Step]:
+    progress("warm-up: 2 s of each path at the first rate")
+    warm = Run(run.stack, run.vegeta, run.workdir, run.pipe, run.tokens, 2)
+    await warm.direct(rates[0])
+    await warm.gateway(rates[0])
+    steps: list[Step] = []
+    for rate in rates:
+        progress(f"{rate}/s: direct, then gateway, {run.seconds} s each")
+        steps += [await run.direct(rate), await run.gateway(rate)]
+    return steps
+
+
+def report_lines(steps: list[Step]) -> list[str]:
+    lines = [
+        f"{'rate':>6} {'path':8}{'ok':>7}{'other':>7}"
+        + "".join(f"{p + ' ms':>10}" for p in PERCENTILES)
+    ]
+    for direct, gateway in zip(steps[::2], steps[1::2], strict=True):
+        for name, s in (("direct", direct), ("gateway", gateway)):
+            other = sum(n for code, n in s.codes.items() if code != "200")
+            figures = "".join(f"{s.latency_ms[p]:10.1f}" for p in PERCENTILES)
+            lines.append(f"{s.rate:6d} {name:8}{s.ok:7d}{other:7d}{figures}")
+        added = "".join(
+            f"{gateway.latency_ms[p] - direct.latency_ms[p]:10.1f}" for p in PERCENTILES
         )
-        answer.raise_for_status()
+        slow = "  (p99 over 100 ms)" if gateway.latency_ms["99th"] > SLOW_P99_MS else ""
+        lines.append(f"{gateway.rate:6d} {'overhead':8}{'':14}{added}{slow}")
+    return lines + [""] + cpu_lines([s for s in steps[1::2] if s.phase is not None])
 
 
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+def cpu_lines(steps: list[Step]) -> list[str]:
+    rows = [s.phase.cpu_ms_per_event() for s in steps if s.phase is not None]
+    if not rows:
+        return []
+    lines = ["CPU ms per gateway call (from the first call until the pipeline is quiet)"]
+    lines.append(f"{'process':16}" + "".join(f"{str(s.rate) + '/s':>10}" for s in steps))
+    for name in rows[0]:
+        lines.append(f"{name:16}" + "".join(f"{row.get(name, 0.0):10.3f}" for row in rows))
+    platform = [
+        row["total"] - row.get("load generator", 0.0) - row.get("devllm", 0.0) for row in rows
+    ]
+    lines.append(f"{'platform only':16}" + "".join(f"{v:10.3f}" for v in platform))
+    errors = [e for s in steps for e in s.errors]
+    return lines + ([f"error samples: {errors[:3]}"] if errors else [])
 
 
-def row(label: str, values: list[float]) -> str:
-    figures = [percentile(values, p) for p in (50, 90, 99)] + [max(values)]
-    return f"  {label:34}" + "".join(f"{f:8.1f}" for f in figures)
+def as_json(steps: list[Step]) -> str:
+    rows = []
+    for s in steps:
+        row: dict[str, Any] = {**asdict(s), "ok": s.ok}
+        if s.phase is not None:
+            row["cpu_ms_per_call"] = s.phase.cpu_ms_per_event()
+        rows.append(row)
+    return json.dumps({"steps": rows}, indent=2, default=str)
 
 
-async def run(stack: Stack, rate: float, seconds: float) -> None:
-    await direct(stack, rate, 2)  # warm-up of both paths
-    await gateway(stack, rate, 2)
-    plain = await direct(stack, rate, seconds)
-    through, overheads = await gateway(stack, rate, seconds)
-    count = int(rate * seconds)
-    print(f"{count} calls each at {rate:g}/s, {MODEL}, 20 output tokens (ms)")
-    print(f"  {'':34}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}")
-    print(row("direct to the model server", plain))
-    print(row("through the gateway", through))
-    print(row("x-billing-overhead-ms (gateway)", overheads))
-    added = percentile(through, 50) - percentile(plain, 50)
-    print(f"  median latency added by the gateway: {added:.1f} ms")
-
-
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=20.0)
-    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--quick", action="store_true", help="rates 20 and 50, 5 s each")
+    parser.add_argument("--json", action="store_true", help="figures as JSON (table: stderr)")
+    parser.add_argument("--rates", help="calls per second, comma-separated")
+    parser.add_argument("--seconds", type=int)
+    parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--stack", choices=["dev", "test"], default="dev")
     parser.add_argument("--keep", action="store_true", help="leave the stack running")
     args = parser.parse_args()
+    rates = args.rates or ("20,50" if args.quick else "50,100,200,300")
+    args.rates = [int(r) for r in rates.split(",")]
+    args.seconds = args.seconds or (5 if args.quick else 10)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     layout = Layout.test() if args.stack == "test" else Layout.dev()
+    vegeta = installers.ensure_vegeta(layout)
     stack = Stack(layout, service_env=LIFTED_CAPS)
     stack.down()  # metering must run with the lifted caps above
     stack.up()
     try:
-        asyncio.run(run(stack, args.rate, args.seconds))
+        steps = asyncio.run(measure(stack, vegeta, args))
     finally:
         if not args.keep:
             stack.down()
+    table = "\n".join(report_lines(steps))
+    if args.json:
+        progress(table)
+        print(as_json(steps))
+    else:
+        print(table)
 
 
 if __name__ == "__main__":
