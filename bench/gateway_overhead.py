@@ -198,7 +198,7 @@ def report_lines(steps: list[Step]) -> list[str]:
         )
         slow = "  (p99 over 100 ms)" if gateway.latency_ms["99th"] > SLOW_P99_MS else ""
         lines.append(f"{gateway.rate:6d} {'overhead':8}{'':14}{added}{slow}")
-    return lines + [""] + cpu_lines([s for s in steps[1::2] if s.phase is not None])
+    return [*lines, "", *cpu_lines([s for s in steps[1::2] if s.phase is not None])]
 
 
 def cpu_lines(steps: list[Step]) -> list[str]:

@@ -63,6 +63,7 @@ def isolated_env(topics: Topics, base: str) -> dict[str, str]:
         "WEBHOOK_INGEST_RATE_LIMIT_PER_MINUTE": "1000000",
         "LEDGER_CHECKOUT_SCHEMA": schemas["checkout"],
         "METERING_CHECKOUT_SCHEMA": schemas["checkout"],
+        "METERING_LEDGER_SCHEMA": schemas["ledger"],
         "RECONCILER_SCHEDULE_INTERVAL_S": "0",
         "RECONCILER_LEDGER_SCHEMA": schemas["ledger"],
         "RECONCILER_METERING_SCHEMA": schemas["metering"],

@@ -61,6 +61,9 @@ class SchemaAccess:
     keep_rows: tuple[str, ...] = ()
     # Relation -> other services' roles that may SELECT it (their only right here).
     readers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Function signature, e.g. "create_hold(text, bigint)" -> other services' roles that may
+    # EXECUTE it (the runtime role may too; nobody else, PUBLIC included).
+    executors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def quote_ident(name: str) -> str:
@@ -169,8 +172,12 @@ async def grant_access(conn: Any, schema: str, access: SchemaAccess) -> None:
     declared = {*access.append_only, *access.keep_rows, *access.readers}
     if missing := sorted(declared - relations.keys()):
         raise MigrationError(f"{schema}: declared relations do not exist: {missing}")
+    for signature in access.executors:
+        target = f"{quote_ident(schema)}.{signature}"
+        if not await conn.fetchval("SELECT to_regprocedure($1) IS NOT NULL", target):
+            raise MigrationError(f"{schema}: declared function does not exist: {signature}")
     me = await conn.fetchval("SELECT current_user")  # the owner: it has every right already
-    statements = _reader_grants(schema, access, me)
+    statements = _reader_grants(schema, access, me) + _executor_grants(schema, access, me)
     if access.runtime_role and access.runtime_role != me:
         statements = _runtime_grants(schema, relations, access) + statements
     if statements:
@@ -195,6 +202,19 @@ def _reader_grants(schema: str, access: SchemaAccess, me: str) -> list[str]:
             statements.append(f"GRANT USAGE ON SCHEMA {quote_ident(schema)} TO {role}")
             target = f"{quote_ident(schema)}.{quote_ident(relation)}"
             statements.append(f"GRANT SELECT ON {target} TO {role}")
+    return statements
+
+
+def _executor_grants(schema: str, access: SchemaAccess, me: str) -> list[str]:
+    statements: list[str] = []
+    for signature, roles in sorted(access.executors.items()):
+        target = f"FUNCTION {quote_ident(schema)}.{signature}"
+        statements.append(f"REVOKE ALL ON {target} FROM PUBLIC")
+        for role in sorted(
+            {quote_ident(r) for r in (access.runtime_role, *roles) if r and r != me}
+        ):
+            statements.append(f"GRANT USAGE ON SCHEMA {quote_ident(schema)} TO {role}")
+            statements.append(f"GRANT EXECUTE ON {target} TO {role}")
     return statements
 
 

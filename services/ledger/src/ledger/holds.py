@@ -10,7 +10,6 @@ zero; what could not be collected is reported, not silently dropped.
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,21 +75,25 @@ def _hold_body(hold: Any) -> dict[str, Any]:
 async def create_hold(
     conn: Any, user_id: str, amount: int, key: str, ttl_s: int
 ) -> tuple[bool, dict[str, Any]]:
-    """(created, body); the same key again answers the hold it made (created False)."""
-    await repository.lock_balance(conn, user_id)
-    existing = await repository.hold_by_key(conn, user_id, key)
-    if existing is not None:
-        if existing["amount_millicredits"] != amount:
-            raise ApiError(409, "idempotency_key_reused", "this key holds another amount")
-        return False, {**_hold_body(existing), **await _balances(conn, user_id)}
-    await repository.expire_due_holds(conn, user_id)
-    reserved = await repository.reserve(conn, user_id, amount)
-    if reserved is None:
-        balance, held = await repository.balance(conn, user_id)
-        raise InsufficientCredits(amount, max(0, balance - held))
-    hold = await repository.insert_hold(conn, str(uuid.uuid4()), user_id, amount, key, ttl_s)
-    fields = balance_fields(reserved["balance_millicredits"], reserved["held_millicredits"])
-    return True, {**_hold_body(hold), **fields}
+    """(created, body); the same key again answers the hold it made (created False).
+
+    The whole of it is the ``create_hold`` function in the ledger's schema, the one
+    implementation metering also calls directly."""
+    row = await repository.create_hold(conn, user_id, amount, key, ttl_s)
+    outcome = row["r_outcome"]
+    if outcome == "key_reused":
+        raise ApiError(409, "idempotency_key_reused", "this key holds another amount")
+    fields = balance_fields(row["r_balance"], row["r_held"])
+    if outcome == "insufficient":
+        raise InsufficientCredits(amount, max(0, fields["availableMillicredits"]))
+    body = {
+        "holdId": str(row["r_hold_id"]),
+        "userId": user_id,
+        "amountMillicredits": row["r_amount"],
+        "status": row["r_status"],
+        "expiresAt": row["r_expires_at"].isoformat(),
+    }
+    return outcome == "created", {**body, **fields}
 
 
 async def _locked_hold(conn: Any, hold_id: str) -> Any:

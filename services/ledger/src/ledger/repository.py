@@ -306,17 +306,6 @@ async def expire_due_holds(conn: Any, user_id: str) -> int:
     return int(freed["n"])
 
 
-async def reserve(conn: Any, user_id: str, amount: int) -> Any:
-    """Hold ``amount`` if it is available, in one statement; None when it is not."""
-    return await conn.fetchrow(
-        "UPDATE balances SET held_millicredits = held_millicredits + $2, updated_at = now()"
-        " WHERE user_id = $1 AND balance_millicredits - held_millicredits >= $2"
-        " RETURNING balance_millicredits, held_millicredits",
-        user_id,
-        amount,
-    )
-
-
 async def unhold(conn: Any, user_id: str, amount: int) -> None:
     await conn.execute(
         "UPDATE balances SET held_millicredits = held_millicredits - $2, updated_at = now()"
@@ -326,23 +315,11 @@ async def unhold(conn: Any, user_id: str, amount: int) -> None:
     )
 
 
-async def insert_hold(
-    conn: Any, hold_id: str, user_id: str, amount: int, key: str, ttl_s: int
-) -> Any:
+async def create_hold(conn: Any, user_id: str, amount: int, key: str, ttl_s: int) -> Any:
+    """The ``create_hold`` function's answer: r_outcome (created, existing, key_reused,
+    insufficient), the hold and the user's balance and held amount after it."""
     return await conn.fetchrow(
-        "INSERT INTO holds (id, user_id, amount_millicredits, idempotency_key, expires_at)"
-        " VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) RETURNING *",
-        hold_id,
-        user_id,
-        amount,
-        key,
-        ttl_s,
-    )
-
-
-async def hold_by_key(conn: Any, user_id: str, key: str) -> Any:
-    return await conn.fetchrow(
-        "SELECT * FROM holds WHERE user_id = $1 AND idempotency_key = $2", user_id, key
+        "SELECT * FROM create_hold($1, $2, $3, $4)", user_id, amount, key, ttl_s
     )
 
 

@@ -1,4 +1,4 @@
-"""The ledger's hold API as a port, and its HTTP implementation.
+"""The ledger's hold API as a port; holds straight from the database, the rest over HTTP.
 
 Every call is idempotent on the ledger's side (a hold by its key, a capture by its usage
 id, a release by its hold), so the HTTP client retries network failures and 5xx answers a
@@ -13,8 +13,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
+from billing_platform.db import HasPool
 from billing_platform.http_client import traced_client
+from billing_platform.outages import is_outage
 from pydantic import SecretStr
+
+from metering import repository
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,41 @@ class LedgerClient(Protocol):
     async def capture(self, hold_id: str, capture: Capture) -> Captured: ...
 
     async def release(self, hold_id: str) -> Balance: ...
+
+
+class DirectHoldLedgerClient:
+    """Holds in one database round trip: the ledger's ``create_hold`` function, which
+    metering's role may execute; captures and releases go to ``rest`` (the HTTP API)."""
+
+    def __init__(self, db: HasPool, ledger_schema: str, rest: LedgerClient) -> None:
+        self._db = db
+        self._schema = ledger_schema
+        self._rest = rest
+
+    async def create_hold(
+        self, user_id: str, amount_millicredits: int, idempotency_key: str, ttl_s: int
+    ) -> Hold:
+        try:
+            async with self._db.pool.acquire() as conn:
+                row = await repository.create_ledger_hold(
+                    conn, self._schema, user_id, amount_millicredits, idempotency_key, ttl_s
+                )
+        except Exception as exc:
+            if is_outage(exc):
+                raise LedgerError(f"create hold: {type(exc).__name__}") from exc
+            raise
+        balance = Balance(row["r_balance"], row["r_held"], row["r_balance"] - row["r_held"])
+        if row["r_outcome"] == "insufficient":
+            raise InsufficientCredits(amount_millicredits, max(0, balance.available_millicredits))
+        if row["r_outcome"] == "key_reused":
+            raise LedgerError("create hold: idempotency_key_reused")
+        return Hold(str(row["r_hold_id"]), row["r_amount"], balance)
+
+    async def capture(self, hold_id: str, capture: Capture) -> Captured:
+        return await self._rest.capture(hold_id, capture)
+
+    async def release(self, hold_id: str) -> Balance:
+        return await self._rest.release(hold_id)
 
 
 class HttpLedgerClient:

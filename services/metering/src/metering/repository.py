@@ -15,6 +15,17 @@ from metering.records import ModelTotals, ShadowCharge, UsageRecord
 GUARD_LOCK_SPACE = 0x6D657465  # "mete"
 
 
+async def create_ledger_hold(
+    conn: Any, ledger_schema: str, user_id: str, amount: int, key: str, ttl_s: int
+) -> Any:
+    """The ledger's ``create_hold`` function (the one grant metering has there): r_outcome
+    (created, existing, key_reused, insufficient), r_hold_id, r_amount, r_balance, r_held."""
+    schema = check_schema_name(ledger_schema)
+    return await conn.fetchrow(
+        f'SELECT * FROM "{schema}".create_hold($1, $2, $3, $4)', user_id, amount, key, ttl_s
+    )
+
+
 async def claim_key(
     conn: Any, user_id: str, key: str, request_hash: str, takeover_after_s: float
 ) -> int | None:

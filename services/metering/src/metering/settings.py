@@ -19,7 +19,10 @@ class Settings(ServiceSettings):
     db_schema: str = "metering"
     # The reconciler's runtime role: `migrate` lets it SELECT what reconciliation checks here.
     db_reconciler_role: str = ""
-    # The ledger's hold API, called with a token carrying the `service` role.
+    # The ledger's schema: metering holds credits through its `create_hold` function there
+    # (the only right it has in it), in one round trip per call.
+    ledger_schema: str = "ledger"
+    # The ledger's capture and release API, called with a token carrying the `service` role.
     ledger_url: str = "http://127.0.0.1:8103"
     ledger_token: SecretStr = SecretStr("")
     ledger_timeout_s: float = Field(default=5.0, gt=0)
@@ -48,7 +51,7 @@ class Settings(ServiceSettings):
     # that every replica shares one count.
     rate_limit_per_minute: int = Field(default=100, gt=0)
 
-    @field_validator("checkout_schema")
+    @field_validator("checkout_schema", "ledger_schema")
     @classmethod
     def _schema_name(cls, value: str) -> str:
         return check_schema_name(value)

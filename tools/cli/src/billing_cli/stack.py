@@ -91,6 +91,7 @@ class Stack:
         runtime = {pkg: roles.runtime for pkg, roles in self.db_roles.items()}
         values["CHECKOUT_DB_LEDGER_ROLE"] = runtime["ledger"]
         values["CHECKOUT_DB_METERING_ROLE"] = runtime["metering"]
+        values["LEDGER_DB_METERING_ROLE"] = runtime["metering"]
         for pkg in ("checkout", "ledger", "metering", "webhook_ingest"):
             values[f"{pkg.upper()}_DB_RECONCILER_ROLE"] = runtime["reconciler"]
         return values
