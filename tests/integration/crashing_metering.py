@@ -23,7 +23,7 @@ async def crash_instead_of_capture(self: Any, hold_id: str, capture: Any) -> Any
 
 
 if __name__ == "__main__":
-    ledger_client.HttpLedgerClient.capture = crash_instead_of_capture  # type: ignore[method-assign]
+    ledger_client.DirectLedgerClient.capture = crash_instead_of_capture  # type: ignore[method-assign]
     settings = Settings()
     # A factory, as `serve` uses: the app is built inside uvicorn's event loop.
     uvicorn.run(lambda: create_app(settings), factory=True, host="127.0.0.1", port=settings.port)

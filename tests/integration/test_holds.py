@@ -7,14 +7,17 @@ as metering calls it.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
+from datetime import UTC
 from typing import Any
 
+import asyncpg
 import pytest
 from billing_cli import keys
 from billing_events.kafka import KafkaPublisher
 from billing_events.topics import Topics
-from billing_events.v1 import usage_pb2
+from billing_events.v1 import ledger_pb2, usage_pb2
 
 CALL = 5_000  # millicredits one call reserves in these tests
 
@@ -89,6 +92,51 @@ async def test_hold_capture_release_and_the_402_body(platform: Any, user: str) -
         "gpt-4o",
         usage_a,
     )
+
+
+async def test_a_capture_publishes_its_posting_encoded_by_the_database(
+    platform: Any, user: str
+) -> None:
+    """The capture function writes the LedgerTransactionPosted itself; it must decode to
+    what the posting says, as if the generated classes had written it."""
+    await platform.give(user, 20_000)
+    held = (await hold(platform, user, 10_000, "encoded")).json()
+    usage_id = f"usage-encoded-{user}"
+    answer = (await capture(platform, held["holdId"], 7_250, usage_id)).json()
+
+    conn = await asyncpg.connect(platform.stack.postgres.dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT o.payload, o.headers, t.created_at, t.correlation_id"
+            " FROM ledger.outbox o JOIN ledger.journal_transactions t ON t.reference_id = $1"
+            " WHERE o.topic = $2 AND o.message_key = convert_to($3, 'UTF8')"
+            " ORDER BY o.id DESC LIMIT 1",
+            usage_id,
+            Topics(platform.stack.topic_namespace).ledger,
+            user,
+        )
+    finally:
+        await conn.close()
+    event = ledger_pb2.LedgerTransactionPosted.FromString(row["payload"])
+    assert event.transaction_id == answer["transactionId"]
+    assert (event.kind, event.user_id, event.reference_id) == (
+        ledger_pb2.TRANSACTION_KIND_USAGE,
+        user,
+        usage_id,
+    )
+    assert [(e.account, e.amount_millicredits) for e in event.entries] == [
+        (f"wallet:{user}", -7_250),
+        ("revenue", 7_250),
+    ]
+    assert event.balance_after_millicredits == 12_750 == answer["balanceMillicredits"]
+    assert event.posted_at.ToDatetime(UTC) == row["created_at"]
+    assert event.meta.occurred_at == event.posted_at
+    assert (event.meta.producer, event.meta.correlation_id) == ("ledger", row["correlation_id"])
+    assert len(event.meta.event_id) == 32
+    headers = json.loads(row["headers"])
+    assert headers["kind"] == "usage"
+    assert headers["correlation-id"] == row["correlation_id"]
+    assert "traceparent" in headers
 
 
 async def test_capture_above_the_hold_takes_only_what_is_available(

@@ -96,12 +96,19 @@ class OutboxRecord:
     def columns(self) -> OutboxColumns:
         """The row; its headers carry the trace context current when this is called."""
         corr = self.correlation_id or context.current_correlation_id()
-        extra = {CORRELATION_HEADER: corr, **({KIND_HEADER: self.kind} if self.kind else {})}
-        headers = {k: v.decode() for k, v in tracing.inject_headers(extra)}
+        headers = outbox_headers(corr, self.kind)
         message = self.message
         value = message if isinstance(message, bytes) else message.SerializeToString()
         raw_key = self.key.encode() if isinstance(self.key, str) else self.key
         return self.topic, raw_key, value, json.dumps(headers)
+
+
+def outbox_headers(correlation_id: str, kind: str | None = None) -> dict[str, str]:
+    """An outbox row's headers: the current trace context, the correlation id, the kind.
+
+    For rows written by SQL (the ledger's capture function) as much as by ``OutboxRecord``."""
+    extra = {CORRELATION_HEADER: correlation_id, **({KIND_HEADER: kind} if kind else {})}
+    return {k: v.decode() for k, v in tracing.inject_headers(extra)}
 
 
 async def write_outbox_many(conn: Any, records: Sequence[OutboxRecord]) -> None:

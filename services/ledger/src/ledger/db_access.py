@@ -8,7 +8,10 @@ from billing_platform.db import SchemaAccess
 from ledger.settings import Settings
 
 # What the reconciler's checks read (journal sums, balances, grants, what was consumed).
-HOLD_FUNCTION = "create_hold(text, bigint, text, integer)"
+HOLD_FUNCTIONS = (
+    "create_hold(text, bigint, text, integer)",
+    "capture_hold(uuid, text, bigint, text, bigint, bigint, text, text, jsonb, text)",
+)
 RECONCILED = ("journal_transactions", "journal_entries", "balances", "inbox", "purchase_grants")
 
 
@@ -17,6 +20,7 @@ def schema_access(settings: Settings) -> SchemaAccess:
         runtime_role=settings.runtime_role,
         append_only=("journal_transactions", "journal_entries", "audit_log"),
         readers={table: (settings.db_reconciler_role,) for table in RECONCILED},
-        # Metering reserves credits for each AI call in one round trip, and may do no more.
-        executors={HOLD_FUNCTION: (settings.db_metering_role,)},
+        # Metering holds and captures credits for each AI call in one round trip each, and
+        # may do no more here.
+        executors={fn: (settings.db_metering_role,) for fn in HOLD_FUNCTIONS},
     )

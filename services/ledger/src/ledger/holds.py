@@ -13,7 +13,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
+from billing_events.outbox import outbox_headers
 from billing_events.topics import Topics
+from billing_platform import context
 from billing_platform.errors import ApiError
 from billing_platform.money import credits_text
 from billing_platform.tasks import Periodic
@@ -114,21 +117,35 @@ async def release(conn: Any, hold_id: str) -> dict[str, Any]:
 
 
 async def capture(conn: Any, topics: Topics, hold_id: str, usage: Usage) -> dict[str, Any]:
-    """Charge a hold's real usage once per usage id; the rest of the hold is freed."""
-    hold = await _locked_hold(conn, hold_id)
-    if hold["status"] == "captured":
-        if hold["usage_id"] != usage.usage_id:
-            raise ApiError(409, "hold_already_captured", "the hold was captured for other usage")
-        return await _capture_body(conn, hold, usage)
-    held_part = hold["amount_millicredits"] if hold["status"] == "active" else 0
-    if held_part:
-        await repository.unhold(conn, hold["user_id"], held_part)
-    posted = await charge_usage(conn, topics, hold["user_id"], usage, str(hold["id"]))
-    charged = posted[1] if posted else 0
-    txn = posted[0] if posted else None
-    status = "captured" if hold["status"] == "active" else hold["status"]
-    await repository.settle_hold(conn, hold_id, status, usage.usage_id, charged, txn)
-    return await _capture_body(conn, await repository.lock_hold(conn, hold_id), usage)
+    """Charge a hold's real usage once per usage id; the rest of the hold is freed.
+
+    The whole of it is the ``capture_hold`` function in the ledger's schema, the one
+    implementation metering also calls directly."""
+    headers = outbox_headers(context.current_correlation_id())
+    try:
+        row = await repository.capture_hold(
+            conn, hold_id, usage, context.current_correlation_id(), headers, topics.ledger
+        )
+    except asyncpg.RaiseError as exc:
+        if exc.hint == "usage_id_conflict":
+            raise ApiError(
+                409, "usage_id_conflict", "this usage id was charged to another user"
+            ) from exc
+        raise
+    if row["r_outcome"] == "hold_not_found":
+        raise ApiError(404, "hold_not_found", "no such hold")
+    if row["r_outcome"] == "captured_other":
+        raise ApiError(409, "hold_already_captured", "the hold was captured for other usage")
+    charged = row["r_charged"]
+    return {
+        "holdId": hold_id,
+        "status": row["r_status"],
+        "usageId": usage.usage_id,
+        "chargedMillicredits": charged,
+        "uncollectedMillicredits": max(0, usage.amount_millicredits - charged),
+        "transactionId": str(row["r_transaction_id"]) if row["r_transaction_id"] else None,
+        **balance_fields(row["r_balance"], row["r_held"]),
+    }
 
 
 async def charge_usage(
@@ -178,19 +195,6 @@ def _usage_details(usage: Usage, hold_id: str | None) -> dict[str, Any]:
         "rate_card_version": usage.rate_card_version,
         "requested_millicredits": usage.amount_millicredits,
         "hold_id": hold_id,
-    }
-
-
-async def _capture_body(conn: Any, hold: Any, usage: Usage) -> dict[str, Any]:
-    charged = hold["charged_millicredits"] or 0
-    return {
-        "holdId": str(hold["id"]),
-        "status": hold["status"],
-        "usageId": usage.usage_id,
-        "chargedMillicredits": charged,
-        "uncollectedMillicredits": max(0, usage.amount_millicredits - charged),
-        "transactionId": str(hold["transaction_id"]) if hold["transaction_id"] else None,
-        **await _balances(conn, hold["user_id"]),
     }
 
 

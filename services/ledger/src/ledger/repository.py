@@ -323,6 +323,31 @@ async def create_hold(conn: Any, user_id: str, amount: int, key: str, ttl_s: int
     )
 
 
+async def capture_hold(
+    conn: Any,
+    hold_id: str,
+    usage: Any,
+    correlation_id: str,
+    headers: dict[str, str],
+    topic: str,
+) -> Any:
+    """The ``capture_hold`` function's answer: r_outcome (captured, captured_other,
+    hold_not_found), r_user_id, r_status, r_charged, r_transaction_id, r_balance, r_held."""
+    return await conn.fetchrow(
+        "SELECT * FROM capture_hold($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10)",
+        hold_id,
+        usage.usage_id,
+        usage.amount_millicredits,
+        usage.model,
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.rate_card_version,
+        correlation_id,
+        json.dumps(headers),
+        topic,
+    )
+
+
 async def hold_owner(conn: Any, hold_id: str) -> str | None:
     owner: str | None = await conn.fetchval(
         "SELECT user_id FROM holds WHERE id = $1::uuid", hold_id

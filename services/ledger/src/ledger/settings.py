@@ -15,7 +15,7 @@ class Settings(ServiceSettings):
     db_schema: str = "ledger"
     # The reconciler's runtime role: `migrate` lets it SELECT what reconciliation checks here.
     db_reconciler_role: str = ""
-    # Metering's runtime role: `migrate` lets it EXECUTE the hold function, nothing else.
+    # Metering's runtime role: `migrate` lets it EXECUTE the hold and capture functions only.
     db_metering_role: str = ""
     # Checkout's schema, whose read-only `purchase_terms` view sizes every grant.
     checkout_schema: str = "checkout"

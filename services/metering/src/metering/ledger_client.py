@@ -12,7 +12,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import asyncpg
 import httpx
+from billing_events.outbox import outbox_headers
+from billing_platform import context
 from billing_platform.db import HasPool
 from billing_platform.http_client import traced_client
 from billing_platform.outages import is_outage
@@ -80,28 +83,25 @@ class LedgerClient(Protocol):
     async def release(self, hold_id: str) -> Balance: ...
 
 
-class DirectHoldLedgerClient:
-    """Holds in one database round trip: the ledger's ``create_hold`` function, which
-    metering's role may execute; captures and releases go to ``rest`` (the HTTP API)."""
+class DirectLedgerClient:
+    """Holds and captures in one database round trip each: the ledger's ``create_hold`` and
+    ``capture_hold`` functions, which metering's role may execute (nothing else there);
+    releases, on the rare failed call, go to ``rest`` (the HTTP API)."""
 
-    def __init__(self, db: HasPool, ledger_schema: str, rest: LedgerClient) -> None:
+    def __init__(
+        self, db: HasPool, ledger_schema: str, ledger_topic: str, rest: LedgerClient
+    ) -> None:
         self._db = db
         self._schema = ledger_schema
+        self._topic = ledger_topic
         self._rest = rest
 
     async def create_hold(
         self, user_id: str, amount_millicredits: int, idempotency_key: str, ttl_s: int
     ) -> Hold:
-        try:
-            async with self._db.pool.acquire() as conn:
-                row = await repository.create_ledger_hold(
-                    conn, self._schema, user_id, amount_millicredits, idempotency_key, ttl_s
-                )
-        except Exception as exc:
-            if is_outage(exc):
-                raise LedgerError(f"create hold: {type(exc).__name__}") from exc
-            raise
-        balance = Balance(row["r_balance"], row["r_held"], row["r_balance"] - row["r_held"])
+        args = (user_id, amount_millicredits, idempotency_key, ttl_s)
+        row = await self._call("create hold", repository.create_ledger_hold, *args)
+        balance = _row_balance(row)
         if row["r_outcome"] == "insufficient":
             raise InsufficientCredits(amount_millicredits, max(0, balance.available_millicredits))
         if row["r_outcome"] == "key_reused":
@@ -109,10 +109,33 @@ class DirectHoldLedgerClient:
         return Hold(str(row["r_hold_id"]), row["r_amount"], balance)
 
     async def capture(self, hold_id: str, capture: Capture) -> Captured:
-        return await self._rest.capture(hold_id, capture)
+        correlation_id = context.current_correlation_id()
+        headers = outbox_headers(correlation_id)
+        args = (hold_id, capture, correlation_id, headers, self._topic)
+        row = await self._call("capture", repository.capture_ledger_hold, *args)
+        if row["r_outcome"] != "captured":
+            raise LedgerError(f"capture: {row['r_outcome']}")
+        charged = row["r_charged"]
+        txn = str(row["r_transaction_id"]) if row["r_transaction_id"] else None
+        uncollected = max(0, capture.amount_millicredits - charged)
+        return Captured(charged, uncollected, txn, _row_balance(row))
 
     async def release(self, hold_id: str) -> Balance:
         return await self._rest.release(hold_id)
+
+    async def _call(self, what: str, statement: Any, *args: Any) -> Any:
+        """One statement on metering's pool; the database away is the ledger away."""
+        try:
+            async with self._db.pool.acquire() as conn:
+                return await statement(conn, self._schema, *args)
+        except Exception as exc:
+            if is_outage(exc) or isinstance(exc, asyncpg.RaiseError):
+                raise LedgerError(f"{what}: {type(exc).__name__}") from exc
+            raise
+
+
+def _row_balance(row: Any) -> Balance:
+    return Balance(row["r_balance"], row["r_held"], row["r_balance"] - row["r_held"])
 
 
 class HttpLedgerClient:

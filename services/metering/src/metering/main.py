@@ -1,9 +1,10 @@
 """Wiring of the metering service: the one place its parts are put together.
 
 Parts: the DB pool, the Kafka publisher and the outbox relay (usage records and alerts
-leave through the outbox), the ledger's hold function (one round trip) and its capture and
-release API over HTTP, the model provider through the official OpenAI SDK, checkout's
-switches (read through the same pool) and the guardrails' store. Readiness checks the database and the broker.
+leave through the outbox), the ledger's hold and capture functions (one round trip each)
+and its release API over HTTP, the model provider through the official OpenAI SDK,
+checkout's switches (read through the same pool) and the guardrails' store. Readiness
+checks the database and the broker.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from fastapi import FastAPI
 from metering import api, service
 from metering.guard_store import PgGuardStore
 from metering.guardrails import Caps
-from metering.ledger_client import DirectHoldLedgerClient, HttpLedgerClient
+from metering.ledger_client import DirectLedgerClient, HttpLedgerClient
 from metering.model_client import OpenAIModelClient
 from metering.overhead import OverheadHeader
 from metering.rate_card import RateCardBook, load_rate_cards
@@ -62,11 +63,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     relay = OutboxRelay(db, publisher)
     # A claim left in progress is taken over only once its hold can no longer be active.
     takeover_s = settings.hold_ttl_s + settings.model_timeout_s
-    store = PgUsageStore(db, wiring.topics_for(settings), relay, takeover_after_s=takeover_s)
+    topics = wiring.topics_for(settings)
+    store = PgUsageStore(db, topics, relay, takeover_after_s=takeover_s)
     rest = HttpLedgerClient(
         settings.ledger_url, settings.ledger_token, timeout_s=settings.ledger_timeout_s
     )
-    ledger = DirectHoldLedgerClient(db, settings.ledger_schema, rest)
+    ledger = DirectLedgerClient(db, settings.ledger_schema, topics.ledger, rest)
     model = OpenAIModelClient(
         settings.infra.openai_base_url, settings.infra.openai_api_key, settings.model_timeout_s
     )

@@ -26,6 +26,35 @@ async def create_ledger_hold(
     )
 
 
+async def capture_ledger_hold(
+    conn: Any,
+    ledger_schema: str,
+    hold_id: str,
+    capture: Any,
+    correlation_id: str,
+    headers: dict[str, str],
+    topic: str,
+) -> Any:
+    """The ledger's ``capture_hold`` function (it writes the posting and its outbox record):
+    r_outcome (captured, captured_other, hold_not_found), r_charged, r_transaction_id,
+    r_balance, r_held."""
+    schema = check_schema_name(ledger_schema)
+    return await conn.fetchrow(
+        f'SELECT * FROM "{schema}".capture_hold($1::uuid, $2, $3, $4, $5, $6, $7, $8,'
+        " $9::jsonb, $10)",
+        hold_id,
+        capture.usage_id,
+        capture.amount_millicredits,
+        capture.model,
+        capture.input_tokens,
+        capture.output_tokens,
+        capture.rate_card_version,
+        correlation_id,
+        json.dumps(headers),
+        topic,
+    )
+
+
 async def claim_key(
     conn: Any, user_id: str, key: str, request_hash: str, takeover_after_s: float
 ) -> int | None:

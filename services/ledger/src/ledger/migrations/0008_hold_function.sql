@@ -1,5 +1,5 @@
--- A hold in one statement: the caller (the ledger's own API, or metering directly, which
--- may EXECUTE this and nothing else here) spends one round trip per AI call on it.
+-- A hold in one statement: the caller (the ledger's own API, or metering directly, which may
+-- EXECUTE this and capture_hold and nothing else here) spends one round trip per AI call.
 -- The rules are those of every balance change: the user's balances row is locked first;
 -- the same key answers the hold it made; overdue holds are expired before the check; the
 -- availability check and the reservation are one UPDATE, so concurrent holds can never
