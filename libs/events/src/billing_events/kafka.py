@@ -371,6 +371,7 @@ class ConsumerRunner:
         offsets: OffsetStore | None = None,
         max_records: int = 500,
         wanted: Mapping[str, Wanted] | None = None,
+        linger_ms: int = 0,
     ) -> None:
         self._bootstrap = bootstrap
         self.group_id = group_id
@@ -382,6 +383,7 @@ class ConsumerRunner:
         self._offsets = offsets
         self._max_records = max_records
         self._wanted = dict(wanted or {})
+        self._linger_ms = linger_ms
         self._tracer = tracing.tracer("billing.kafka")
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -427,7 +429,14 @@ class ConsumerRunner:
                 pause = min(pause * 2, 10.0)
 
     def _config(self) -> dict[str, Any]:
+        lingering = (
+            # The broker answers a fetch once it has this much, or the linger is over.
+            {"fetch.wait.max.ms": self._linger_ms, "fetch.min.bytes": 1 << 20}
+            if self._linger_ms
+            else {}
+        )
         return {
+            **lingering,
             "bootstrap.servers": self._bootstrap,
             "group.id": self.group_id,
             "client.id": self._client_id,

@@ -52,6 +52,7 @@ def consumer_for(
         batch_handlers=batch_handlers,
         offsets=OffsetStore(db) if db is not None else None,
         wanted=wanted,
+        linger_ms=settings.consumer_linger_ms,
     )
 
 

@@ -71,6 +71,9 @@ class ServiceSettings(BaseSettings):
     db_pool_min: int = 2
     db_pool_max: int = 10
     readiness_timeout_s: float = 2.0
+    # How long the broker may hold a fetch to fill it (Kafka's fetch.wait.max.ms): records
+    # reach the consumer up to this much later, in fewer, larger batches. 0: at once.
+    consumer_linger_ms: int = Field(default=0, ge=0, le=5000)
     infra: InfraSettings = Field(default_factory=InfraSettings)
 
     @property

@@ -23,6 +23,8 @@ class Settings(ServiceSettings):
     service_name: str = "checkout"
     port: int = 8101
     db_schema: str = "checkout"
+    # Purchase status follows the ledger a tenth of a second later, in larger batches.
+    consumer_linger_ms: int = Field(default=100, ge=0, le=5000)
     # Other services' runtime roles that `migrate` lets SELECT checkout's published views:
     # the ledger and the reconciler `purchase_terms`, metering `feature_flags`.
     db_ledger_role: str = ""

@@ -70,7 +70,9 @@ class PgUsageStore:
 
     async def claim(self, user_id: str, key: str, request_hash: str) -> Claimed | Taken:
         for _ in range(3):  # a claim can be released between the INSERT and the SELECT
-            async with self._db.pool.acquire() as conn, conn.transaction():
+            # No transaction: the claim is one atomic statement (one round trip, the usual
+            # case), and the SELECT of someone else's claim needs no snapshot shared with it.
+            async with self._db.pool.acquire() as conn:
                 attempt = await repository.claim_key(
                     conn, user_id, key, request_hash, self._takeover_after_s
                 )
