@@ -111,10 +111,13 @@ class PgGuardStore:
             limited = await ratelimit.take(conn, self._rate, user_id, now)
             if limited is not None:
                 return limited
-            pause = _pause(await repository.pause_of(conn, user_id))
+            state = await repository.guard_state(
+                conn, user_id, guardrails.day_start(now), now - guardrails.WINDOW, now
+            )
+            pause = _pause_in(state)
             if pause is not None and pause.active:
                 return pause
-            trip = await self._check(conn, user_id, estimate, now)
+            trip = self._check(state, estimate, now)
             if trip is not None:
                 return await self._tripped(conn, user_id, trip, now)
             expires_at = now + self._inflight_ttl
@@ -125,14 +128,9 @@ class PgGuardStore:
         async with self._db.pool.acquire() as conn:
             return await ratelimit.take(conn, self._rate, user_id, now)
 
-    async def _check(self, conn: Any, user_id: str, estimate: int, now: datetime) -> CapTrip | None:
-        await repository.drop_expired_inflight(conn, user_id, now)
-        override = _override(await repository.cap_override(conn, user_id))
-        caps = guardrails.effective(self._defaults, override)
-        row = await repository.spending(
-            conn, user_id, guardrails.day_start(now), now - guardrails.WINDOW, now
-        )
-        spent = Spending(row["charged_today"], row["charged_last_hour"], row["in_flight"])
+    def _check(self, state: Any, estimate: int, now: datetime) -> CapTrip | None:
+        caps = guardrails.effective(self._defaults, _override_in(state))
+        spent = Spending(state["charged_today"], state["charged_last_hour"], state["in_flight"])
         return guardrails.check(caps, spent, estimate, now)
 
     async def _tripped(self, conn: Any, user_id: str, trip: CapTrip, now: datetime) -> CapTrip:
@@ -214,6 +212,32 @@ def admin_action(
 
 def _pause(row: Any) -> Pause | None:
     return None if row is None else Pause(**dict(row))
+
+
+def _pause_in(state: Any) -> Pause | None:
+    if state["pause_user_id"] is None:
+        return None
+    return Pause(
+        user_id=state["pause_user_id"],
+        reason=state["pause_reason"],
+        paused_at=state["paused_at"],
+        resumed_at=state["resumed_at"],
+        resumed_by=state["resumed_by"],
+        resume_reason=state["resume_reason"],
+    )
+
+
+def _override_in(state: Any) -> CapOverride | None:
+    if state["cap_user_id"] is None:
+        return None
+    return CapOverride(
+        per_request=state["per_request_millicredits"],
+        per_day=state["per_day_millicredits"],
+        per_hour=state["per_hour_millicredits"],
+        updated_by=state["cap_updated_by"],
+        reason=state["cap_reason"],
+        updated_at=state["cap_updated_at"],
+    )
 
 
 def _override(row: Any) -> CapOverride | None:

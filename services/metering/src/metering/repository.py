@@ -311,12 +311,19 @@ async def set_cap_override(
     )
 
 
-async def spending(
+async def guard_state(
     conn: Any, user_id: str, day_start: datetime, hour_start: datetime, now: datetime
 ) -> Any:
-    """Charged since ``day_start``, charged after ``hour_start`` and the worst case in flight."""
+    """What the guardrails weigh a call against, in one round trip: the user's pause
+    (``pause_*``, all NULL when never paused), cap override (``cap_*``, NULL when none),
+    what was charged since ``day_start`` and after ``hour_start``, and the worst case in
+    flight (expired reservations excluded)."""
     return await conn.fetchrow(
-        "SELECT"
+        "SELECT p.user_id AS pause_user_id, p.reason AS pause_reason, p.paused_at,"
+        " p.resumed_at, p.resumed_by, p.resume_reason,"
+        " c.user_id AS cap_user_id, c.per_request_millicredits, c.per_day_millicredits,"
+        " c.per_hour_millicredits, c.updated_by AS cap_updated_by, c.reason AS cap_reason,"
+        " c.updated_at AS cap_updated_at,"
         " (SELECT coalesce(sum(charged_millicredits), 0) FROM usage_records"
         "  WHERE user_id = $1 AND mode = 'charged' AND created_at >= $2)::bigint"
         "  AS charged_today,"
@@ -324,7 +331,10 @@ async def spending(
         "  WHERE user_id = $1 AND mode = 'charged' AND created_at > $3)::bigint"
         "  AS charged_last_hour,"
         " (SELECT coalesce(sum(estimate_millicredits), 0) FROM inflight_charges"
-        "  WHERE user_id = $1 AND expires_at > $4)::bigint AS in_flight",
+        "  WHERE user_id = $1 AND expires_at > $4)::bigint AS in_flight"
+        " FROM (SELECT $1::text AS user_id) u"
+        " LEFT JOIN user_pauses p ON p.user_id = u.user_id"
+        " LEFT JOIN user_caps c ON c.user_id = u.user_id",
         user_id,
         day_start,
         hour_start,
@@ -344,18 +354,15 @@ async def window_charges(conn: Any, user_id: str, since: datetime) -> list[tuple
     return [(r["created_at"], int(r["charged_millicredits"])) for r in rows]
 
 
-async def drop_expired_inflight(conn: Any, user_id: str, now: datetime) -> None:
-    await conn.execute(
-        "DELETE FROM inflight_charges WHERE user_id = $1 AND expires_at <= $2", user_id, now
-    )
-
-
 async def insert_inflight(
     conn: Any, usage_id: str, user_id: str, estimate: int, now: datetime, expires_at: datetime
 ) -> None:
-    # A row left by a crashed attempt under the same key is replaced, not added to.
+    # A row left by a crashed attempt under the same key is replaced, not added to; the
+    # user's expired reservations go in the same statement (they no longer count anyway).
     await conn.execute(
-        "INSERT INTO inflight_charges (usage_id, user_id, estimate_millicredits, created_at,"
+        "WITH expired AS (DELETE FROM inflight_charges"
+        " WHERE user_id = $2 AND expires_at <= $4 AND usage_id <> $1)"
+        " INSERT INTO inflight_charges (usage_id, user_id, estimate_millicredits, created_at,"
         " expires_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (usage_id) DO UPDATE SET"
         " estimate_millicredits = EXCLUDED.estimate_millicredits,"
         " created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at",

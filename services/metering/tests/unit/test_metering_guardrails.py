@@ -742,11 +742,24 @@ class GuardConn:
         self._seen(sql)
         if "rate_limit_hits" in sql:
             return self.rate
+        if "LEFT JOIN user_pauses" in sql:
+            return {**self._pause_columns(), "cap_user_id": None, **self.spent}
         if "FROM user_pauses" in sql:
             return self.pause
         if "FROM user_caps" in sql:
             return None
         return self.spent
+
+    def _pause_columns(self) -> dict[str, Any]:
+        pause = self.pause or dict.fromkeys(("user_id", "reason", "paused_at"))
+        return {
+            "pause_user_id": pause["user_id"],
+            "pause_reason": pause["reason"],
+            "paused_at": pause["paused_at"],
+            "resumed_at": pause.get("resumed_at"),
+            "resumed_by": pause.get("resumed_by"),
+            "resume_reason": pause.get("resume_reason"),
+        }
 
     async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         self._seen(sql)
@@ -791,11 +804,8 @@ async def test_a_reservation_is_checked_and_counted_in_one_locked_transaction() 
     assert conn.log == [
         "SELECT pg_advisory_xact_lock($1, hashtext($2))",
         "WITH previous AS",
-        "SELECT user_id, reason,",
-        "DELETE FROM inflight_charges",
-        "SELECT per_request_millicredits, per_day_millicredits,",
-        "SELECT (SELECT coalesce(sum(charged_millicredits),",
-        "INSERT INTO inflight_charges",
+        "SELECT p.user_id AS",
+        "WITH expired AS",
     ]
 
 
@@ -813,7 +823,7 @@ async def test_a_paused_user_is_refused_without_a_reservation() -> None:
     refusal = await pg_store(conn).reserve("alice", "u-1", SMALL, NOON)
 
     assert isinstance(refusal, Pause)
-    assert not any(line.startswith("INSERT") for line in conn.log)
+    assert not any(line.startswith(("INSERT", "WITH expired")) for line in conn.log)
 
 
 async def test_the_session_cap_pauses_the_user_in_the_same_transaction() -> None:
@@ -830,7 +840,7 @@ async def test_the_session_cap_pauses_the_user_in_the_same_transaction() -> None
         "INSERT INTO user_pauses",
         "INSERT INTO guardrail_changes",
     ]
-    assert "INSERT INTO inflight_charges" not in conn.log
+    assert "WITH expired AS" not in conn.log
 
 
 async def test_a_request_over_the_rate_limit_is_refused_before_anything_else() -> None:
