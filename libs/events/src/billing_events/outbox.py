@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -144,8 +145,11 @@ class OutboxRelay:
         batch_size: int = 500,
         idle_poll_s: float = 1.0,
         retention_days: int = 7,
+        linger_s: float = 0.0,
     ) -> None:
         self._db = db
+        self._linger_s = linger_s
+        self._counted_at = 0.0
         self._publisher = publisher
         self._batch_size = batch_size
         self._idle_poll_s = idle_poll_s
@@ -203,6 +207,8 @@ class OutboxRelay:
         cycles = 0
         while not self._stopping.is_set():
             self._wakeup.clear()
+            if self._linger_s:  # rows written just after this one join its produce batch
+                await self._sleep(self._linger_s)
             while await self.relay_once(conn) == self._batch_size:
                 pass
             cycles += 1
@@ -226,9 +232,16 @@ class OutboxRelay:
             "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
             [r["id"] for r in rows],
         )
+        await self._count_pending(conn)
+        return len(rows)
+
+    async def _count_pending(self, conn: Any) -> None:
+        """The gauge, at most once a second (not one more statement per relayed batch)."""
+        if time.monotonic() - self._counted_at < 1.0:
+            return
+        self._counted_at = time.monotonic()
         pending = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
         OUTBOX_PENDING.labels(self._db.schema).set(pending)
-        return len(rows)
 
     async def _publish(self, rows: Sequence[Any]) -> None:
         futures = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 
-from billing_platform.db import HasPool
+from billing_platform.db import Database, HasPool
 from billing_platform.settings import ServiceSettings
 
 from billing_events.audit import AuditTrail
@@ -17,6 +17,7 @@ from billing_events.kafka import (
     probe,
 )
 from billing_events.offsets import OffsetStore
+from billing_events.outbox import OutboxRelay
 from billing_events.topics import Topics
 
 
@@ -30,6 +31,10 @@ def audit_trail_for(settings: ServiceSettings) -> AuditTrail:
 
 def publisher_for(settings: ServiceSettings) -> KafkaPublisher:
     return KafkaPublisher(settings.infra.kafka_bootstrap, client_id=settings.service_name)
+
+
+def relay_for(settings: ServiceSettings, db: Database, publisher: KafkaPublisher) -> OutboxRelay:
+    return OutboxRelay(db, publisher, linger_s=settings.outbox_linger_ms / 1000)
 
 
 def consumer_for(

@@ -19,7 +19,6 @@ import logging
 
 from billing_events import wiring
 from billing_events.kafka import KafkaPublisher
-from billing_events.outbox import OutboxRelay
 from billing_platform import tasks
 from billing_platform.app import create_app as build_app
 from billing_platform.db import Database
@@ -97,7 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     switches = Switches(StoredSwitches(db), defaults, settings.switch_cache_s)
     switch_admin = SwitchService(db, switches, defaults, wiring.audit_trail_for(settings))
     # Admin actions leave through the outbox; like status updates they wait out an outage.
-    relay = OutboxRelay(db, publisher)
+    relay = wiring.relay_for(settings, db, publisher)
     routes = api.router(
         PurchaseService(db, sessions, settings.public_base_url),
         IdempotencyKeys(db),

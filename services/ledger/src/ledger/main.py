@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from billing_events import wiring
 from billing_events.dlq_depth import DlqDepthMonitor, replay_group
-from billing_events.outbox import OutboxRelay
 from billing_events.topics import AUDIT_DLQ, USAGE_DLQ
 from billing_platform.app import create_app as build_app
 from billing_platform.db import Database
@@ -46,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ctx.topics.usage: usage_batch_handler(db, ctx.topics),
     }
     consumer = wiring.consumer_for(settings, publisher, handlers, batch_handlers, db=db)
-    relay = OutboxRelay(db, publisher)
+    relay = wiring.relay_for(settings, db, publisher)
     dlq = DlqDepthMonitor(
         settings.infra.kafka_bootstrap,
         [ctx.topics.stripe_events_dlq, ctx.topics.name(USAGE_DLQ), ctx.topics.name(AUDIT_DLQ)],

@@ -4,6 +4,7 @@ Shared infrastructure settings are read under `BILLING_` (see billing_platform.s
 """
 
 from billing_platform.settings import ServiceSettings
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 
@@ -13,6 +14,8 @@ class Settings(ServiceSettings):
     service_name: str = "ledger"
     port: int = 8103
     db_schema: str = "ledger"
+    # Postings are durable and spendable before they are published: batch their publishing.
+    outbox_linger_ms: int = Field(default=10, ge=0, le=5000)
     # The reconciler's runtime role: `migrate` lets it SELECT what reconciliation checks here.
     db_reconciler_role: str = ""
     # Metering's runtime role: `migrate` lets it EXECUTE the hold and capture functions only.

@@ -13,7 +13,6 @@ import logging
 from collections.abc import Sequence
 
 from billing_events import wiring
-from billing_events.outbox import OutboxRelay
 from billing_platform.app import Lifecycle, ReadinessCheck
 from billing_platform.app import create_app as build_app
 from billing_platform.db import Database
@@ -60,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     db = Database.for_service(settings)
     publisher = wiring.publisher_for(settings)
-    relay = OutboxRelay(db, publisher)
+    relay = wiring.relay_for(settings, db, publisher)
     # A claim left in progress is taken over only once its hold can no longer be active.
     takeover_s = settings.hold_ttl_s + settings.model_timeout_s
     topics = wiring.topics_for(settings)

@@ -8,7 +8,6 @@ schedule and the gauge timer. Readiness checks the database and the broker.
 from __future__ import annotations
 
 from billing_events import wiring
-from billing_events.outbox import OutboxRelay
 from billing_platform.app import Lifecycle
 from billing_platform.app import create_app as build_app
 from billing_platform.db import Database
@@ -47,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     db = Database.for_service(settings)
     ctx = run_context(settings)
     publisher = wiring.publisher_for(settings)
-    relay = OutboxRelay(db, publisher)
+    relay = wiring.relay_for(settings, db, publisher)
     consumer = wiring.consumer_for(
         settings,
         publisher,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from billing_events import wiring
-from billing_events.outbox import OutboxRelay
 from billing_platform.app import create_app as build_app
 from billing_platform.db import Database
 from billing_platform.group_commit import GroupCommitter
@@ -17,7 +16,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     db = Database.for_service(settings)
     publisher = wiring.publisher_for(settings)
-    relay = OutboxRelay(db, publisher)
+    relay = wiring.relay_for(settings, db, publisher)
     committer = store_committer(db, settings)
     deps = api.Deps(
         db=db,
