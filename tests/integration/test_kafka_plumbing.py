@@ -374,7 +374,11 @@ async def test_a_database_outage_holds_the_partition_and_grants_once_it_is_back(
         with run_service("ledger", env) as ledger:
             # Cut once the partitions are assigned (that reads their positions from the
             # database): the outage must meet the record, not the assignment.
-            assert wait_until(lambda: ledger.metric("kafka_assigned_partitions") > 0, 30)
+            group = f"{namespace.namespace}.ledger"
+            assigned = {"group": group, "client": group}
+            assert wait_until(
+                lambda: ledger.metric("kafka_assigned_partitions", **assigned) > 0, 30
+            )
             proxy.cut()
             event = stripe_sim.session_completed(purchase)
             await publish_as_webhook_ingest(

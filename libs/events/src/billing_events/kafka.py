@@ -388,7 +388,7 @@ class ConsumerRunner:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stalled: set[tuple[str, int]] = set()
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-consumer:{group_id}")
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"kafka:{self._client_id}")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unsaved: dict[tuple[str, int], int] = {}
         self._to_commit: dict[tuple[str, int], int] = {}
@@ -500,13 +500,13 @@ class ConsumerRunner:
                 },
             )
         consumer.assign(partitions)
-        metrics.KAFKA_ASSIGNED.labels(self.group_id).set(len(partitions))
+        metrics.KAFKA_ASSIGNED.labels(self.group_id, self._client_id).set(len(partitions))
 
     def _on_revoke(
         self, consumer: confluent_kafka.Consumer, partitions: list[confluent_kafka.TopicPartition]
     ) -> None:
         consumer.unassign()
-        metrics.KAFKA_ASSIGNED.labels(self.group_id).set(0)
+        metrics.KAFKA_ASSIGNED.labels(self.group_id, self._client_id).set(0)
 
     async def _handle_fetched(
         self, consumer: confluent_kafka.Consumer, records: Sequence[confluent_kafka.Message]

@@ -45,19 +45,25 @@ def consumer_for(
     *,
     db: HasPool | None,
     wanted: Mapping[str, Wanted] | None = None,
+    part: str | None = None,
+    linger_ms: int | None = None,
 ) -> ConsumerRunner:
-    """The service's consumer; with ``db`` its positions are kept in that database."""
+    """The service's consumer; with ``db`` its positions are kept in that database.
+
+    A service may run several, one ``part`` each (its own topics and linger), all in the
+    service's consumer group: the group's positions stay where they are."""
     namespace = settings.infra.topic_namespace
     group = f"{namespace}.{settings.service_name}" if namespace else settings.service_name
     return ConsumerRunner(
         bootstrap=settings.infra.kafka_bootstrap,
         group_id=group,
+        client_id=f"{group}.{part}" if part else group,
         handlers=handlers,
         publisher=publisher,
         batch_handlers=batch_handlers,
         offsets=OffsetStore(db) if db is not None else None,
         wanted=wanted,
-        linger_ms=settings.consumer_linger_ms,
+        linger_ms=settings.consumer_linger_ms if linger_ms is None else linger_ms,
     )
 
 

@@ -22,7 +22,9 @@ KAFKA_HANDLER_RETRIES = Counter(
     "Handler attempts that failed and were retried",
     ["topic", "group"],
 )
-KAFKA_ASSIGNED = Gauge("kafka_assigned_partitions", "Partitions this consumer owns now", ["group"])
+KAFKA_ASSIGNED = Gauge(
+    "kafka_assigned_partitions", "Partitions this consumer owns now", ["group", "client"]
+)
 KAFKA_OUTAGE_RETRIES = Counter(
     "kafka_handler_outage_retries_total",
     "Handler attempts that failed because a dependency was down; retried without limit",

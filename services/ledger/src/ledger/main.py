@@ -35,16 +35,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     db = Database.for_service(settings)
     ctx = ledger_context(settings)
     publisher = wiring.publisher_for(settings)
-    handlers = {
-        ctx.topics.stripe_events: stripe_event_handler(db, ctx),
-        ctx.topics.usage: usage_handler(db, ctx.topics),
-        ctx.topics.audit: audit_handler(db),
-    }
-    batch_handlers = {
-        ctx.topics.stripe_events: stripe_events_batch_handler(db, ctx),
-        ctx.topics.usage: usage_batch_handler(db, ctx.topics),
-    }
-    consumer = wiring.consumer_for(settings, publisher, handlers, batch_handlers, db=db)
+    payments = wiring.consumer_for(
+        settings,
+        publisher,
+        {ctx.topics.stripe_events: stripe_event_handler(db, ctx)},
+        {ctx.topics.stripe_events: stripe_events_batch_handler(db, ctx)},
+        db=db,
+    )
+    # Usage records mostly confirm a capture metering already made, and audit records
+    # answer no one: they may wait a little to come in larger batches. Grants may not.
+    usage = wiring.consumer_for(
+        settings,
+        publisher,
+        {ctx.topics.usage: usage_handler(db, ctx.topics), ctx.topics.audit: audit_handler(db)},
+        {ctx.topics.usage: usage_batch_handler(db, ctx.topics)},
+        db=db,
+        part="usage",
+        linger_ms=settings.usage_consumer_linger_ms,
+    )
     relay = wiring.relay_for(settings, db, publisher)
     dlq = DlqDepthMonitor(
         settings.infra.kafka_bootstrap,
@@ -64,14 +72,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             db,
             publisher,
             relay,
-            consumer,
+            payments,
+            usage,
             dlq,
             HoldSweeper(db, settings.hold_sweep_interval_s),
         ],
         checks={
             "database": db.ping,
             "kafka": wiring.kafka_check(settings),
-            "consumer": consumer.check,
+            "consumer": payments.check,
+            "usage_consumer": usage.check,
         },
         browser_facing=True,
     )
