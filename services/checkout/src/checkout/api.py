@@ -59,6 +59,9 @@ class SwitchReader(Protocol):
 
 
 class SwitchAdmin(Protocol):
+    @property
+    def forced(self) -> list[str]: ...
+
     async def view(self) -> AdminFeaturesOut: ...
 
     async def change(
@@ -170,7 +173,7 @@ def features_router(switches: SwitchReader, admin: SwitchAdmin) -> APIRouter:
     async def features() -> FeaturesOut:
         """The live switch values. No token: nothing here is secret, and the web app reads
         them before login. The shadow allowlist (user ids) is left out."""
-        return FeaturesOut.of(await switches.current())
+        return FeaturesOut.of(await switches.current(), admin.forced)
 
     @api.get("/api/admin/features", response_model=AdminFeaturesOut)
     async def admin_features(_admin: AdminUser) -> AdminFeaturesOut:

@@ -32,7 +32,7 @@ from checkout.idempotency import IdempotencyKeys
 from checkout.service import PurchaseService, StoredSwitches, SwitchService
 from checkout.settings import Settings
 from checkout.stripe_checkout import StripeCheckout
-from checkout.switches import Switches, defaults_from
+from checkout.switches import Switches, defaults_from, forced_from
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     sessions = StripeCheckout(stripe_client(settings.infra, timeout_s=settings.stripe_timeout_s))
     defaults = defaults_from(settings)
     switches = Switches(StoredSwitches(db), defaults, settings.switch_cache_s)
-    switch_admin = SwitchService(db, switches, defaults, wiring.audit_trail_for(settings))
+    switch_admin = SwitchService(
+        db, switches, defaults, wiring.audit_trail_for(settings), forced_from(settings)
+    )
     # Admin actions leave through the outbox; like status updates they wait out an outage.
     relay = wiring.relay_for(settings, db, publisher)
     routes = api.router(

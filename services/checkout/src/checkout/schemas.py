@@ -86,15 +86,18 @@ class FeaturesOut(CamelModel):
     charging_enabled: bool
     shadow_billing: bool
     rollout_percentage: int
+    # The switches the deployment forces (its settings win; the admin API cannot change them).
+    forced: list[str] = Field(default_factory=list)
 
     @classmethod
-    def of(cls, values: SwitchValues) -> FeaturesOut:
+    def of(cls, values: SwitchValues, forced: list[str] | None = None) -> FeaturesOut:
         return cls(
             billing_enabled=values.billing_enabled,
             purchases_enabled=values.purchases_enabled,
             charging_enabled=values.charging_enabled,
             shadow_billing=values.shadow_billing,
             rollout_percentage=values.rollout_percentage,
+            forced=forced or [],
         )
 
 
@@ -105,9 +108,9 @@ class AdminFeaturesOut(FeaturesOut):
 
     @classmethod
     def of_rows(
-        cls, values: SwitchValues, updated_at: dict[str, datetime | None]
+        cls, values: SwitchValues, updated_at: dict[str, datetime | None], forced: list[str]
     ) -> AdminFeaturesOut:
-        public = FeaturesOut.of(values).model_dump()
+        public = FeaturesOut.of(values, forced).model_dump()
         return cls(**public, shadow_allowlist=list(values.shadow_allowlist), updated_at=updated_at)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +30,14 @@ from checkout.redirects import redirect_urls
 from checkout.repository import NewPurchase, SwitchChange
 from checkout.schemas import AdminFeaturesOut, PurchaseCreated, PurchaseOut
 from checkout.stripe_checkout import CheckoutSession, CheckoutSessions, failure_code, is_unavailable
-from checkout.switches import NAMES, Switches, SwitchValues, as_stored, from_stored
+from checkout.switches import (
+    NAMES,
+    Switches,
+    SwitchValues,
+    as_stored,
+    from_stored,
+    switch_forced,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +115,8 @@ class PurchaseService:
 
 SEED_ACTOR = "checkout:settings"
 SEED_REASON = "initial value from the CHECKOUT_* settings"
+FORCE_ACTOR = "checkout:deployment"
+FORCE_REASON = "forced by the deployment's settings"
 
 
 class StoredSwitches:
@@ -123,30 +133,47 @@ class StoredSwitches:
 
 class SwitchService:
     def __init__(
-        self, db: Database, switches: Switches, defaults: SwitchValues, audit: AuditTrail
+        self,
+        db: Database,
+        switches: Switches,
+        defaults: SwitchValues,
+        audit: AuditTrail,
+        forced: Mapping[str, Any] | None = None,
     ) -> None:
         self._db = db
         self._switches = switches
         self._defaults = defaults
         self._audit = audit
+        self._forced = dict(forced or {})
+
+    @property
+    def forced(self) -> list[str]:
+        return sorted(self._forced)
 
     async def seed(self) -> None:
-        """A row from the settings for each switch that has none; existing rows are kept."""
+        """A row from the settings for each switch that has none (existing rows are kept),
+        then the deployment's forced values over whatever the rows say."""
         async with self._db.pool.acquire() as conn, conn.transaction():
             seeded = await repository.seed_feature_switches(
                 conn, as_stored(self._defaults), SEED_ACTOR, SEED_REASON
             )
+            forced = await _apply(conn, self._audit, FORCE_ACTOR, self._forced, FORCE_REASON)
+        self._switches.invalidate()
         if seeded:
             log.info("feature switches seeded from settings", extra={"switches": seeded})
+        if forced:
+            log.warning("feature switches forced by the deployment", extra={"switches": forced})
 
     async def view(self) -> AdminFeaturesOut:
         """The stored values, read now (not from the cache): admins see the truth."""
         async with self._db.pool.acquire() as conn:
             rows = await repository.feature_switches(conn)
-        return admin_view(rows, self._defaults)
+        return admin_view(rows, self._defaults, self.forced)
 
     async def change(self, actor: str, changes: dict[str, Any], reason: str) -> AdminFeaturesOut:
         """Apply checked ``changes`` (switch name -> value); the admin view afterwards."""
+        if refused := sorted(set(changes) & set(self._forced)):
+            raise switch_forced(refused)
         async with self._db.pool.acquire() as conn, conn.transaction():
             changed = await _apply(conn, self._audit, actor, changes, reason)
             rows = await repository.feature_switches(conn)
@@ -155,7 +182,7 @@ class SwitchService:
             metrics.FEATURE_SWITCH_CHANGES.labels(name).inc()
         if changed:
             log.info("feature switches changed", extra={"switches": changed})
-        return admin_view(rows, self._defaults)
+        return admin_view(rows, self._defaults, self.forced)
 
 
 async def _apply(
@@ -183,8 +210,10 @@ def switch_change_action(change: SwitchChange) -> AdminAction:
     )
 
 
-def admin_view(rows: list[dict[str, Any]], defaults: SwitchValues) -> AdminFeaturesOut:
+def admin_view(
+    rows: list[dict[str, Any]], defaults: SwitchValues, forced: list[str]
+) -> AdminFeaturesOut:
     values = from_stored({r["name"]: r["value"] for r in rows}, defaults)
     updated_at: dict[str, datetime | None] = dict.fromkeys(NAMES)
     updated_at.update({r["name"]: r["updated_at"] for r in rows})
-    return AdminFeaturesOut.of_rows(values, updated_at)
+    return AdminFeaturesOut.of_rows(values, updated_at, forced)

@@ -8,6 +8,12 @@ startup checkout writes each one to its `feature_switches` row where that row do
 exist yet, and never overwrites an existing row. From then on the row is the truth, changed
 at run time with `PATCH /api/admin/features`; such a change survives restarts, and a new
 env value does not undo it. To reset a switch, change it through the admin API.
+
+The deployment may force switches instead, with the runbooks' variable names (no prefix):
+`BILLING_PURCHASE_ENABLED`, `BILLING_CHARGING_ENABLED`, `SHADOW_BILLING_ENABLED`,
+`BILLING_ALLOWLIST`, `BILLING_ROLLOUT_PERCENTAGE`. A forced value is written over the row at
+every start (logged and audited when it changes something), shows as forced in the switch
+views, and the admin API refuses to change it until the deployment drops the variable.
 """
 
 from typing import Annotated
@@ -41,6 +47,22 @@ class Settings(ServiceSettings):
     shadow_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Share of users billed, chosen by metering from a stable hash of the user id.
     rollout_percentage: int = Field(default=100, ge=0, le=100)
+    # Forced by the deployment (see above); None: not forced.
+    forced_purchases_enabled: bool | None = Field(
+        default=None, validation_alias="BILLING_PURCHASE_ENABLED"
+    )
+    forced_charging_enabled: bool | None = Field(
+        default=None, validation_alias="BILLING_CHARGING_ENABLED"
+    )
+    forced_shadow_billing: bool | None = Field(
+        default=None, validation_alias="SHADOW_BILLING_ENABLED"
+    )
+    forced_shadow_allowlist: Annotated[list[str] | None, NoDecode] = Field(
+        default=None, validation_alias="BILLING_ALLOWLIST"
+    )
+    forced_rollout_percentage: int | None = Field(
+        default=None, ge=0, le=100, validation_alias="BILLING_ROLLOUT_PERCENTAGE"
+    )
     # How stale this process's view of the switches may be; other replicas see an admin
     # change within this time.
     switch_cache_s: float = Field(default=1.0, ge=0)
@@ -50,7 +72,7 @@ class Settings(ServiceSettings):
     purchase_rate_limit_per_minute: int = Field(default=10, gt=0)
     stripe_timeout_s: float = 10.0
 
-    @field_validator("shadow_allowlist", mode="before")
+    @field_validator("shadow_allowlist", "forced_shadow_allowlist", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         # Plain comma-separated env values, like the infra list settings.

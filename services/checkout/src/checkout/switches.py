@@ -64,6 +64,38 @@ def defaults_from(settings: Settings) -> SwitchValues:
     )
 
 
+# Switch name -> the deployment variable that forces it (checkout.settings).
+FORCING_VARIABLES = {
+    PURCHASES_ENABLED: "BILLING_PURCHASE_ENABLED",
+    CHARGING_ENABLED: "BILLING_CHARGING_ENABLED",
+    SHADOW_BILLING: "SHADOW_BILLING_ENABLED",
+    SHADOW_ALLOWLIST: "BILLING_ALLOWLIST",
+    ROLLOUT_PERCENTAGE: "BILLING_ROLLOUT_PERCENTAGE",
+}
+
+
+def forced_from(settings: Settings) -> dict[str, Any]:
+    """Switch name -> stored value, for each switch the deployment forces."""
+    forced = {
+        PURCHASES_ENABLED: settings.forced_purchases_enabled,
+        CHARGING_ENABLED: settings.forced_charging_enabled,
+        SHADOW_BILLING: settings.forced_shadow_billing,
+        SHADOW_ALLOWLIST: settings.forced_shadow_allowlist,
+        ROLLOUT_PERCENTAGE: settings.forced_rollout_percentage,
+    }
+    return {name: checked_value(name, v) for name, v in forced.items() if v is not None}
+
+
+def switch_forced(names: list[str]) -> ApiError:
+    variables = ", ".join(FORCING_VARIABLES[n] for n in names)
+    return ApiError(
+        409,
+        "switch_forced",
+        f"set by the deployment ({variables}); change it there",
+        switches=names,
+    )
+
+
 def purchases_allowed(values: SwitchValues) -> bool:
     return values.billing_enabled and values.purchases_enabled
 

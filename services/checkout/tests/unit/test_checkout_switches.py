@@ -33,6 +33,7 @@ from checkout.switches import (
     as_stored,
     charging_allowed,
     defaults_from,
+    forced_from,
     from_stored,
     purchases_allowed,
 )
@@ -342,10 +343,11 @@ class FakeAdmin:
     def __init__(self) -> None:
         self.stored: dict[str, Any] = as_stored(DEFAULTS)
         self.changes: list[tuple[str, dict[str, Any], str]] = []
+        self.forced: list[str] = []
 
     async def view(self) -> AdminFeaturesOut:
         rows = [{"name": n, "value": v, "updated_at": NOW} for n, v in self.stored.items()]
-        return admin_view(rows, DEFAULTS)
+        return admin_view(rows, DEFAULTS, self.forced)
 
     async def change(self, actor: str, changes: dict[str, Any], reason: str) -> AdminFeaturesOut:
         self.changes.append((actor, changes, reason))
@@ -374,7 +376,45 @@ def test_public_features_need_no_token_and_hide_the_allowlist(client: TestClient
         "chargingEnabled": True,
         "shadowBilling": False,
         "rolloutPercentage": 100,
+        "forced": [],
     }
+
+
+def test_public_features_name_the_switches_the_deployment_forces(
+    client: TestClient, admin: FakeAdmin
+) -> None:
+    admin.forced = ["chargingEnabled", "purchasesEnabled"]
+
+    response = client.get("/api/v1/meta/features")
+
+    assert response.json()["forced"] == ["chargingEnabled", "purchasesEnabled"]
+
+
+def test_the_runbooks_variables_force_switches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BILLING_PURCHASE_ENABLED", "false")
+    monkeypatch.setenv("BILLING_CHARGING_ENABLED", "false")
+    monkeypatch.setenv("SHADOW_BILLING_ENABLED", "true")
+    monkeypatch.setenv("BILLING_ALLOWLIST", " alice, bob ,alice")
+    monkeypatch.setenv("BILLING_ROLLOUT_PERCENTAGE", "5")
+
+    assert forced_from(Settings()) == {
+        "purchasesEnabled": False,
+        "chargingEnabled": False,
+        "shadowBilling": True,
+        "shadowAllowlist": ["alice", "bob"],
+        "rolloutPercentage": 5,
+    }
+
+
+def test_without_those_variables_nothing_is_forced() -> None:
+    assert forced_from(Settings()) == {}
+
+
+def test_a_forced_rollout_out_of_range_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BILLING_ROLLOUT_PERCENTAGE", "101")
+
+    with pytest.raises(ValueError, match="BILLING_ROLLOUT_PERCENTAGE"):
+        Settings()
 
 
 @pytest.mark.parametrize("method", ["GET", "PATCH"])

@@ -96,12 +96,13 @@ def decide(values: SwitchValues, user_id: str) -> Decision:
 
 
 def _shadowed(values: SwitchValues, user_id: str) -> Decision:
+    """Shadow billing: the allowlist is charged, even with charging off (the runbooks'
+    phase 0: "log but don't charge", except the internal accounts); the rest is logged."""
     would_be = decide(replace(values, shadow_billing=False), user_id).mode
-    if not values.charging_enabled:
-        return Decision(SHADOW, CHARGING_OFF, shadow=True, would_be_mode=would_be)
     if user_id in values.shadow_allowlist:
         return Decision(CHARGED, shadow=True, would_be_mode=would_be)
-    return Decision(SHADOW, SHADOW_ONLY, shadow=True, would_be_mode=would_be)
+    reason = SHADOW_ONLY if values.charging_enabled else CHARGING_OFF
+    return Decision(SHADOW, reason, shadow=True, would_be_mode=would_be)
 
 
 def from_rows(rows: Mapping[str, Any]) -> SwitchValues:

@@ -142,12 +142,20 @@ ON = SwitchValues()
             "bob",
             Decision(SHADOW, "shadow", True, UNBILLED),
         ),
-        # charging off wins over the allowlist; shadow billing still logs every call
+        # the runbooks' phase 0 (shadow on, charging off): the allowlist is charged, the
+        # rest is only logged
         (
             SwitchValues(
                 charging_enabled=False, shadow_billing=True, shadow_allowlist=frozenset({"alice"})
             ),
             "alice",
+            Decision(CHARGED, None, True, UNBILLED),
+        ),
+        (
+            SwitchValues(
+                charging_enabled=False, shadow_billing=True, shadow_allowlist=frozenset({"alice"})
+            ),
+            "bob",
             Decision(SHADOW, "charging_off", True, UNBILLED),
         ),
         # the master switch stops everything, shadow logging too
