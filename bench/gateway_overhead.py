@@ -13,7 +13,7 @@ the overhead (gateway minus direct at each percentile, same run), the answers th
 first call until the whole pipeline is quiet (outboxes published, consumers caught up), so
 the call's downstream work counts too. A rate whose gateway p99 passes 100 ms is marked.
 
-Run: ``uv run python bench/gateway_overhead.py [--quick] [--json] [--rates 50,100,200,300]
+Run: ``./scripts/run python bench/gateway_overhead.py [--quick] [--json] [--rates 50,100,200,300]
 [--seconds 10] [--users 50] [--stack dev|test] [--keep]``.
 """
 

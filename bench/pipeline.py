@@ -13,6 +13,9 @@ and measures, in one run:
    every one of them: the positions its schema keeps, or Kafka's copy). A second round puts
    half of the records on one user (a hot account). Both are compared with the anchor; the
    journal is then checked to hold one usage posting per record.
+   Then a burst: ``--burst`` verified ``customer.created`` envelopes produced at once to
+   ``stripe.events.v1`` (as webhook-ingest would publish them); how long after the last one
+   every consumer group of that topic has caught up.
 3. webhooks: vegeta (installed pinned into ``.local/bin``) sends, open loop, ``--seconds``
    of distinct, correctly signed ``customer.created`` events (which the ledger ignores) at
    each of ``--rates``; targets are generated just before each step, so signatures are
@@ -24,8 +27,9 @@ and measures, in one run:
    from ``/proc``. A phase ends when the whole pipeline is quiet (outboxes published, every
    consumer group caught up), so the events' downstream work counts too.
 
-Run: ``uv run python bench/pipeline.py [--quick] [--json] [--users 500] [--records 20000]
-[--rates 100,200,500,1000] [--seconds 10] [--stack dev|test] [--keep]``.
+Run: ``./scripts/run python bench/pipeline.py [--quick] [--json] [--users 500]
+[--records 20000] [--burst 10000] [--rates 100,200,500,1000] [--seconds 10]
+[--stack dev|test] [--keep]``.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from billing_cli.stack import Stack
 from billing_events.kafka import KafkaPublisher, timestamp_now, topic_partitions
 from billing_events.topics import AUDIT, LEDGER, STRIPE_EVENTS, USAGE, Topics
 from billing_events.v1 import common_pb2, usage_pb2
+from webhook_ingest.events import envelope_from_body
 
 LIFTED_LIMITS = {"WEBHOOK_INGEST_RATE_LIMIT_PER_MINUTE": "100000000"}
 PLAIN_SCRIPT = Path(__file__).with_name("plain_posting.sql")
@@ -412,12 +417,12 @@ def usage_records(run: str, users: list[str], count: int, hot: bool) -> list[tup
     return records
 
 
-async def produce(stack: Stack, records: list[tuple[str, bytes]]) -> None:
+async def produce(stack: Stack, records: list[tuple[str, bytes]], topic: str = USAGE) -> None:
     publisher = KafkaPublisher(stack.kafka.bootstrap, client_id="bench-pipeline")
     await publisher.start()
     try:
-        topic = Topics(stack.topic_namespace).usage
-        pending = [await publisher.enqueue(topic, key, value) for key, value in records]
+        name = Topics(stack.topic_namespace).name(topic)
+        pending = [await publisher.enqueue(name, key, value) for key, value in records]
         await asyncio.gather(*pending)
     finally:
         await publisher.stop()
@@ -452,7 +457,43 @@ async def _caught_up(pipe: Pipeline, topics: set[str], group: str) -> bool:
     return await pipe.lag(topics, group) == 0
 
 
-# --- 3. webhooks through webhook-ingest, open loop ----------------------------------------
+# --- 3. a burst of verified Stripe events: how soon every consumer has caught up ----------
+
+
+def stripe_burst(run: str, count: int) -> list[tuple[str, bytes]]:
+    """Verified ``customer.created`` envelopes, as webhook-ingest publishes them."""
+    records: list[tuple[str, bytes]] = []
+    for n in range(count):
+        key = f"cus_{run}_{n:06d}"
+        customer = {"id": key, "object": "customer", "email": None}
+        envelope = envelope_from_body(
+            stripe_sim.encode(stripe_sim.event("customer.created", customer))
+        )
+        records.append((key, envelope.SerializeToString()))
+    return records
+
+
+async def burst_round(stack: Stack, pipe: Pipeline, run: str, count: int) -> Phase:
+    records = stripe_burst(run, count)
+    stripe = {pipe.topics.stripe_events}
+    meter = Meter(stack)
+    meter.start()
+    started = time.perf_counter()
+    await produce(stack, records, STRIPE_EVENTS)
+    produced = time.perf_counter()
+    await until(lambda: _every_group_caught_up(pipe, stripe), "the consumers to catch up")
+    caught_up = time.perf_counter()
+    await pipe.quiet()
+    cpu = meter.stop()
+    extra = {"produce_s": produced - started, "lag_zero_after_s": caught_up - produced}
+    return Phase(f"burst of {count} Stripe events", count, caught_up - started, cpu, extra)
+
+
+async def _every_group_caught_up(pipe: Pipeline, topics: set[str]) -> bool:
+    return await pipe.lag(topics) == 0
+
+
+# --- 4. webhooks through webhook-ingest, open loop ----------------------------------------
 
 
 def webhook_targets(stack: Stack, path: Path, count: int, run: str) -> None:
@@ -525,6 +566,7 @@ class Options:
     records: int
     rates: list[int]
     seconds: int
+    burst: int
 
 
 async def idle(stack: Stack, pipe: Pipeline, seconds: int) -> dict[str, float]:
@@ -562,6 +604,8 @@ async def _phases(
     for hot in (False, True):
         progress(f"ledger: {opts.records} usage records{' (hot account)' if hot else ''}")
         phases.append(await ledger_round(stack, pipe, run_id, users, opts.records, hot))
+    progress(f"burst: {opts.burst} Stripe events produced at once")
+    phases.append(await burst_round(stack, pipe, run_id, opts.burst))
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         for rate in opts.rates:
             progress(f"webhooks: {rate}/s for {opts.seconds} s")
@@ -574,7 +618,8 @@ def report_table(results: Results) -> Iterator[str]:
     anchor_rate = phases[0].rate
     yield f"{'phase':38}{'events':>8}{'seconds':>9}{'per s':>9}{'x anchor':>10}"
     for p in phases:
-        versus = f"{p.rate / anchor_rate:10.3f}" if "latency_ms" not in p.extra else ""
+        compared = p is phases[0] or "hot" in p.extra  # postings, against plain postings
+        versus = f"{p.rate / anchor_rate:10.3f}" if compared else ""
         yield f"{p.name:38}{p.events:8d}{p.seconds:9.2f}{p.rate:9.0f}{versus}"
     ledger = [p for p in phases if "hot" in p.extra]
     if len(ledger) == 2:
@@ -584,6 +629,12 @@ def report_table(results: Results) -> Iterator[str]:
             yield (
                 f"  {p.name}: produced in {p.extra['produce_s']:.1f} s, quiet after"
                 f" {p.extra['settle_s']:.1f} s, {p.extra['posted']}/{p.events} posted"
+            )
+    for p in phases:
+        if "lag_zero_after_s" in p.extra:
+            yield (
+                f"  {p.name}: produced in {p.extra['produce_s']:.1f} s, every consumer caught"
+                f" up {p.extra['lag_zero_after_s']:.2f} s after the last one"
             )
     a = phases[0].extra
     yield (
@@ -628,6 +679,8 @@ def _short(name: str) -> str:
         return "pgbench"
     if name.startswith("ledger"):
         return "ledger hot" if "one user" in name else "ledger"
+    if name.startswith("burst"):
+        return "burst"
     return "wh " + name.split()[-1]
 
 
@@ -646,6 +699,7 @@ def parse_args() -> tuple[argparse.Namespace, Options]:
     parser.add_argument("--json", action="store_true", help="figures as JSON (table: stderr)")
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--records", type=int)
+    parser.add_argument("--burst", type=int, help="Stripe events produced at once")
     parser.add_argument("--rates", help="webhooks per second, comma-separated")
     parser.add_argument("--seconds", type=int, default=10, help="per pgbench and rate step")
     parser.add_argument("--stack", choices=["dev", "test"], default="dev")
@@ -653,7 +707,8 @@ def parse_args() -> tuple[argparse.Namespace, Options]:
     args = parser.parse_args()
     records = args.records or (5000 if args.quick else 20000)
     rates = args.rates or ("100,200" if args.quick else "100,200,500,1000")
-    opts = Options(args.users, records, [int(r) for r in rates.split(",")], args.seconds)
+    burst = args.burst or (2000 if args.quick else 10000)
+    opts = Options(args.users, records, [int(r) for r in rates.split(",")], args.seconds, burst)
     return args, opts
 
 

@@ -29,7 +29,7 @@ of the stack is started.
 
 Exits non-zero if a clean run finds anything (and prints it) or the edit goes unnoticed.
 
-Run: ``uv run python bench/reconcile_1m.py [--users 20000] [--calls-per-user N] [--keep]``.
+Run: ``./scripts/run python bench/reconcile_1m.py [--users 20000] [--calls-per-user N] [--keep]``.
 """
 
 from __future__ import annotations

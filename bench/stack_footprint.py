@@ -2,7 +2,7 @@
 
 Brings the dev stack down, times ``up`` (warm: downloads cached), reports each component's
 resident memory (its whole process tree, e.g. postgres and its backends), then times
-``down`` unless ``--keep``. Run: ``uv run python bench/stack_footprint.py [--runs N]``.
+``down`` unless ``--keep``. Run: ``./scripts/run python bench/stack_footprint.py [--runs N]``.
 """
 
 from __future__ import annotations

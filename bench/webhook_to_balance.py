@@ -11,7 +11,7 @@ here with the per-IP limits lifted, and otherwise runs exactly as ``billing up``
    concurrent senders; accepted/s counts 2xx answers over the posting time, and grants/s
    the time until the ledger has granted all of them.
 
-Run: ``uv run python bench/webhook_to_balance.py [--samples 200] [--burst 2000]
+Run: ``./scripts/run python bench/webhook_to_balance.py [--samples 200] [--burst 2000]
 [--concurrency 32] [--stack dev|test] [--keep]``.
 """
 
