@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,21 @@ def key_b() -> KeyPair:
 @pytest.fixture(scope="session")
 def key_unknown() -> KeyPair:
     return KeyPair()
+
+
+@pytest.fixture(autouse=True)
+def _no_scope_left_over() -> Any:
+    """Each test starts outside any request or message scope, whatever ran before it in
+    this process (tests elsewhere set ids at module level, outside a task)."""
+    from billing_platform import context
+
+    variables: tuple[ContextVar[Any], ...] = (
+        context.request_id_var,
+        context.correlation_id_var,
+        context.user_id_var,
+        context.log_fields_var,
+    )
+    tokens = [(var, var.set(None)) for var in variables]
+    yield
+    for var, token in reversed(tokens):
+        var.reset(token)

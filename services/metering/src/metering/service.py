@@ -429,18 +429,16 @@ class Gateway:
         if earlier is not None:
             return earlier
         _count(decision, record)
-        log.info(
-            "usage recorded",
-            extra={
-                "usage_id": record.usage_id,
-                "model": record.model,
-                "billing_mode": record.mode,
-                "input_tokens": record.input_tokens,
-                "output_tokens": record.output_tokens,
-                "charged_millicredits": record.charged_millicredits,
-                "priced_millicredits": record.priced_millicredits,
-                "hold_id": record.hold_id,
-            },
+        # On the call's own access line: one line per call, not two.
+        context.annotate_request(
+            usage_id=record.usage_id,
+            model=record.model,
+            billing_mode=record.mode,
+            input_tokens=record.input_tokens,
+            output_tokens=record.output_tokens,
+            charged_millicredits=record.charged_millicredits,
+            priced_millicredits=record.priced_millicredits,
+            hold_id=record.hold_id,
         )
         return record.response_body
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -67,6 +68,21 @@ def test_a_chat_answers_the_completion_with_usage_and_balance(app: Any) -> None:
     }
     assert body["balance"]["balanceCredits"] == "9950.000"
     assert overhead_ms(response) >= 0
+
+
+def test_a_charged_call_is_one_access_line_with_its_usage(
+    app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        post_chat(app)
+
+    lines = [r for r in caplog.records if r.name == "billing_platform.app"]
+    [access] = [r for r in lines if r.getMessage() == "request"]
+    fields = access.__dict__
+    assert (fields["route"], fields["status"], fields["model"]) == ("/api/ai/chat", 200, "gpt-4o")
+    assert (fields["charged_millicredits"], fields["billing_mode"]) == (50_000, "charged")
+    assert fields["usage_id"]
+    assert not [r for r in caplog.records if r.getMessage() == "usage recorded"]
 
 
 def test_the_overhead_leaves_out_the_model_call(app: Any) -> None:
