@@ -106,6 +106,33 @@ async def migrated_db(stack: Stack) -> AsyncIterator[MigratedDb]:
         await db.stop()
 
 
+# A pending starter purchase (9.99 USD, 9,990 credits) as checkout would have created it.
+STARTER_ROW = (
+    "INSERT INTO {table} (id, user_id, package_code, package_name, price_cents, currency,"
+    " credits, bonus_credits, grant_millicredits, status, return_to, stripe_session_id)"
+    " VALUES ($1, $2, 'starter', 'Starter', 999, 'usd', 9990, 0, 9990000, 'pending', '/', $3)"
+)
+PendingPurchase = Callable[[Database, str], Awaitable[stripe_sim.SimPurchase]]
+
+
+@pytest.fixture
+def pending_purchase() -> PendingPurchase:
+    """Write a pending starter purchase of ``user`` into a checkout schema's table."""
+
+    async def make(checkout: Database, user: str) -> stripe_sim.SimPurchase:
+        session = f"cs_test_{uuid.uuid4().hex[:8]}"
+        purchase = stripe_sim.SimPurchase(str(uuid.uuid4()), user, "starter", 999, "usd", session)
+        await checkout.pool.execute(
+            STARTER_ROW.format(table="purchases"),
+            purchase.purchase_id,
+            purchase.user_id,
+            purchase.stripe_session_id,
+        )
+        return purchase
+
+    return make
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -251,10 +278,7 @@ class Platform:
     async def insert_starter_row(self, purchase: stripe_sim.SimPurchase) -> None:
         """A starter purchase row written straight into checkout's table, as if just created."""
         await self.sql(
-            "INSERT INTO checkout.purchases (id, user_id, package_code, package_name,"
-            " price_cents, currency, credits, bonus_credits, grant_millicredits, status,"
-            " return_to, stripe_session_id) VALUES ($1, $2, 'starter', 'Starter', 999, 'usd',"
-            " 9990, 0, 9990000, 'pending', '/', $3)",
+            STARTER_ROW.format(table="checkout.purchases"),
             purchase.purchase_id,
             purchase.user_id,
             purchase.stripe_session_id,

@@ -79,24 +79,13 @@ async def wait_for_duplicate(ledger: Any, why: str, timeout: float = 30) -> None
 
 
 async def ledger_with_pending_purchase(
-    migrated_db: Any, schema: str, user: str
+    migrated_db: Any, pending_purchase: Any, schema: str, user: str
 ) -> tuple[str, Database, stripe_sim.SimPurchase]:
     """A ledger schema, a checkout schema beside it, and a pending starter purchase there."""
     checkout_schema = f"{schema}_co"
     checkout = await migrated_db(checkout_schema, "checkout")
     db: Database = await migrated_db(schema, "ledger")
-    session = f"cs_test_{uuid.uuid4().hex[:8]}"
-    purchase = stripe_sim.SimPurchase(str(uuid.uuid4()), user, "starter", 999, "usd", session)
-    await checkout.pool.execute(
-        "INSERT INTO purchases (id, user_id, package_code, package_name, price_cents, currency,"
-        " credits, bonus_credits, grant_millicredits, status, return_to, stripe_session_id)"
-        " VALUES ($1, $2, 'starter', 'Starter', 999, 'usd', 9990, 0, 9990000, 'pending', '/',"
-        " $3)",
-        purchase.purchase_id,
-        purchase.user_id,
-        purchase.stripe_session_id,
-    )
-    return checkout_schema, db, purchase
+    return checkout_schema, db, await pending_purchase(checkout, user)
 
 
 def ledger_env(topics: Topics, schema: str) -> dict[str, str]:
@@ -153,10 +142,11 @@ async def test_a_crash_right_after_the_grant_commits_resumes_past_it_and_grants_
     schema: str,
     publisher: KafkaPublisher,
     migrated_db: Any,
+    pending_purchase: Any,
     run_service: Any,
 ) -> None:
     checkout_schema, db, purchase = await ledger_with_pending_purchase(
-        migrated_db, schema, "crash-user"
+        migrated_db, pending_purchase, schema, "crash-user"
     )
     event = stripe_sim.session_completed(purchase)
     body, key = json.dumps(event).encode(), f"stripe:{event['id']}"
@@ -206,11 +196,12 @@ async def test_a_database_rewound_to_an_earlier_position_replays_and_the_inbox_a
     schema: str,
     publisher: KafkaPublisher,
     migrated_db: Any,
+    pending_purchase: Any,
     run_service: Any,
 ) -> None:
     """As after a restore: the consumer resumes from the database's position, not Kafka's."""
     checkout_schema, db, purchase = await ledger_with_pending_purchase(
-        migrated_db, schema, "rewound-user"
+        migrated_db, pending_purchase, schema, "rewound-user"
     )
     event = stripe_sim.session_completed(purchase)
     body, key = json.dumps(event).encode(), f"stripe:{event['id']}"
@@ -356,10 +347,11 @@ async def test_a_database_outage_holds_the_partition_and_grants_once_it_is_back(
     schema: str,
     publisher: KafkaPublisher,
     migrated_db: Any,
+    pending_purchase: Any,
     run_service: Any,
 ) -> None:
     checkout_schema, db, purchase = await ledger_with_pending_purchase(
-        migrated_db, schema, "outage-user"
+        migrated_db, pending_purchase, schema, "outage-user"
     )
     proxy = CuttableProxy(stack.layout.postgres_port)
     proxy.start()

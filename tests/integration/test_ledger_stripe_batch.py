@@ -47,27 +47,12 @@ async def schemas(migrated_db: Any, schema: str) -> tuple[Database, Database]:
     return ledger, checkout
 
 
-async def pending_purchase(checkout: Database, user: str) -> stripe_sim.SimPurchase:
-    session = f"cs_test_{uuid.uuid4().hex[:8]}"
-    purchase = stripe_sim.SimPurchase(str(uuid.uuid4()), user, "starter", 999, "usd", session)
-    await checkout.pool.execute(
-        "INSERT INTO purchases (id, user_id, package_code, package_name, price_cents, currency,"
-        " credits, bonus_credits, grant_millicredits, status, return_to, stripe_session_id)"
-        " VALUES ($1, $2, 'starter', 'Starter', 999, 'usd', 9990, 0, 9990000, 'pending', '/',"
-        " $3)",
-        purchase.purchase_id,
-        purchase.user_id,
-        purchase.stripe_session_id,
-    )
-    return purchase
-
-
 def handler(ledger: Database, namespace: Topics, checkout_schema: str) -> Any:
     return stripe_events_batch_handler(ledger, LedgerContext(namespace, checkout_schema, 30.0))
 
 
 async def test_a_batch_grants_once_each_and_records_what_it_ignored(
-    namespace: Topics, schema: str, schemas: tuple[Database, Database]
+    namespace: Topics, schema: str, schemas: tuple[Database, Database], pending_purchase: Any
 ) -> None:
     ledger, checkout = schemas
     one = await pending_purchase(checkout, f"u-{uuid.uuid4().hex[:6]}")
@@ -102,7 +87,7 @@ async def test_a_batch_grants_once_each_and_records_what_it_ignored(
 
 
 async def test_a_poison_record_undoes_the_whole_batch(
-    namespace: Topics, schema: str, schemas: tuple[Database, Database]
+    namespace: Topics, schema: str, schemas: tuple[Database, Database], pending_purchase: Any
 ) -> None:
     ledger, checkout = schemas
     purchase = await pending_purchase(checkout, f"u-{uuid.uuid4().hex[:6]}")

@@ -228,16 +228,7 @@ def _pause_in(state: Any) -> Pause | None:
 
 
 def _override_in(state: Any) -> CapOverride | None:
-    if state["cap_user_id"] is None:
-        return None
-    return CapOverride(
-        per_request=state["per_request_millicredits"],
-        per_day=state["per_day_millicredits"],
-        per_hour=state["per_hour_millicredits"],
-        updated_by=state["cap_updated_by"],
-        reason=state["cap_reason"],
-        updated_at=state["cap_updated_at"],
-    )
+    return None if state["cap_user_id"] is None else _override(state)
 
 
 def _override(row: Any) -> CapOverride | None:

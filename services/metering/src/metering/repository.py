@@ -315,15 +315,15 @@ async def guard_state(
     conn: Any, user_id: str, day_start: datetime, hour_start: datetime, now: datetime
 ) -> Any:
     """What the guardrails weigh a call against, in one round trip: the user's pause
-    (``pause_*``, all NULL when never paused), cap override (``cap_*``, NULL when none),
+    (``pause_*`` and the resume columns, NULL when never paused), cap override (the columns
+    of ``cap_override``, and ``cap_user_id``, NULL when none),
     what was charged since ``day_start`` and after ``hour_start``, and the worst case in
     flight (expired reservations excluded)."""
     return await conn.fetchrow(
         "SELECT p.user_id AS pause_user_id, p.reason AS pause_reason, p.paused_at,"
         " p.resumed_at, p.resumed_by, p.resume_reason,"
         " c.user_id AS cap_user_id, c.per_request_millicredits, c.per_day_millicredits,"
-        " c.per_hour_millicredits, c.updated_by AS cap_updated_by, c.reason AS cap_reason,"
-        " c.updated_at AS cap_updated_at,"
+        " c.per_hour_millicredits, c.updated_by, c.reason, c.updated_at,"
         " (SELECT coalesce(sum(charged_millicredits), 0) FROM usage_records"
         "  WHERE user_id = $1 AND mode = 'charged' AND created_at >= $2)::bigint"
         "  AS charged_today,"
