@@ -100,24 +100,20 @@ async def release_claim(conn: Any, user_id: str, key: str) -> None:
     )
 
 
-async def finish_claim(conn: Any, user_id: str, key: str) -> None:
-    await conn.execute(
-        "UPDATE request_claims SET state = 'done' WHERE user_id = $1 AND idempotency_key = $2",
-        user_id,
-        key,
-    )
-
-
-async def insert_usage(conn: Any, record: UsageRecord, correlation_id: str) -> bool:
-    """Store a usage record; False when its usage id or (user, key) is already stored."""
+async def store_usage(conn: Any, record: UsageRecord, correlation_id: str) -> bool:
+    """Store a usage record, free its in-flight reservation and mark its key's claim done,
+    in one statement; False when its usage id or (user, key) was already stored."""
     inserted = await conn.fetchval(
-        "INSERT INTO usage_records (usage_id, user_id, model, input_tokens, output_tokens,"
-        " charged_millicredits, uncollected_millicredits, cost_millicredits,"
+        "WITH stored AS (INSERT INTO usage_records (usage_id, user_id, model, input_tokens,"
+        " output_tokens, charged_millicredits, uncollected_millicredits, cost_millicredits,"
         " rate_card_version, hold_id, idempotency_key, provider_request_id, transaction_id,"
         " mode, correlation_id, response_body, priced_millicredits)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::json,"
-        " $17)"
-        " ON CONFLICT DO NOTHING RETURNING true",
+        " $17) ON CONFLICT DO NOTHING RETURNING true),"
+        " freed AS (DELETE FROM inflight_charges WHERE usage_id = $1),"
+        " done AS (UPDATE request_claims SET state = 'done'"
+        " WHERE user_id = $2 AND idempotency_key = $11)"
+        " SELECT EXISTS (SELECT FROM stored)",
         record.usage_id,
         record.user_id,
         record.model,

@@ -93,10 +93,8 @@ class PgUsageStore:
     ) -> dict[str, Any] | None:
         correlation_id = context.current_correlation_id()
         async with self._db.pool.acquire() as conn, conn.transaction():
-            new = await repository.insert_usage(conn, record, correlation_id)
-            await repository.delete_inflight(conn, record.usage_id)
+            new = await repository.store_usage(conn, record, correlation_id)
             flagged = new and await self._published(conn, record, shadow, correlation_id)
-            await repository.finish_claim(conn, record.user_id, record.idempotency_key)
             if not new:
                 return await repository.stored_body(conn, record.user_id, record.idempotency_key)
         self._relay.poke()

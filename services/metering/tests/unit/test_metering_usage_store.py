@@ -51,12 +51,8 @@ class FakeConn:
     async def fetchval(self, sql: str, *args: Any) -> Any:
         if sql.startswith("INSERT INTO request_claims"):
             return self._claim(*args)
-        if sql.startswith("INSERT INTO usage_records"):
-            key = (args[1], args[10])
-            if key in self.usage:
-                return None
-            self.usage[key] = args
-            return True
+        if sql.startswith("WITH stored AS (INSERT INTO usage_records"):
+            return self._store_usage(args)
         if sql.startswith("INSERT INTO outbox"):
             self.outbox.append(args)
             return len(self.outbox)
@@ -65,6 +61,17 @@ class FakeConn:
             return True
         assert sql.startswith("SELECT response_body FROM usage_records"), sql
         return self.usage[(args[0], args[1])][15]
+
+    def _store_usage(self, args: tuple[Any, ...]) -> bool:
+        """The record (if new), its in-flight row freed and its claim done, as one statement."""
+        key = (args[1], args[10])
+        self.inflight.discard(args[0])
+        if key in self.claims:
+            self.claims[key]["state"] = "done"
+        if key in self.usage:
+            return False
+        self.usage[key] = args
+        return True
 
     def _claim(self, user_id: str, key: str, request_hash: str, _: float) -> int | None:
         claim = self.claims.get((user_id, key))
