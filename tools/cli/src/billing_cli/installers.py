@@ -4,6 +4,7 @@
 - Apache Kafka: the broker's jars from Maven Central via ``mvn dependency:copy-dependencies``.
 - stripe-mock: ``go install`` of a pinned version into ``.local/bin``.
 - vegeta (the benchmarks' HTTP load generator): the same, on demand only.
+- helm (the chart's lint and render checks in ``tests/deploy``): the same, on demand only.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from billing_cli.layout import KAFKA_VERSION, STRIPE_MOCK_VERSION, Layout
 from billing_cli.procs import LaunchError
 
 VEGETA_VERSION = "v12.12.0"
+HELM_VERSION = "v3.22.0"
 
 
 def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
@@ -103,6 +105,11 @@ def ensure_stripe_mock(layout: Layout) -> Path:
 def ensure_vegeta(layout: Layout) -> Path:
     """vegeta, the open-loop HTTP load generator of ``bench/pipeline.py``."""
     return _go_install(layout, "github.com/tsenart/vegeta/v12", VEGETA_VERSION, "vegeta")
+
+
+def ensure_helm(layout: Layout) -> Path:
+    """helm, which the deployment tests lint and render the chart with."""
+    return _go_install(layout, "helm.sh/helm/v3/cmd/helm", HELM_VERSION, "helm")
 
 
 def _go_install(layout: Layout, module: str, version: str, name: str) -> Path:
