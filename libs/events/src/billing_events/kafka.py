@@ -570,6 +570,8 @@ class ConsumerRunner:
     async def _commit_to_kafka(
         self, consumer: confluent_kafka.Consumer, reached: Mapping[tuple[str, int], int]
     ) -> None:
+        if not reached:  # nothing but fetch errors came back
+            return
         offsets = [confluent_kafka.TopicPartition(t, p, o) for (t, p), o in reached.items()]
         await self._in_thread(consumer.commit, offsets=offsets, asynchronous=False)
 
