@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from billing_cli import keys
+from billing_cli import golive, keys
 from billing_cli import stripe_sim as sim
 from billing_cli.layout import Layout
 from billing_cli.procs import LaunchError
@@ -121,6 +121,9 @@ def migrate() -> None:
             console.print(f"{svc.name}: {svc.migrate()}")
     except LaunchError as exc:
         _fail(exc)
+
+
+app.command("go-live")(golive.command)
 
 
 @app.command()
