@@ -20,6 +20,8 @@ LEDGER_DLQ = "billing.ledger.dlq.v1"
 # Every admin action, from every service and the ops CLI; the ledger keeps them in audit_log.
 AUDIT = "billing.audit.v1"
 AUDIT_DLQ = "billing.audit.dlq.v1"
+# Alerts the webhook would not take after 5 attempts (the reconciler forwards alerts).
+ALERTS_DLQ = "billing.alerts.dlq.v1"
 
 # name -> partitions. Keys are user ids (or Stripe object ids), so per-key order holds.
 CONTRACT_TOPICS: dict[str, int] = {
@@ -32,6 +34,7 @@ CONTRACT_TOPICS: dict[str, int] = {
     LEDGER_DLQ: 1,
     AUDIT: 3,
     AUDIT_DLQ: 1,
+    ALERTS_DLQ: 1,
 }
 
 

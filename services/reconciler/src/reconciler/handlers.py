@@ -12,12 +12,13 @@ from functools import partial
 from typing import Any
 
 from billing_events.inbox import first_claimed
-from billing_events.kafka import BatchHandler, Handler, InboundMessage
+from billing_events.kafka import BatchHandler, Handler, InboundMessage, PermanentError
 from billing_events.offsets import unit_of_work
 from billing_events.topics import Topics
-from billing_events.v1 import ledger_pb2, stripe_pb2, usage_pb2
+from billing_events.v1 import alert_pb2, ledger_pb2, stripe_pb2, usage_pb2
 
 from reconciler import metrics, repository, service, stream
+from reconciler.alerts import AlertForwarder, alert_key
 from reconciler.service import HasPool
 
 Write = Callable[[Any], Awaitable[None]]
@@ -107,6 +108,26 @@ def batch_handlers(db: HasPool, topics: Topics) -> dict[str, BatchHandler]:
         topics.usage: batch_handler(db, _usage_seen, repository.SEEN_USAGE_RECORDS),
         topics.ledger: batch_handler(db, _ledger_seen, repository.SEEN_LEDGER_TRANSACTIONS),
     }
+
+
+def alerts_handler(db: HasPool, forwarder: AlertForwarder) -> Handler:
+    """Posts each alert once to the webhook; no transaction is held across the post."""
+
+    async def handle(message: InboundMessage) -> None:
+        alert = message.decode(alert_pb2.BillingAlert)
+        key = alert_key(alert)
+        if not key:
+            raise PermanentError("alert without an id")
+        async with db.pool.acquire() as conn:
+            if await repository.alert_forwarded(conn, key):
+                metrics.ALERTS_FORWARDED.labels(alert.kind, "duplicate").inc()
+                return
+        await forwarder.forward(alert)
+        async with db.pool.acquire() as conn:
+            await repository.mark_alert_forwarded(conn, key, alert.kind)
+        metrics.ALERTS_FORWARDED.labels(alert.kind, "forwarded").inc()
+
+    return handle
 
 
 def handlers(db: HasPool, topics: Topics) -> dict[str, Handler]:

@@ -57,3 +57,10 @@ def show(figures: DayFigures) -> None:
     MARGIN.set(usd(figures.charged_millicredits - figures.cost_millicredits))
     PURCHASED.set(figures.purchased_millicredits)
     CONSUMED.set(figures.consumed_millicredits)
+
+
+ALERTS_FORWARDED = Counter(
+    "billing_alerts_forwarded_total",
+    "Alerts of billing.alerts.v1 posted to the alert webhook (or found posted already)",
+    ["kind", "outcome"],
+)

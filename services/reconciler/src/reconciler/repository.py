@@ -449,3 +449,19 @@ async def day_figures(conn: Any, schemas: Schemas, day: date) -> DayFigures:
     return DayFigures(
         row["outstanding"], row["charged"], row["cost"], row["purchased"], row["consumed"]
     )
+
+
+async def alert_forwarded(conn: Any, alert_id: str) -> bool:
+    found: bool | None = await conn.fetchval(
+        "SELECT true FROM forwarded_alerts WHERE alert_id = $1", alert_id
+    )
+    return bool(found)
+
+
+async def mark_alert_forwarded(conn: Any, alert_id: str, kind: str) -> None:
+    await conn.execute(
+        "INSERT INTO forwarded_alerts (alert_id, kind) VALUES ($1, $2)"
+        " ON CONFLICT (alert_id) DO NOTHING",
+        alert_id,
+        kind,
+    )

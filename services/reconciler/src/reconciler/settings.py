@@ -5,9 +5,11 @@ The reconciler reads the other services' schemas read-only; their names are sett
 deployment that renamed a schema only says so here.
 """
 
+from typing import Literal
+
 from billing_platform.db import check_schema_name
 from billing_platform.settings import ServiceSettings
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 
@@ -37,6 +39,12 @@ class Settings(ServiceSettings):
     # Checkout Sessions read through the Stripe API per run, at most (auto-paging stops here).
     stripe_sessions_max: int = 1000
     stripe_timeout_s: float = 10.0
+    # Where alerts go (reconciler.alerts): a Slack incoming webhook, or PagerDuty's Events v2
+    # endpoint with its routing key. Empty: alerts are published, and nobody is told.
+    alerts_webhook_url: str = ""
+    alerts_webhook_format: Literal["slack", "pagerduty"] = "slack"
+    alerts_pagerduty_routing_key: SecretStr = SecretStr("")
+    alerts_timeout_s: float = Field(default=10.0, gt=0)
 
     @field_validator(
         "db_schema", "ledger_schema", "metering_schema", "webhook_schema", "checkout_schema"

@@ -71,6 +71,7 @@ def test_migrations_are_found_in_the_package() -> None:
         "0002_runs.sql",
         "0003_journal_chain.sql",
         "0004_outbox.sql",
+        "0005_forwarded_alerts.sql",
     ]
 
 
