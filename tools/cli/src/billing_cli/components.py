@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -419,6 +420,57 @@ class DevLLM(Component):
 
     def ready(self) -> bool:
         return _http_ok(f"http://127.0.0.1:{self.layout.devllm_port}/health")
+
+
+class Prometheus(Component):
+    """A Prometheus scraping every service with the platform's alert rules loaded, so alerts
+    can be seen firing locally (``billing up --with-monitoring``)."""
+
+    name = "prometheus"
+
+    def __init__(self, layout: Layout, procs: ProcessManager, services: dict[str, int]) -> None:
+        super().__init__(layout, procs)
+        self._services = services  # name -> port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.layout.prometheus_port}"
+
+    @property
+    def rules(self) -> Path:
+        return self.layout.root / "deploy" / "monitoring" / "alerts.yaml"
+
+    def install(self) -> None:
+        installers.ensure_prometheus()
+
+    def config(self) -> dict[str, object]:
+        targets = [
+            {"targets": [f"127.0.0.1:{port}"], "labels": {"service": name}}
+            for name, port in sorted(self._services.items())
+        ]
+        return {
+            "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
+            "rule_files": [str(self.rules)],
+            "scrape_configs": [{"job_name": "billing", "static_configs": targets}],
+        }
+
+    def start(self) -> None:
+        binary = installers.ensure_prometheus()
+        folder = self.layout.state / "prometheus"
+        folder.mkdir(parents=True, exist_ok=True)
+        config = folder / "prometheus.yml"
+        config.write_text(json.dumps(self.config(), indent=2))  # YAML is a superset of JSON
+        cmd = [
+            str(binary),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.layout.prometheus_port}",
+            "--storage.tsdb.retention.time=2d",
+        ]
+        self.procs.start(self.name, cmd, dict(os.environ), self.layout.prometheus_port)
+
+    def ready(self) -> bool:
+        return _http_ok(f"{self.url}/-/ready")
 
 
 class Service(Component):

@@ -57,6 +57,25 @@ def ensure_postgres() -> Path:
     return found
 
 
+def ensure_prometheus() -> Path:
+    """Debian's Prometheus server (``billing up --with-monitoring``); apt when missing."""
+    if (found := shutil.which("prometheus")) is not None:
+        return Path(found)
+    if os.geteuid() != 0:
+        raise LaunchError("Prometheus not installed: run `sudo apt-get install prometheus`")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    _run(["apt-get", "update", "-q"], "apt-get update", env)
+    _run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"],
+        "apt-get install prometheus",
+        env,
+    )
+    found = shutil.which("prometheus")
+    if found is None:
+        raise LaunchError("prometheus installed but not on PATH")
+    return Path(found)
+
+
 def kafka_libs(layout: Layout) -> Path:
     return layout.cache / f"kafka-{KAFKA_VERSION}" / "libs"
 

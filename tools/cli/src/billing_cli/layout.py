@@ -120,5 +120,9 @@ class Layout:
     def devllm_port(self) -> int:
         return self.port(8110)
 
+    @property
+    def prometheus_port(self) -> int:
+        return self.port(19090)
+
     def service_port(self, service: str) -> int:
         return self.port(SERVICES[service][1])

@@ -47,12 +47,17 @@ def _fail(exc: Exception) -> None:
 @app.command()
 def up(
     infra_only: Annotated[bool, typer.Option(help="Start Kafka, Postgres, mocks only")] = False,
+    with_monitoring: Annotated[
+        bool, typer.Option(help="Also a Prometheus scraping every service, alert rules loaded")
+    ] = False,
 ) -> None:
     """Install what is missing and start Kafka, PostgreSQL, stripe-mock, devllm, services."""
     started = time.monotonic()
     try:
         with console.status("starting the local stack..."):
-            Stack(Layout.selected()).up(_report, services=not infra_only)
+            Stack(Layout.selected()).up(
+                _report, services=not infra_only, monitoring=with_monitoring
+            )
     except LaunchError as exc:
         _fail(exc)
     console.print(

@@ -8,7 +8,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from billing_cli import keys
-from billing_cli.components import Component, DevLLM, Kafka, Postgres, Service, StripeMock
+from billing_cli.components import (
+    Component,
+    DevLLM,
+    Kafka,
+    Postgres,
+    Prometheus,
+    Service,
+    StripeMock,
+)
 from billing_cli.db_roles import ServiceRoles
 from billing_cli.layout import SERVICES, Layout
 from billing_cli.procs import ProcessManager
@@ -44,6 +52,8 @@ class Stack:
         self.services = {
             name: Service(layout, self.procs, name, pkg, env) for name, (pkg, _) in SERVICES.items()
         }
+        ports = {name: svc.port for name, svc in self.services.items()}
+        self.prometheus = Prometheus(layout, self.procs, ports)
 
     @property
     def infrastructure(self) -> list[Component]:
@@ -106,7 +116,9 @@ class Stack:
             with _timed(report, f"{part.name} installed"):
                 part.install()
 
-    def up(self, report: Reporter = _quiet, services: bool = True) -> None:
+    def up(
+        self, report: Reporter = _quiet, services: bool = True, monitoring: bool = False
+    ) -> None:
         self.install(report)
         for part in self.infrastructure:
             with _timed(report, f"{part.name} ready at {part.url}"):
@@ -117,6 +129,14 @@ class Stack:
         self.ensure_db_roles(report)
         if services:
             self.start_services(report)
+        if monitoring:
+            self.start_monitoring(report)
+
+    def start_monitoring(self, report: Reporter = _quiet) -> None:
+        with _timed(report, f"prometheus ready at {self.prometheus.url}"):
+            self.prometheus.install()
+            self.prometheus.start()
+            self.prometheus.wait_ready(60)
 
     def start_services(self, report: Reporter = _quiet) -> None:
         for svc in self.services.values():
@@ -129,15 +149,17 @@ class Stack:
                 svc.wait_ready(60)
 
     def down(self, report: Reporter = _quiet) -> None:
-        for part in reversed(self.components):
+        for part in [self.prometheus, *reversed(self.components)]:
             started = time.monotonic()
             if part.stop():
                 report(f"{part.name} stopped", time.monotonic() - started)
 
     def status(self) -> dict[str, dict[str, Any]]:
+        """Every component; Prometheus only while it runs (it is optional)."""
+        monitoring = [self.prometheus] if self.prometheus.running() else []
         return {
             part.name: {"url": part.url, "running": part.running(), "ready": part.ready()}
-            for part in self.components
+            for part in [*self.components, *monitoring]
         }
 
 
