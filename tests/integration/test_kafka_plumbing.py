@@ -88,8 +88,15 @@ async def ledger_with_pending_purchase(
     return checkout_schema, db, await pending_purchase(checkout, user)
 
 
-def ledger_env(topics: Topics, schema: str) -> dict[str, str]:
-    return {"BILLING_TOPIC_NAMESPACE": topics.namespace, "LEDGER_DB_SCHEMA": schema}
+def ledger_env(topics: Topics, schema: str, checkout_schema: str | None = None) -> dict[str, str]:
+    env = {"BILLING_TOPIC_NAMESPACE": topics.namespace, "LEDGER_DB_SCHEMA": schema}
+    return {**env, "LEDGER_CHECKOUT_SCHEMA": checkout_schema} if checkout_schema else env
+
+
+def paid_session(purchase: stripe_sim.SimPurchase) -> tuple[bytes, str]:
+    """The body of a paid Checkout Session event, and the ledger inbox key it lands under."""
+    event = stripe_sim.session_completed(purchase)
+    return json.dumps(event).encode(), f"stripe:{event['id']}"
 
 
 async def test_event_reaches_ledger_with_trace_and_correlation(
@@ -148,15 +155,13 @@ async def test_a_crash_right_after_the_grant_commits_resumes_past_it_and_grants_
     checkout_schema, db, purchase = await ledger_with_pending_purchase(
         migrated_db, pending_purchase, schema, "crash-user"
     )
-    event = stripe_sim.session_completed(purchase)
-    body, key = json.dumps(event).encode(), f"stripe:{event['id']}"
+    body, key = paid_session(purchase)
     await publish_as_webhook_ingest(publisher, namespace, body, "corr-crash")
 
     env = {
         **os.environ,
         **stack.env(),
-        **ledger_env(namespace, schema),
-        "LEDGER_CHECKOUT_SCHEMA": checkout_schema,
+        **ledger_env(namespace, schema, checkout_schema),
     }
     crashed = subprocess.run(
         [sys.executable, str(HERE / "crashing_ledger_consumer.py")],
@@ -172,7 +177,7 @@ async def test_a_crash_right_after_the_grant_commits_resumes_past_it_and_grants_
     [(partition, position)] = await stored_position(db, namespace)
     assert position == 1
 
-    service_env = {**ledger_env(namespace, schema), "LEDGER_CHECKOUT_SCHEMA": checkout_schema}
+    service_env = ledger_env(namespace, schema, checkout_schema)
     with run_service("ledger", service_env) as ledger:
         later, later_key = stripe_event()
         await publish_as_webhook_ingest(publisher, namespace, later, "corr-later")
@@ -203,9 +208,8 @@ async def test_a_database_rewound_to_an_earlier_position_replays_and_the_inbox_a
     checkout_schema, db, purchase = await ledger_with_pending_purchase(
         migrated_db, pending_purchase, schema, "rewound-user"
     )
-    event = stripe_sim.session_completed(purchase)
-    body, key = json.dumps(event).encode(), f"stripe:{event['id']}"
-    service_env = {**ledger_env(namespace, schema), "LEDGER_CHECKOUT_SCHEMA": checkout_schema}
+    body, key = paid_session(purchase)
+    service_env = ledger_env(namespace, schema, checkout_schema)
     with run_service("ledger", service_env):
         await publish_as_webhook_ingest(publisher, namespace, body, "corr-rewind")
         assert (await wait_for_inbox(db, key))["outcome"] == "granted"
@@ -357,8 +361,7 @@ async def test_a_database_outage_holds_the_partition_and_grants_once_it_is_back(
     proxy.start()
     dsn = stack.postgres.dsn.replace(f":{stack.layout.postgres_port}/", f":{proxy.port}/")
     env = {
-        **ledger_env(namespace, schema),
-        "LEDGER_CHECKOUT_SCHEMA": checkout_schema,
+        **ledger_env(namespace, schema, checkout_schema),
         "BILLING_DATABASE_URL": dsn,
         "LEDGER_DATABASE_URL": dsn,
     }
@@ -372,10 +375,8 @@ async def test_a_database_outage_holds_the_partition_and_grants_once_it_is_back(
                 lambda: ledger.metric("kafka_assigned_partitions", **assigned) > 0, 30
             )
             proxy.cut()
-            event = stripe_sim.session_completed(purchase)
-            await publish_as_webhook_ingest(
-                publisher, namespace, json.dumps(event).encode(), "corr-outage"
-            )
+            body, key = paid_session(purchase)
+            await publish_as_webhook_ingest(publisher, namespace, body, "corr-outage")
             # Longer than the five attempts' backoff (about 3 s) that used to dead-letter it.
             await asyncio.sleep(8)
             readiness = httpx.get(f"{ledger.url}/readyz", timeout=5)
@@ -383,7 +384,7 @@ async def test_a_database_outage_holds_the_partition_and_grants_once_it_is_back(
             assert readiness.json()["checks"]["consumer"].startswith("error")
             assert await db.pool.fetchval("SELECT count(*) FROM journal_transactions") == 0
             proxy.start()
-            await wait_for_inbox(db, f"stripe:{event['id']}", timeout=30)
+            await wait_for_inbox(db, key, timeout=30)
             assert wait_until(ledger.ready, 15)
             assert ledger.metric("kafka_dead_lettered_total") == 0
             assert ledger.metric("kafka_handler_outage_retries_total") > 0
