@@ -490,8 +490,10 @@ class ConsumerRunner:
             wanted = [(p.topic, p.partition) for p in partitions]
             load = self._offsets.load(self.group_id, wanted)
             stored = asyncio.run_coroutine_threadsafe(load, self._loop).result(30)
+            # No row: this database never applied a record of the partition (new, or restored
+            # to before it did), so everything Kafka retains is replayed; inboxes absorb it.
             for p in partitions:
-                p.offset = stored.get((p.topic, p.partition), p.offset)
+                p.offset = stored.get((p.topic, p.partition), confluent_kafka.OFFSET_BEGINNING)
             log.info(
                 "partitions assigned",
                 extra={

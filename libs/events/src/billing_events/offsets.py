@@ -5,8 +5,9 @@ A consumer's handler applies a record (or a partition's batch) in one transactio
 offset in ``consumer_offsets``. So the effect and the position commit together: no crash
 can separate them, and no broker round trip is spent on an offset commit per batch.
 
-When partitions are assigned, the consumer resumes from these rows (a partition without
-one falls back to the group's committed offset in Kafka, then to the earliest record). A
+When partitions are assigned, the consumer resumes from these rows; a partition without
+one starts from the earliest record Kafka retains, never from the group's offset in Kafka
+(a copy for lag tooling only, and ahead of a database restored to an earlier point). A
 database restored to an earlier point therefore resumes from the position it knew at that
 point and replays the rest from Kafka; the inbox claims, restored with it, absorb what it
 had applied. Rewinding a consumer means updating its rows here, not in Kafka.

@@ -8,7 +8,7 @@ from billing_platform.db import Database
 from billing_platform.group_commit import GroupCommitter
 from fastapi import FastAPI
 
-from webhook_ingest import api, service
+from webhook_ingest import api, handlers, service
 from webhook_ingest.settings import Settings
 
 
@@ -18,9 +18,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     publisher = wiring.publisher_for(settings)
     relay = wiring.relay_for(settings, db, publisher)
     committer = store_committer(db, settings)
+    topics = wiring.topics_for(settings)
+    topic = topics.stripe_events
+    consumer = wiring.consumer_for(
+        settings,
+        publisher,
+        {topic: handlers.stored_event_handler(db)},
+        {topic: handlers.stored_events_batch_handler(db)},
+        db=db,
+    )
     deps = api.Deps(
         db=db,
-        topics=wiring.topics_for(settings),
+        topics=topics,
         relay=relay,
         settings=settings,
         committer=committer,
@@ -29,7 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings,
         routers=[api.router(deps)],
         # Stopped first: the deliveries still queued are written while the pool is open.
-        lifecycle=[db, publisher, relay, committer],
+        lifecycle=[db, publisher, relay, committer, consumer],
         checks={"database": db.ping, "kafka": wiring.kafka_check(settings)},
     )
 

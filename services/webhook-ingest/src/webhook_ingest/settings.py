@@ -31,3 +31,6 @@ class Settings(ServiceSettings):
     # How long the writer waits for more deliveries when fewer than a batch are queued;
     # 0: none (the previous commit is wait enough).
     group_commit_max_wait_s: float = Field(default=0.0, ge=0.0, le=1.0)
+    # The consumer of its own topic only heals the store after a restore (handlers.py):
+    # it answers no one, so it waits for large batches.
+    consumer_linger_ms: int = Field(default=500, ge=0, le=5000)

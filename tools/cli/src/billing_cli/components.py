@@ -78,6 +78,8 @@ class Postgres(Component):
         self.password = password
         self.data = layout.state / "postgres" / "data"
         self.bindir: Path | None = None
+        # Settings of WAL archiving (see billing_cli.backups); none on the throwaway stacks.
+        self.archive_options = ""
 
     @property
     def url(self) -> str:
@@ -184,7 +186,7 @@ class Postgres(Component):
         opts = (
             f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={sock} "
             "-c max_connections=300 -c shared_buffers=128MB"
-        )
+        ) + self.archive_options
         if self.layout.port_offset:
             # The throwaway test cluster trades crash safety of the OS for speed.
             opts += " -c fsync=off -c full_page_writes=off"

@@ -1,6 +1,6 @@
 """Fetching what the local stack runs, from package registries only, pinned and cached.
 
-- PostgreSQL server: Debian's packages (``apt-get``), when not installed already.
+- PostgreSQL server, pgBackRest, Prometheus: Debian's packages (``apt-get``), when missing.
 - Apache Kafka: the broker's jars from Maven Central via ``mvn dependency:copy-dependencies``.
 - stripe-mock: ``go install`` of a pinned version into ``.local/bin``.
 - vegeta (the benchmarks' HTTP load generator): the same, on demand only.
@@ -59,20 +59,29 @@ def ensure_postgres() -> Path:
 
 def ensure_prometheus() -> Path:
     """Debian's Prometheus server (``billing up --with-monitoring``); apt when missing."""
-    if (found := shutil.which("prometheus")) is not None:
+    return _apt_binary("prometheus", "prometheus")
+
+
+def ensure_pgbackrest() -> Path:
+    """Debian's pgBackRest, which archives the dev stack's WAL and takes its backups."""
+    return _apt_binary("pgbackrest", "pgbackrest")
+
+
+def _apt_binary(binary: str, package: str) -> Path:
+    if (found := shutil.which(binary)) is not None:
         return Path(found)
     if os.geteuid() != 0:
-        raise LaunchError("Prometheus not installed: run `sudo apt-get install prometheus`")
+        raise LaunchError(f"{binary} not installed: run `sudo apt-get install {package}`")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     _run(["apt-get", "update", "-q"], "apt-get update", env)
     _run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"],
-        "apt-get install prometheus",
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", package],
+        f"apt-get install {package}",
         env,
     )
-    found = shutil.which("prometheus")
+    found = shutil.which(binary)
     if found is None:
-        raise LaunchError("prometheus installed but not on PATH")
+        raise LaunchError(f"{package} installed but `{binary}` is not on PATH")
     return Path(found)
 
 

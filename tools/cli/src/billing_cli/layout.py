@@ -44,8 +44,9 @@ class Layout:
 
     @classmethod
     def selected(cls) -> Layout:
-        """The dev stack, or the test stack when ``BILLING_LOCAL_STACK=test``."""
-        return cls.test() if os.environ.get("BILLING_LOCAL_STACK") == "test" else cls.dev()
+        """The dev stack, or the one ``BILLING_LOCAL_STACK`` names (test, chaos, drill)."""
+        named = {"test": cls.test, "chaos": cls.chaos, "drill": cls.drill}
+        return named.get(os.environ.get("BILLING_LOCAL_STACK", ""), cls.dev)()
 
     @classmethod
     def test(cls) -> Layout:
@@ -59,6 +60,16 @@ class Layout:
         a restart must be able to bind its port again at once.
         """
         return cls("chaos", repo_root(), 5000)
+
+    @classmethod
+    def drill(cls) -> Layout:
+        """The restore drill's own stack (``tests/drill``): WAL archived, rebuilt every run."""
+        return cls("drill", repo_root(), 7000)
+
+    @property
+    def archives_wal(self) -> bool:
+        """The stacks whose every commit can be restored (``billing backup``/``restore``)."""
+        return self.name in ("stack", "drill")
 
     @property
     def acknowledged_commits_durable(self) -> bool:

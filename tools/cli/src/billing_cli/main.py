@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from billing_cli import golive, keys
+from billing_cli import backup_commands, golive, keys
 from billing_cli import stripe_sim as sim
 from billing_cli.layout import Layout
 from billing_cli.procs import LaunchError
@@ -129,6 +129,8 @@ def migrate() -> None:
 
 
 app.command("go-live")(golive.command)
+app.command("backup")(backup_commands.backup)
+app.command("restore")(backup_commands.restore)
 
 
 @app.command()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from billing_cli import keys
+from billing_cli.backups import Backups
 from billing_cli.components import (
     Component,
     DevLLM,
@@ -19,7 +21,7 @@ from billing_cli.components import (
 )
 from billing_cli.db_roles import ServiceRoles
 from billing_cli.layout import SERVICES, Layout
-from billing_cli.procs import ProcessManager
+from billing_cli.procs import LaunchError, ProcessManager
 
 Reporter = Callable[[str, float], None]
 
@@ -41,6 +43,9 @@ class Stack:
         self.secrets = keys.ensure_secrets(layout)
         _, self.public_key = keys.ensure_keys(layout)
         self.postgres = Postgres(layout, self.procs, self.secrets["postgres_password"])
+        self.backups = Backups(layout, self.postgres)
+        if self.backups.enabled:
+            self.postgres.archive_options = self.backups.archive_options()
         self.db_roles = {pkg: ServiceRoles.for_package(pkg) for pkg, _ in SERVICES.values()}
         names = [role for r in self.db_roles.values() for role in (r.owner, r.runtime)]
         self.db_passwords = keys.ensure_db_passwords(layout, names)
@@ -115,15 +120,23 @@ class Stack:
         for part in self.infrastructure:
             with _timed(report, f"{part.name} installed"):
                 part.install()
+        if self.backups.enabled:
+            with _timed(report, "pgbackrest installed"):
+                self.backups.install()
 
     def up(
         self, report: Reporter = _quiet, services: bool = True, monitoring: bool = False
     ) -> None:
         self.install(report)
+        if self.backups.enabled:
+            self.backups.configure()
         for part in self.infrastructure:
             with _timed(report, f"{part.name} ready at {part.url}"):
                 part.start()
                 part.wait_ready(90)
+        if self.backups.enabled:
+            with _timed(report, f"WAL archived to {self.backups.home / 'repo'}"):
+                self.backups.ensure_stanza()
         with _timed(report, "topics created"):
             self.kafka.create_topics(self.topic_namespace)
         self.ensure_db_roles(report)
@@ -147,6 +160,26 @@ class Stack:
         for svc in self.services.values():
             with _timed(report, f"{svc.name} ready at {svc.url}"):
                 svc.wait_ready(60)
+
+    def restore(self, target: datetime, report: Reporter = _quiet) -> None:
+        """The database as it was at ``target``, with the services running on it again.
+
+        What the current WAL holds is archived first, so any moment up to now can be
+        reached. The services stop before and start after: their consumers then resume
+        from the positions the restored database holds, and Kafka replays the rest."""
+        if target > datetime.now(UTC):
+            raise LaunchError(f"{target.isoformat()} is in the future")
+        if self.postgres.running():
+            with _timed(report, "WAL archived up to now"):
+                self.backups.flush_wal()
+        for svc in self.services.values():
+            svc.stop()
+        self.postgres.stop()
+        with _timed(report, f"database restored to {target.isoformat()}"):
+            self.backups.restore(target)
+            self.postgres.start()
+            self.backups.wait_promoted(120)
+        self.start_services(report)
 
     def down(self, report: Reporter = _quiet) -> None:
         for part in [self.prometheus, *reversed(self.components)]:
