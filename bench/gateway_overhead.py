@@ -13,8 +13,16 @@ the overhead (gateway minus direct at each percentile, same run), the answers th
 first call until the whole pipeline is quiet (outboxes published, consumers caught up), so
 the call's downstream work counts too. A rate whose gateway p99 passes 100 ms is marked.
 
+``--tracing``: the same run with traces on. A stand-in OTLP/HTTP collector in this process
+(127.0.0.1, answering 200 to ``POST /v1/traces``, counting requests, bytes and spans) is
+every service's ``BILLING_OTEL_EXPORTER_OTLP_ENDPOINT``, sampling ``--trace-ratio`` of new
+traces (1.0: every call). The exporters flush every 0.5 s and each gateway step waits 1 s
+after the pipeline is quiet, so encoding and sending a step's spans count in its CPU; the
+collector's own work is the load generator's. Per rate it also prints the spans and bytes
+exported per call, and at the end what the collector received in all.
+
 Run: ``./scripts/run python bench/gateway_overhead.py [--quick] [--json] [--rates 50,100,200,300]
-[--seconds 10] [--users 50] [--stack dev|test] [--keep]``.
+[--seconds 10] [--users 50] [--stack dev|test] [--keep] [--tracing [--trace-ratio 1.0]]``.
 """
 
 from __future__ import annotations
@@ -22,11 +30,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gzip
 import json
 import tempfile
+import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +46,7 @@ import asyncpg
 from billing_cli import installers, keys
 from billing_cli.layout import Layout
 from billing_cli.stack import Stack
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from pipeline import Meter, Phase, Pipeline, fund, progress, run_tool
 
 LIFTED_CAPS = {
@@ -52,6 +65,118 @@ BODY = {
 }
 SLOW_P99_MS = 100.0
 PERCENTILES = ("50th", "90th", "99th", "max")
+# With --tracing: how often the services' exporters send (OpenTelemetry's default is 5 s),
+# and how long a step waits, after the pipeline is quiet, for the last batch to leave.
+EXPORT_DELAY_MS = 500
+EXPORT_WAIT_S = 1.0
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What the collector had received by some moment."""
+
+    requests: int = 0
+    spans: int = 0
+    bytes: int = 0
+    undecodable: int = 0
+    by_service: dict[str, int] = field(default_factory=dict)
+
+    def since(self, before: Exported) -> Exported:
+        services = {
+            name: count - before.by_service.get(name, 0) for name, count in self.by_service.items()
+        }
+        return Exported(
+            self.requests - before.requests,
+            self.spans - before.spans,
+            self.bytes - before.bytes,
+            self.undecodable - before.undecodable,
+            {name: count for name, count in services.items() if count},
+        )
+
+
+class TraceSink:
+    """A stand-in OTLP/HTTP trace collector on loopback: answers 200 to ``POST /v1/traces``
+    and counts what arrives, so the services encode and send their spans for real."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests = 0
+        self._bytes = 0
+        self._undecodable = 0
+        self._spans: Counter[str] = Counter()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # the exporters keep their connection open
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path != "/v1/traces":
+                    self._answer(404)
+                    return
+                sink.record(body, self.headers.get("Content-Encoding") or "")
+                self._answer(200)
+
+            def _answer(self, status: int) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # one line per export would flood the benchmark's output
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="otlp-sink", daemon=True
+        )
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def record(self, body: bytes, encoding: str) -> None:
+        spans: Counter[str] = Counter()
+        request: ExportTraceServiceRequest | None
+        try:
+            payload = gzip.decompress(body) if encoding == "gzip" else body
+            request = ExportTraceServiceRequest.FromString(payload)
+        except Exception:
+            request = None
+        if request is not None:
+            for resource_spans in request.resource_spans:
+                service = next(
+                    (
+                        a.value.string_value
+                        for a in resource_spans.resource.attributes
+                        if a.key == "service.name"
+                    ),
+                    "unknown",
+                )
+                for scope_spans in resource_spans.scope_spans:
+                    spans[service] += len(scope_spans.spans)
+        with self._lock:
+            self._requests += 1
+            self._bytes += len(body)
+            self._undecodable += request is None
+            self._spans.update(spans)
+
+    def exported(self) -> Exported:
+        with self._lock:
+            return Exported(
+                self._requests,
+                sum(self._spans.values()),
+                self._bytes,
+                self._undecodable,
+                dict(self._spans),
+            )
 
 
 @dataclass(frozen=True)
@@ -133,6 +258,7 @@ class Run:
     pipe: Pipeline
     tokens: list[str]
     seconds: int
+    sink: TraceSink | None = None
 
     async def direct(self, rate: int) -> Step:
         targets = self.workdir / f"direct-{rate}.json"
@@ -145,16 +271,23 @@ class Run:
         await asyncio.to_thread(gateway_targets, self.stack, targets, count, self.tokens)
         meter = Meter(self.stack)
         meter.start()
+        before = self.sink.exported() if self.sink else Exported()
         began = time.perf_counter()
         report = await attack(self.vegeta, targets, rate, self.seconds)
         await self.pipe.quiet()
+        if self.sink is not None:
+            await asyncio.sleep(EXPORT_WAIT_S)
         cpu = meter.stop()
         charged = (report.get("status_codes") or {}).get("200", 0)
         phase = Phase(f"gateway at {rate}/s", charged, time.perf_counter() - began, cpu)
+        if self.sink is not None:
+            phase.extra["exported"] = asdict(self.sink.exported().since(before))
         return step(rate, report, phase)
 
 
-async def measure(stack: Stack, vegeta: Path, opts: argparse.Namespace) -> list[Step]:
+async def measure(
+    stack: Stack, vegeta: Path, opts: argparse.Namespace, sink: TraceSink | None = None
+) -> list[Step]:
     users = [f"bench-gw-{uuid.uuid4().hex[:8]}-{n:03d}" for n in range(opts.users)]
     progress(f"funding {len(users)} users")
     await fund(stack, users)
@@ -164,7 +297,7 @@ async def measure(stack: Stack, vegeta: Path, opts: argparse.Namespace) -> list[
     await pipe.start()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
-            run = Run(stack, vegeta, Path(tmp), pipe, tokens, opts.seconds)
+            run = Run(stack, vegeta, Path(tmp), pipe, tokens, opts.seconds, sink)
             return await _steps(run, opts.rates)
     finally:
         await pipe.stop()
@@ -173,7 +306,7 @@ async def measure(stack: Stack, vegeta: Path, opts: argparse.Namespace) -> list[
 
 async def _steps(run: Run, rates: list[int]) -> list[Step]:
     progress("warm-up: 2 s of each path at the first rate")
-    warm = Run(run.stack, run.vegeta, run.workdir, run.pipe, run.tokens, 2)
+    warm = Run(run.stack, run.vegeta, run.workdir, run.pipe, run.tokens, 2, run.sink)
     await warm.direct(rates[0])
     await warm.gateway(rates[0])
     steps: list[Step] = []
@@ -198,7 +331,8 @@ def report_lines(steps: list[Step]) -> list[str]:
         )
         slow = "  (p99 over 100 ms)" if gateway.latency_ms["99th"] > SLOW_P99_MS else ""
         lines.append(f"{gateway.rate:6d} {'overhead':8}{'':14}{added}{slow}")
-    return [*lines, "", *cpu_lines([s for s in steps[1::2] if s.phase is not None])]
+    gateway_steps = [s for s in steps[1::2] if s.phase is not None]
+    return [*lines, "", *cpu_lines(gateway_steps), *export_lines(gateway_steps)]
 
 
 def cpu_lines(steps: list[Step]) -> list[str]:
@@ -215,6 +349,41 @@ def cpu_lines(steps: list[Step]) -> list[str]:
     lines.append(f"{'platform only':16}" + "".join(f"{v:10.3f}" for v in platform))
     errors = [e for s in steps for e in s.errors]
     return lines + ([f"error samples: {errors[:3]}"] if errors else [])
+
+
+def export_lines(steps: list[Step]) -> list[str]:
+    """With --tracing: what each gateway step exported, per charged call."""
+    rows = [
+        (s, s.phase.extra["exported"]) for s in steps if s.phase and "exported" in s.phase.extra
+    ]
+    if not rows:
+        return []
+    lines = ["", "Traces exported per gateway call (received by the local OTLP collector)"]
+    lines.append(f"{'':16}" + "".join(f"{str(s.rate) + '/s':>10}" for s, _ in rows))
+    calls = [max(s.ok, 1) for s, _ in rows]
+    for label, key, scale in (
+        ("spans", "spans", 1),
+        ("KB", "bytes", 1024),
+        ("exports", "requests", 1),
+    ):
+        figures = [e[key] / scale / n for (_, e), n in zip(rows, calls, strict=True)]
+        lines.append(f"{label:16}" + "".join(f"{v:10.3f}" for v in figures))
+    services = sorted({name for _, e in rows for name in e["by_service"]})
+    for name in services:
+        figures = [e["by_service"].get(name, 0) / n for (_, e), n in zip(rows, calls, strict=True)]
+        lines.append(f"{'  ' + name:16}" + "".join(f"{v:10.3f}" for v in figures))
+    return lines
+
+
+def sink_lines(exported: Exported) -> list[str]:
+    services = ", ".join(f"{name} {n}" for name, n in sorted(exported.by_service.items()))
+    lines = [
+        f"OTLP collector received {exported.requests} exports, {exported.spans} spans,"
+        f" {exported.bytes / 1e6:.1f} MB in all ({services or 'no spans'})"
+    ]
+    if exported.undecodable:
+        lines.append(f"  {exported.undecodable} exports could not be decoded")
+    return lines
 
 
 def as_json(steps: list[Step]) -> str:
@@ -236,7 +405,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--stack", choices=["dev", "test"], default="dev")
     parser.add_argument("--keep", action="store_true", help="leave the stack running")
+    parser.add_argument(
+        "--tracing", action="store_true", help="traces on, exported to a local OTLP collector"
+    )
+    parser.add_argument(
+        "--trace-ratio", type=float, default=1.0, help="with --tracing: share of traces kept"
+    )
     args = parser.parse_args()
+    if args.tracing and args.keep:
+        parser.error("--keep with --tracing: the services would export to a collector gone")
+    if not 0.0 <= args.trace_ratio <= 1.0:
+        parser.error("--trace-ratio must be between 0 and 1")
     rates = args.rates or ("20,50" if args.quick else "50,100,200,300")
     args.rates = [int(r) for r in rates.split(",")]
     args.seconds = args.seconds or (5 if args.quick else 10)
@@ -247,15 +426,30 @@ def main() -> None:
     args = parse_args()
     layout = Layout.test() if args.stack == "test" else Layout.dev()
     vegeta = installers.ensure_vegeta(layout)
-    stack = Stack(layout, service_env=LIFTED_CAPS)
-    stack.down()  # metering must run with the lifted caps above
-    stack.up()
+    service_env = dict(LIFTED_CAPS)
+    sink = TraceSink() if args.tracing else None
+    if sink is not None:
+        sink.start()
+        service_env |= {
+            "BILLING_OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
+            "BILLING_OTEL_TRACES_SAMPLER_ARG": str(args.trace_ratio),
+            "OTEL_BSP_SCHEDULE_DELAY": str(EXPORT_DELAY_MS),
+        }
+    stack = Stack(layout, service_env=service_env)
+    stack.down()  # metering must run with the lifted caps above (and the tracing settings)
     try:
-        steps = asyncio.run(measure(stack, vegeta, args))
+        stack.up()
+        try:
+            steps = asyncio.run(measure(stack, vegeta, args, sink))
+        finally:
+            if not args.keep:
+                stack.down()  # before the collector: the services flush on the way out
     finally:
-        if not args.keep:
-            stack.down()
+        if sink is not None:
+            sink.stop()
     table = "\n".join(report_lines(steps))
+    if sink is not None:
+        table += "\n\n" + "\n".join(sink_lines(sink.exported()))
     if args.json:
         progress(table)
         print(as_json(steps))

@@ -4,6 +4,10 @@ A service hands over its routers, the things that must start and stop with it (D
 Kafka producer, consumers) and its readiness checks; this module supplies the rest:
 ``/health``, ``/readyz``, ``/metrics``, one error shape, request and correlation ids,
 server spans and request metrics.
+
+Server spans: with traces exported (an OTLP endpoint set), the FastAPI instrumentation opens
+them; otherwise the request scope below does, exported nowhere, so that every request still
+has a trace id for its log lines and for what it publishes. One server span either way.
 """
 
 from __future__ import annotations
@@ -51,10 +55,15 @@ def create_app(
     lifecycle: Sequence[Lifecycle] = (),
     checks: dict[str, ReadinessCheck] | None = None,
     browser_facing: bool = False,
+    tracer_provider: trace.TracerProvider | None = None,
 ) -> FastAPI:
-    """``browser_facing`` services answer CORS for the configured origins (and no others)."""
+    """``browser_facing`` services answer CORS for the configured origins (and no others).
+    Spans come from ``tracer_provider``, by default the process's, configured from settings."""
     configure_logging(settings.service_name, settings.infra.log_level)
-    tracing.configure_tracing(settings.service_name, settings.infra.otel_exporter_otlp_endpoint)
+    infra = settings.infra
+    provider = tracer_provider or tracing.configure_tracing(
+        settings.service_name, infra.otel_exporter_otlp_endpoint, infra.otel_traces_sampler_arg
+    )
     # API-only: no HTML docs pages (they would need scripts the CSP below forbids).
     app = FastAPI(
         title=settings.service_name,
@@ -75,8 +84,10 @@ def create_app(
     _install_error_handlers(app)
     if browser_facing:
         _allow_origins(app, settings.infra.cors_allowed_origins)
+    instrumented = tracing.instrument(app, infra.otel_exporter_otlp_endpoint, provider)
+    server_spans = None if instrumented else provider.get_tracer("billing.http")
     # Added last, so outermost: CORS preflight answers get the ids and security headers too.
-    app.add_middleware(_RequestScope, service=settings.service_name)
+    app.add_middleware(_RequestScope, service=settings.service_name, server_spans=server_spans)
     return app
 
 
@@ -217,17 +228,20 @@ def _internal_error(exc: Exception) -> JSONResponse:
 
 
 class _RequestScope:
-    """Ids, a server span, metrics and one access log line per request.
+    """Ids, metrics and one access log line per request; the server span when given a
+    tracer for them (``server_spans``), that is when no instrumentation opens one around it.
 
     Plain ASGI rather than ``BaseHTTPMiddleware``: the app runs in this task, so the
     access line sees context set by the endpoint (the user id) and no per-request task
     or memory streams are paid for.
     """
 
-    def __init__(self, app: ASGIApp, service: str) -> None:
+    def __init__(
+        self, app: ASGIApp, service: str, server_spans: trace.Tracer | None = None
+    ) -> None:
         self._app = app
         self._service = service
-        self._tracer = tracing.tracer("billing.http")
+        self._tracer = server_spans
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -239,18 +253,31 @@ class _RequestScope:
         bound = _bind_ids(request_id, correlation_id)
         try:
             ids = {"x-request-id": request_id, "x-correlation-id": correlation_id}
-            await self._traced(request, receive, _Reply(send, ids))
+            reply = _Reply(send, ids)
+            if self._tracer is None:
+                await self._served(request, receive, reply)
+            else:
+                await self._traced(self._tracer, request, receive, reply)
         finally:
             _unbind(bound)
 
-    async def _traced(self, request: Request, receive: Receive, reply: _Reply) -> None:
+    async def _traced(
+        self, tracer: trace.Tracer, request: Request, receive: Receive, reply: _Reply
+    ) -> None:
         parent = tracing.extract_context((k, v.encode()) for k, v in request.headers.items())
         name = f"{request.method} {request.url.path}"
+        with tracer.start_as_current_span(name, context=parent, kind=SpanKind.SERVER) as span:
+            try:
+                await self._served(request, receive, reply)
+            finally:
+                if reply.started:
+                    span.set_attribute("http.status_code", reply.status)
+
+    async def _served(self, request: Request, receive: Receive, reply: _Reply) -> None:
+        # Inside the server span, whoever opened it: the access line carries its trace id.
         started = time.perf_counter()
         try:
-            with self._tracer.start_as_current_span(name, context=parent, kind=SpanKind.SERVER):
-                await self._call(request.scope, receive, reply)
-                trace.get_current_span().set_attribute("http.status_code", reply.status)
+            await self._call(request.scope, receive, reply)
         finally:
             # A failure after the head went out still answered the client: count it.
             if reply.started:
@@ -267,6 +294,8 @@ class _RequestScope:
         except Exception as exc:
             if reply.started:
                 raise
+            # Answered here, the error never reaches the instrumentation's own handler.
+            trace.get_current_span().record_exception(exc)
             await _internal_error(exc)(scope, receive, reply.send)
 
     def _record(self, request: Request, status: int, elapsed: float) -> None:

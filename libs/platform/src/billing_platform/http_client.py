@@ -22,17 +22,26 @@ class TracedTransport(httpx.AsyncBaseTransport):
         self._tracer = tracing.tracer("billing.http.client")
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if tracing.client_calls_instrumented():
+            # The instrumented transport underneath opens the client span and names it in
+            # ``traceparent``; a span here as well would be a second one for the same call.
+            self._stamp(request)
+            return await self._inner.handle_async_request(request)
         name = f"{request.method} {request.url.host}"
         with self._tracer.start_as_current_span(name, kind=SpanKind.CLIENT) as span:
             span.set_attribute("http.url", str(request.url.copy_with(query=None)))
-            extra = {CORRELATION_HEADER: context.current_correlation_id()}
-            for key, value in tracing.inject_headers(extra):
-                request.headers[key] = value.decode()
+            self._stamp(request)
             response = await self._inner.handle_async_request(request)
             span.set_attribute("http.status_code", response.status_code)
             if response.status_code >= 500:
                 span.set_status(Status(StatusCode.ERROR))
             return response
+
+    @staticmethod
+    def _stamp(request: httpx.Request) -> None:
+        extra = {CORRELATION_HEADER: context.current_correlation_id()}
+        for key, value in tracing.inject_headers(extra):
+            request.headers[key] = value.decode()
 
     async def aclose(self) -> None:
         await self._inner.aclose()

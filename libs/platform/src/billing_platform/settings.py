@@ -32,7 +32,11 @@ class InfraSettings(BaseSettings):
     # comma-separated. Empty: no cross-origin grants at all.
     cors_allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     environment: str = "dev"
+    # OTLP/HTTP base URL (``/v1/traces`` is appended); empty: no spans leave the process.
     otel_exporter_otlp_endpoint: str = ""
+    # Share of new traces kept when exporting (OTEL_TRACES_SAMPLER_ARG's meaning); a trace
+    # continued from a caller or a Kafka record follows the caller's decision.
+    otel_traces_sampler_arg: float = Field(default=1.0, ge=0.0, le=1.0)
     # External APIs. Base URLs point at stripe-mock and the dev model server locally.
     stripe_api_key: SecretStr = SecretStr("")
     stripe_api_base: str = "https://api.stripe.com"
