@@ -108,6 +108,7 @@ async def test_tripping_the_hourly_cap_pauses_the_user_until_an_admin_resumes(
     await set_caps(platform, user, perHourMillicredits=100_000)
     still = await chat(platform, user)
     assert still.status_code == 423  # raising the cap does not lift the pause
+    assert user in await paused_users(platform)
     resume = await platform.http.post(
         f"{platform.stack.services['metering'].url}/api/admin/users/{user}/resume",
         json={"reason": "checked with the customer"},
@@ -115,6 +116,17 @@ async def test_tripping_the_hourly_cap_pauses_the_user_until_an_admin_resumes(
     )
     assert resume.status_code == 200, resume.text
     assert (await chat(platform, user)).status_code == 200
+    assert user not in await paused_users(platform)
+
+
+async def paused_users(platform: Any) -> list[str]:
+    """The admin view's list of users paused now."""
+    got = await platform.http.get(
+        f"{platform.stack.services['metering'].url}/api/admin/paused-users",
+        headers=platform.auth("ops", admin=True),
+    )
+    assert got.status_code == 200, got.text
+    return [u["userId"] for u in got.json()["users"] if u["paused"]]
 
 
 async def test_daily_cap_names_when_it_resets(platform: Any, user: str) -> None:

@@ -138,6 +138,20 @@ async def test_readme_walk_through_with_the_cli(platform: Any, user: str, billin
     await platform.wait_balance(user, STARTER_GRANT)
     balance = (await platform.balance(user))["balanceCredits"]
     assert balance == "9990.000"
+    await platform.wait_status(body["purchaseId"], "fulfilled")
+
+    # The history names the purchase with the receipt of its charge (charge.succeeded).
+    async def receipted() -> bool:
+        page = await platform.http.get(
+            f"{platform.checkout}/api/purchases", headers=platform.auth(user)
+        )
+        assert page.status_code == 200, page.text
+        [row] = page.json()["purchases"]
+        return bool(row["receiptUrl"])
+
+    await platform.eventually(receipted, "the receipt link never arrived")
+    got = await platform.purchase(body["purchaseId"])
+    assert got["receiptUrl"].startswith("https://pay.stripe.com/receipts/")
 
 
 async def test_purchase_idempotency_key_and_server_side_prices(platform: Any, user: str) -> None:
@@ -239,3 +253,31 @@ async def test_webhook_rate_limit_per_source_ip(platform: Any, user: str, run_se
     statuses = sorted(a.status_code for a in answers)
     assert statuses[-1] == 429
     assert statuses.count(429) == 1
+
+
+async def test_purchase_history_pages_newest_first_and_is_the_users_own(
+    platform: Any, user: str
+) -> None:
+    made = [(await platform.buy(user, "starter")).purchase_id for _ in range(3)]
+    url = f"{platform.checkout}/api/purchases"
+    first = await platform.http.get(url, params={"limit": 2}, headers=platform.auth(user))
+    assert first.status_code == 200, first.text
+    cursor = first.json()["nextCursor"]
+    assert cursor
+    rest = await platform.http.get(
+        url, params={"limit": 2, "cursor": cursor}, headers=platform.auth(user)
+    )
+    assert rest.json()["nextCursor"] is None
+    seen = [p["purchaseId"] for p in first.json()["purchases"] + rest.json()["purchases"]]
+    assert seen == made[::-1]
+    assert all(p["receiptUrl"] is None for p in rest.json()["purchases"])
+
+    other = await platform.http.get(url, params={"userId": user}, headers=platform.auth("eve"))
+    assert other.status_code == 403, other.text
+    admin = await platform.http.get(
+        url, params={"userId": user}, headers=platform.auth("ops", admin=True)
+    )
+    assert [p["purchaseId"] for p in admin.json()["purchases"]] == made[::-1]
+    forged = await platform.http.get(url, params={"cursor": "bm9wZQ"}, headers=platform.auth(user))
+    assert forged.status_code == 400
+    assert forged.json()["error"] == "invalid_cursor"

@@ -32,7 +32,7 @@ from billing_platform.auth import AdminUser, CurrentUser, current_principal
 from billing_platform.errors import ApiError
 from billing_platform.ratelimit import Limiter, per_ip
 from billing_platform.schemas import Text
-from fastapi import APIRouter, Depends, Header, Path
+from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse
 
 from checkout import catalog
@@ -45,6 +45,7 @@ from checkout.schemas import (
     PackageOut,
     PurchaseCreated,
     PurchaseOut,
+    PurchasePage,
     PurchaseRequest,
 )
 from checkout.service import PurchaseService
@@ -155,6 +156,17 @@ def router(
         req_hash = request_hash({"packageCode": package.code, "returnTo": return_to})
         key = check_key(idempotency_key)
         return respond(await keys.run(principal.user_id, key, req_hash, create))
+
+    @api.get("/api/purchases", response_model=PurchasePage)
+    async def list_purchases(
+        principal: CurrentUser,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        cursor: Annotated[str | None, Query(max_length=512)] = None,
+        user_id: Annotated[Text | None, Query(alias="userId", max_length=200)] = None,
+    ) -> PurchasePage:
+        target = user_id or principal.user_id
+        principal.ensure_can_access(target)
+        return await purchases.history(target, limit, cursor)
 
     @api.get("/api/purchases/{purchase_id}", response_model=PurchaseOut)
     async def get_purchase(purchase_id: PurchaseId, principal: CurrentUser) -> PurchaseOut:

@@ -35,6 +35,7 @@ from checkout.transitions import (
     observed_status,
     parse_payload,
     purchase_id_of,
+    receipt_url_of,
     refund_status,
 )
 
@@ -77,6 +78,7 @@ class Change:
     purchase_id: str
     effect: Effect
     why: str
+    receipt_url: str | None = None
 
 
 Parse = Callable[[InboundMessage], Change | None]
@@ -115,14 +117,16 @@ def stripe_change(message: InboundMessage) -> Change | None:
     except ValueError as exc:
         raise PermanentError(f"stripe event payload is not JSON: {exc}") from exc
     observed = observed_status(event.type, payload)
+    receipt = receipt_url_of(event.type, payload)
     purchase_id = purchase_id_of(payload)
-    if observed is None or purchase_id is None:
+    if (observed is None and receipt is None) or purchase_id is None:
         return None
 
     def effect(row: dict[str, Any]) -> tuple[str, int]:
-        return next_status(row["status"], observed), row["refunded_millicredits"]
+        status = row["status"] if observed is None else next_status(row["status"], observed)
+        return status, row["refunded_millicredits"]
 
-    return Change(f"stripe:{event.stripe_event_id}", purchase_id, effect, event.type)
+    return Change(f"stripe:{event.stripe_event_id}", purchase_id, effect, event.type, receipt)
 
 
 def ledger_change(message: InboundMessage) -> Change | None:
@@ -165,9 +169,14 @@ async def apply(conn: Any, change: Change) -> None:
         )
         return
     status, refunded = change.effect(row)
-    if (status, refunded) == (row["status"], row["refunded_millicredits"]):
+    receipt = change.receipt_url or row["receipt_url"]
+    if (status, refunded, receipt) == (
+        row["status"],
+        row["refunded_millicredits"],
+        row["receipt_url"],
+    ):
         return
-    await repository.set_status(conn, change.purchase_id, status, refunded)
+    await repository.set_status(conn, change.purchase_id, status, refunded, receipt)
     metrics.PURCHASE_STATUS_CHANGES.labels(status).inc()
     log.info(
         "purchase status changed",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from checkout.catalog import Package
@@ -11,7 +12,7 @@ from checkout.catalog import Package
 _PURCHASE_COLUMNS = (
     "id, user_id, package_code, package_name, price_cents, currency, credits, bonus_credits,"
     " grant_millicredits, status, return_to, stripe_session_id, checkout_url, failure_code,"
-    " refunded_millicredits, created_at, updated_at"
+    " refunded_millicredits, receipt_url, created_at, updated_at"
 )
 
 
@@ -80,14 +81,33 @@ async def lock_purchase(conn: Any, purchase_id: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
-async def set_status(conn: Any, purchase_id: str, status: str, refunded_millicredits: int) -> None:
+async def set_status(
+    conn: Any, purchase_id: str, status: str, refunded_millicredits: int, receipt_url: str | None
+) -> None:
     await conn.execute(
-        "UPDATE purchases SET status = $2, refunded_millicredits = $3, updated_at = now()"
-        " WHERE id = $1",
+        "UPDATE purchases SET status = $2, refunded_millicredits = $3, receipt_url = $4,"
+        " updated_at = now() WHERE id = $1",
         purchase_id,
         status,
         refunded_millicredits,
+        receipt_url,
     )
+
+
+async def user_purchases(
+    conn: Any, user_id: str, limit: int, before: tuple[datetime, str] | None
+) -> list[dict[str, Any]]:
+    """A user's purchases newest first, from just after the keyset position ``before``."""
+    rows = await conn.fetch(
+        f"SELECT {_PURCHASE_COLUMNS} FROM purchases WHERE user_id = $1"
+        " AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))"
+        " ORDER BY created_at DESC, id DESC LIMIT $4",
+        user_id,
+        before[0] if before else None,
+        before[1] if before else None,
+        limit,
+    )
+    return [dict(row) for row in rows]
 
 
 # -- idempotency keys --------------------------------------------------------------------

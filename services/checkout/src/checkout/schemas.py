@@ -70,12 +70,21 @@ class PurchaseOut(CamelModel):
     checkout_url: str | None
     stripe_session_id: str | None
     refunded_millicredits: int
+    # The Stripe receipt of the purchase's charge, once a charge event has named it.
+    receipt_url: str | None = None
     created_at: datetime
     updated_at: datetime
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> PurchaseOut:
         return cls.model_validate({**row, "purchase_id": row["id"]})
+
+
+class PurchasePage(CamelModel):
+    """A page of a user's purchases, newest first; ``next_cursor`` fetches the next one."""
+
+    purchases: list[PurchaseOut]
+    next_cursor: str | None
 
 
 class FeaturesOut(CamelModel):

@@ -20,7 +20,7 @@ from typing import Any
 import stripe
 from billing_events.audit import SWITCH_CHANGE, AdminAction, AuditTrail
 from billing_events.audit import target as audit_target
-from billing_platform import context
+from billing_platform import context, cursors
 from billing_platform.db import Database
 from billing_platform.errors import ApiError
 
@@ -28,7 +28,7 @@ from checkout import metrics, repository
 from checkout.catalog import Package
 from checkout.redirects import redirect_urls
 from checkout.repository import NewPurchase, SwitchChange
-from checkout.schemas import AdminFeaturesOut, PurchaseCreated, PurchaseOut
+from checkout.schemas import AdminFeaturesOut, PurchaseCreated, PurchaseOut, PurchasePage
 from checkout.stripe_checkout import CheckoutSession, CheckoutSessions, failure_code, is_unavailable
 from checkout.switches import (
     NAMES,
@@ -111,6 +111,33 @@ class PurchaseService:
         async with self._db.pool.acquire() as conn:
             row = await repository.purchase(conn, purchase_id)
         return PurchaseOut.of(row) if row else None
+
+    async def history(self, user_id: str, limit: int, cursor: str | None) -> PurchasePage:
+        """A user's purchases newest first, ``limit`` at a time (keyset paging)."""
+        before = _history_position(cursor)
+        async with self._db.pool.acquire() as conn:
+            rows = await repository.user_purchases(conn, user_id, limit + 1, before)
+        page = rows[:limit]
+        last = page[-1] if len(rows) > limit else None
+        next_cursor = (
+            cursors.encode_key(HISTORY_CURSOR, last["created_at"].isoformat(), last["id"])
+            if last
+            else None
+        )
+        return PurchasePage(purchases=[PurchaseOut.of(r) for r in page], next_cursor=next_cursor)
+
+
+HISTORY_CURSOR = "p"
+
+
+def _history_position(cursor: str | None) -> tuple[datetime, str] | None:
+    position = cursors.decode_key(HISTORY_CURSOR, cursor, 2)
+    if position is None:
+        return None
+    try:
+        return datetime.fromisoformat(position[0]), position[1]
+    except ValueError as exc:
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API returned") from exc
 
 
 SEED_ACTOR = "checkout:settings"

@@ -85,3 +85,16 @@ def observed_status(event_type: str, event: dict[str, Any]) -> str | None:
     if event_type in FAILED_EVENTS:
         return FAILED
     return None
+
+
+def receipt_url_of(event_type: str, event: dict[str, Any]) -> str | None:
+    """The receipt link a charge event carries (Stripe's ``charge.receipt_url``), if any.
+
+    Only an https URL of sane length is kept: the Credits page renders it as a link."""
+    obj = event_object(event)
+    if not event_type.startswith("charge.") or obj.get("object") != "charge":
+        return None
+    url = obj.get("receipt_url")
+    if isinstance(url, str) and url.startswith("https://") and len(url) <= 2048:
+        return url
+    return None

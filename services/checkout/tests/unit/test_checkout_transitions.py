@@ -20,6 +20,7 @@ from checkout.transitions import (
     observed_status,
     parse_payload,
     purchase_id_of,
+    receipt_url_of,
     refund_status,
 )
 
@@ -133,3 +134,29 @@ def test_payload_must_be_a_json_object() -> None:
 )
 def test_observed_status(event_type: str, obj: dict[str, Any], expected: str | None) -> None:
     assert observed_status(event_type, parse_payload(_event(obj, event_type))) == expected
+
+
+RECEIPT = "https://pay.stripe.com/receipts/payment/abc"
+
+
+@pytest.mark.parametrize(
+    ("event_type", "obj", "expected"),
+    [
+        ("charge.succeeded", {"object": "charge", "receipt_url": RECEIPT}, RECEIPT),
+        ("charge.refunded", {"object": "charge", "receipt_url": RECEIPT}, RECEIPT),
+        ("charge.succeeded", {"object": "charge", "receipt_url": None}, None),
+        ("charge.succeeded", {"object": "charge"}, None),
+        # Rendered as a link: nothing but https, and nothing absurdly long.
+        ("charge.succeeded", {"object": "charge", "receipt_url": "javascript:alert(1)"}, None),
+        ("charge.succeeded", {"object": "charge", "receipt_url": "http://x.example/r"}, None),
+        ("charge.succeeded", {"object": "charge", "receipt_url": RECEIPT + "a" * 2048}, None),
+        (
+            "checkout.session.completed",
+            {"object": "checkout.session", "receipt_url": RECEIPT},
+            None,
+        ),
+        ("charge.dispute.created", {"object": "dispute", "receipt_url": RECEIPT}, None),
+    ],
+)
+def test_receipt_url_of(event_type: str, obj: dict[str, Any], expected: str | None) -> None:
+    assert receipt_url_of(event_type, parse_payload(_event(obj, event_type))) == expected

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import stripe
 from billing_events import audit
+from billing_platform import cursors
 from billing_platform.auth import AdminUser, CurrentUser, SteppedUpAdmin
 from billing_platform.db import Database
 from billing_platform.errors import ApiError
@@ -27,7 +28,7 @@ from billing_platform.schemas import Text
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response, StreamingResponse
 
-from ledger import cursors, repository, service, statement_pdf, statements
+from ledger import repository, service, statement_pdf, statements
 from ledger.schemas import (
     AdjustmentIn,
     AdjustmentOut,

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
+from billing_platform import cursors
 from billing_platform.auth import AdminUser
 from billing_platform.db import Database
 from billing_platform.schemas import Text
 from fastapi import APIRouter, Query
 
-from ledger import cursors, repository
+from ledger import repository
 from ledger.schemas import AuditPage, AuditRecordOut
 
 CURSOR_PREFIX = "a"

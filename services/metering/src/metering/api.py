@@ -37,6 +37,7 @@ from metering.schemas import (
     CapsOut,
     CapsRequest,
     ChatRequest,
+    PausedUsersOut,
     PauseOut,
     RateCardOut,
     ReasonRequest,
@@ -145,6 +146,14 @@ def _pause_routes(api: APIRouter, deps: ApiDeps) -> None:
     async def get_pause(userId: UserIdPath, _: AdminUser) -> PauseOut:
         """Whether the session cap paused the user, since when, and any resume."""
         return PauseOut.of(userId, await service.pause_of(deps.guard, userId))
+
+    @api.get("/api/admin/paused-users", response_model=PausedUsersOut)
+    async def paused_users(
+        _: AdminUser, limit: Annotated[int, Query(ge=1, le=500)] = 100
+    ) -> PausedUsersOut:
+        """Users the session cap paused and no admin resumed yet, most recent first."""
+        pauses = await service.paused_users(deps.guard, limit)
+        return PausedUsersOut(users=[PauseOut.of(p.user_id, p) for p in pauses])
 
     @api.post("/api/admin/users/{userId}/resume", response_model=PauseOut)
     async def resume(userId: UserIdPath, body: ReasonRequest, admin: AdminUser) -> PauseOut:

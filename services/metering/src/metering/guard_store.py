@@ -79,6 +79,10 @@ class GuardStore(Protocol):
 
     async def pause(self, user_id: str) -> Pause | None: ...
 
+    async def paused(self, limit: int) -> list[Pause]:
+        """The users paused now, most recent first."""
+        ...
+
     async def resume(self, user_id: str, actor: str, reason: str, now: datetime) -> Pause | None:
         """The pause just lifted; None when the user was not paused."""
         ...
@@ -179,6 +183,11 @@ class PgGuardStore:
     async def pause(self, user_id: str) -> Pause | None:
         async with self._db.pool.acquire() as conn:
             return _pause(await repository.pause_of(conn, user_id))
+
+    async def paused(self, limit: int) -> list[Pause]:
+        async with self._db.pool.acquire() as conn:
+            rows = await repository.paused_users(conn, limit)
+        return [Pause(**dict(r)) for r in rows]
 
     async def resume(self, user_id: str, actor: str, reason: str, now: datetime) -> Pause | None:
         async with self._db.pool.acquire() as conn, conn.transaction():

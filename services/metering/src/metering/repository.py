@@ -249,6 +249,16 @@ async def pause_of(conn: Any, user_id: str) -> Any:
     )
 
 
+async def paused_users(conn: Any, limit: int) -> list[Any]:
+    """The pauses not lifted yet, most recent first."""
+    rows: list[Any] = await conn.fetch(
+        "SELECT user_id, reason, paused_at, resumed_at, resumed_by, resume_reason"
+        " FROM user_pauses WHERE resumed_at IS NULL ORDER BY paused_at DESC, user_id LIMIT $1",
+        limit,
+    )
+    return rows
+
+
 async def pause_user(conn: Any, user_id: str, reason: str, at: datetime) -> None:
     """Pause the user (again, if an admin resumed an earlier pause)."""
     await conn.execute(

@@ -196,6 +196,10 @@ class PauseOut(CamelModel):
         )
 
 
+class PausedUsersOut(CamelModel):
+    users: list[PauseOut]
+
+
 class ReviewFlagOut(CamelModel):
     id: int
     user_id: str

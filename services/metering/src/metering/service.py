@@ -609,6 +609,10 @@ async def pause_of(guard: GuardStore, user_id: str) -> Pause | None:
     return await guard.pause(user_id)
 
 
+async def paused_users(guard: GuardStore, limit: int) -> list[Pause]:
+    return await guard.paused(limit)
+
+
 async def resume(guard: GuardStore, user_id: str, actor: str, reason: str, now: datetime) -> Pause:
     """Lift the user's pause; 409 ``not_paused`` when there is none."""
     pause = await guard.resume(user_id, actor, reason, now)

@@ -405,6 +405,10 @@ class FakeGuard:
     async def pause(self, user_id: str) -> Pause | None:
         return self.pauses.get(user_id)
 
+    async def paused(self, limit: int) -> list[Pause]:
+        active = [p for p in self.pauses.values() if p.active]
+        return sorted(active, key=lambda p: p.paused_at, reverse=True)[:limit]
+
     async def resume(self, user_id: str, actor: str, reason: str, now: datetime) -> Pause | None:
         pause = self.pauses.get(user_id)
         if pause is None or not pause.active:

@@ -234,9 +234,10 @@ def simulate_payment(
             events = [
                 sim.session_completed(purchase, paid=False),
                 sim.async_payment_succeeded(purchase),
+                sim.charge_succeeded(purchase),
             ]
         else:
-            events = [sim.session_completed(purchase)]
+            events = [sim.session_completed(purchase), sim.charge_succeeded(purchase)]
         _deliver(stack, client, events, times)
 
 

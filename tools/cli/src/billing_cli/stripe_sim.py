@@ -66,6 +66,10 @@ def charge_id(p: SimPurchase) -> str:
     return _derived("ch_sim_", p)
 
 
+def receipt_url(p: SimPurchase) -> str:
+    return f"https://pay.stripe.com/receipts/payment/{_derived('rcpt_sim_', p)}"
+
+
 def session_id(p: SimPurchase) -> str:
     return p.stripe_session_id or _derived("cs_sim_", p)
 
@@ -185,6 +189,7 @@ def charge(p: SimPurchase, *, refunded_total_cents: int, refund_cents: int) -> d
         "currency": _currency(p),
         "payment_intent": payment_intent_id(p),
         "metadata": {"purchase_id": p.purchase_id, "user_id": p.user_id},
+        "receipt_url": receipt_url(p),
         "created": now,
         "livemode": False,
         "refunds": {
@@ -195,6 +200,13 @@ def charge(p: SimPurchase, *, refunded_total_cents: int, refund_cents: int) -> d
             "url": f"/v1/charges/{charge_id(p)}/refunds",
         },
     }
+
+
+def charge_succeeded(p: SimPurchase, **kw: Unpack[EventOptions]) -> dict[str, Any]:
+    """``charge.succeeded`` for the purchase's payment: its receipt link is on the charge."""
+    obj = charge(p, refunded_total_cents=0, refund_cents=0)
+    obj["refunds"] = {**obj["refunds"], "data": [], "total_count": 0}
+    return event("charge.succeeded", obj, **kw)
 
 
 def charge_refunded(

@@ -336,10 +336,16 @@ def test_simulate_payment_sends_a_paid_session(services: FakeServices) -> None:
     result = runner.invoke(main.app, ["stripe", "simulate-payment", "pur_123"])
 
     assert result.exit_code == 0, result.stderr
-    [evt] = services.ingest.events
+    evt, charged = services.ingest.events
     assert evt["type"] == "checkout.session.completed"
     assert evt["data"]["object"]["payment_status"] == "paid"
     assert result.stdout.startswith(f"checkout.session.completed {evt['id']} 200 ")
+    # The charge Stripe makes carries the receipt link checkout keeps for the history.
+    assert charged["type"] == "charge.succeeded"
+    charge = charged["data"]["object"]
+    assert charge["metadata"]["purchase_id"] == "pur_123"
+    assert charge["receipt_url"].startswith("https://pay.stripe.com/receipts/")
+    assert charge["amount_refunded"] == 0
     purchase_read = services.seen[0]
     assert purchase_read.headers["Authorization"].startswith("Bearer ")
 
@@ -350,16 +356,19 @@ def test_simulate_async_payment_redelivers_each_event(services: FakeServices) ->
     )
 
     assert result.exit_code == 0, result.stderr
-    types = [(e["type"], e["data"]["object"]["payment_status"]) for e in services.ingest.events]
+    events = services.ingest.events
+    types = [(e["type"], e["data"]["object"].get("payment_status")) for e in events]
     assert types == [
         ("checkout.session.completed", "unpaid"),
         ("checkout.session.completed", "unpaid"),
         ("checkout.session.async_payment_succeeded", "paid"),
         ("checkout.session.async_payment_succeeded", "paid"),
+        ("charge.succeeded", None),
+        ("charge.succeeded", None),
     ]
     ids = [e["id"] for e in services.ingest.events]
-    assert ids[0] == ids[1] != ids[2] == ids[3]
-    assert len(result.stdout.splitlines()) == 4
+    assert ids[0] == ids[1] != ids[2] == ids[3] != ids[4] == ids[5]
+    assert len(result.stdout.splitlines()) == 6
 
 
 def test_simulate_payment_fails_on_a_rejected_delivery(services: FakeServices) -> None:
