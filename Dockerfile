@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1.7
 # One image per service, from the one locked workspace:
 #   docker build --build-arg SERVICE=ledger -t billing-ledger:0.1.0 .
-# SERVICE is the Python package: checkout, webhook_ingest, ledger, metering, reconciler, or
-# devllm (the dev model server, for docker-compose only). The image runs
+# SERVICE is the Python package: checkout, webhook_ingest, ledger, metering, reconciler,
+# devllm (the dev model server, for docker-compose only), or billing_cli (the ops CLI, run by
+# the chart's probe CronJob as `probe ...`; tag it billing-cli). The image runs
 # `python -m <SERVICE>`, `serve` by default; `migrate` is the same image with another command.
 ARG SERVICE=checkout
 
@@ -66,6 +67,9 @@ ENTRYPOINT ["python", "-m", "reconciler"]
 
 FROM runtime AS service-devllm
 ENTRYPOINT ["python", "-m", "devllm"]
+
+FROM runtime AS service-billing_cli
+ENTRYPOINT ["python", "-m", "billing_cli"]
 
 # A stage of this file, not an image from a registry.
 # hadolint ignore=DL3006

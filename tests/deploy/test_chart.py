@@ -9,6 +9,7 @@ from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
+from billing_cli import probe, target
 from billing_events.topics import CONTRACT_TOPICS
 
 from .conftest import (
@@ -512,3 +513,184 @@ def test_strimzi_topics_are_the_contracts(helm: Helm, production_render: list[Ma
     assert {t["spec"]["topicName"] for t in of_kind(staged, "KafkaTopic")} == {
         f"staging.{name}" for name in CONTRACT_TOPICS
     }
+
+
+# --- the probe CronJob ---------------------------------------------------------------------
+
+PROBE_CHECKOUT = ["probe.enabled=true", "probe.checkout=true", "probe.pushgateway=http://pgw:9091"]
+
+
+def _probe(manifests: list[Manifest]) -> Manifest:
+    [cronjob] = of_kind(manifests, "CronJob")
+    assert cronjob["metadata"]["labels"]["app.kubernetes.io/component"] == "probe"
+    return cronjob
+
+
+def _probe_container(cronjob: Manifest) -> Manifest:
+    containers: list[Manifest] = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    [container] = containers
+    return container
+
+
+def _cli_variables() -> set[str]:
+    """Every variable `billing probe` reads, from the CLI's own constants."""
+    return {
+        *(target.service_url_env(name) for name in PACKAGES),
+        target.TOKEN_ENV,
+        target.TOKEN_FILE_ENV,
+        target.TARGET_ENV,
+        target.ADMIN_TARGET_ENV,
+        target.WEBHOOK_SECRET_ENV,
+        probe.USER_TOKEN_ENV,
+    }
+
+
+def test_probe_cronjob_only_when_enabled_and_never_in_a_canary(
+    default_render: list[Manifest],
+    production_render: list[Manifest],
+    canary_render: list[Manifest],
+) -> None:
+    assert of_kind(default_render, "CronJob") == []
+    assert of_kind(canary_render, "CronJob") == []
+    # The canary's Services are not probed by the stable release's probe either.
+    assert "probe" not in by_component(canary_render, "NetworkPolicy")
+    assert _probe(production_render)["metadata"]["name"] == "billing-probe"
+
+
+def test_probe_cronjob_runs_the_cli_every_5_minutes_without_overlap(
+    production_render: list[Manifest],
+) -> None:
+    values = chart_values(PRODUCTION_VALUES)["probe"]
+    cronjob = _probe(production_render)
+    spec = cronjob["spec"]
+    assert spec["schedule"] == values["schedule"] == "*/5 * * * *"
+    assert spec["concurrencyPolicy"] == "Forbid"
+    job = spec["jobTemplate"]["spec"]
+    # A failed probe is a result: the next run is the retry, and a run ends before it.
+    assert job["backoffLimit"] == 0
+    assert job["activeDeadlineSeconds"] < 300
+    assert job["template"]["spec"]["restartPolicy"] == "Never"
+    container = _probe_container(cronjob)
+    assert container["image"] == "registry.example.com/billing-cli:0.1.0"
+    args = container["args"]
+    assert args[0] == "probe"
+    assert args[args.index("--pushgateway") + 1] == values["pushgateway"]
+    # Production leaves the checkout probe off (it grants credits without a payment).
+    assert "--no-checkout" in args
+    assert {"--ai", "--reconciliation"} <= set(args)
+    assert "command" not in container  # the image's entrypoint: python -m billing_cli
+
+
+def test_probe_cronjob_is_locked_down_like_the_deployments(
+    production_render: list[Manifest],
+) -> None:
+    pod = _probe(production_render)["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [deployment, *_] = of_kind(production_render, "Deployment")
+    deployment_pod = deployment["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"] == deployment_pod["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    ctx = _probe_container(_probe(production_render))["securityContext"]
+    assert ctx == deployment_pod["containers"][0]["securityContext"]
+    assert ctx["runAsNonRoot"] is True
+    assert ctx["readOnlyRootFilesystem"] is True
+    assert ctx["allowPrivilegeEscalation"] is False
+    assert ctx["capabilities"] == {"drop": ["ALL"]}
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    scratch = mounts["/tmp"]  # noqa: S108 - the pod's emptyDir, not a temp file
+    assert scratch in {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+
+
+def test_probe_targets_the_in_cluster_services_with_tokens_from_the_secret(
+    helm: Helm, production_render: list[Manifest]
+) -> None:
+    container = _probe_container(_probe(production_render))
+    names = env_names(container)
+    assert set(names) <= _cli_variables(), "variables the CLI does not read"
+    services = {
+        s["metadata"]["name"]: s["spec"]["ports"][0]["port"]
+        for s in of_kind(production_render, "Service")
+    }
+    assert env_value(container, "BILLING_METERING_URL") == "http://billing-metering:8104"
+    assert env_value(container, "BILLING_RECONCILER_URL") == "http://billing-reconciler:8105"
+    for name in names:
+        if name.endswith("_URL"):
+            host, port = env_value(container, name).removeprefix("http://").split(":")
+            assert services[host] == int(port), name
+    # Checkout off: neither its services nor the webhook secret reach the pod.
+    assert "BILLING_CHECKOUT_URL" not in names
+    assert "BILLING_STRIPE_WEBHOOK_SECRET" not in names
+    assert env_value(container, "BILLING_ADMIN_TOKEN") == {
+        "secretKeyRef": {"name": "billing-secrets", "key": "BILLING_PROBE_ADMIN_TOKEN"}
+    }
+    assert env_value(container, "BILLING_PROBE_USER_TOKEN") == {
+        "secretKeyRef": {"name": "billing-secrets", "key": "BILLING_PROBE_USER_TOKEN"}
+    }
+    # The ExternalSecret makes every key the probe reads.
+    [es] = of_kind(production_render, "ExternalSecret")
+    templated = set(es["spec"]["target"]["template"]["data"])
+    assert {"BILLING_PROBE_ADMIN_TOKEN", "BILLING_PROBE_USER_TOKEN"} <= templated
+
+
+def test_probe_with_checkout_signs_with_the_webhook_secret_and_opens_only_its_calls(
+    helm: Helm,
+) -> None:
+    manifests = helm.template(sets=PROBE_CHECKOUT)
+    cronjob = _probe(manifests)
+    kubernetes_validate.validate(cronjob, KUBE_VERSION, strict=True)
+    container = _probe_container(cronjob)
+    assert "--checkout" in container["args"]
+    assert env_value(container, "BILLING_STRIPE_WEBHOOK_SECRET") == {
+        "secretKeyRef": {"name": "billing-secrets", "key": "BILLING_STRIPE_WEBHOOK_SECRETS"}
+    }
+    called = {"checkout", "webhook-ingest", "metering", "reconciler"}
+    urls = {n for n in env_names(container) if n.endswith("_URL")}
+    assert urls == {target.service_url_env(name) for name in called}
+
+    policies = by_component(manifests, "NetworkPolicy")
+    probe_policy = policies["probe"]["spec"]
+    assert probe_policy["ingress"] == []
+    reached = {
+        peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]: rule["ports"]
+        for rule in probe_policy["egress"]
+        for peer in rule["to"]
+        if "podSelector" in peer and "namespaceSelector" not in peer
+    }
+    values = chart_values()
+    assert reached == {
+        name: [{"port": values["services"][name]["port"], "protocol": "TCP"}] for name in called
+    }
+    assert (9091, "TCP") in _egress_ports(policies["probe"])
+    for name in PACKAGES:
+        callers = [
+            peer["podSelector"]["matchLabels"]
+            for rule in policies[name]["spec"]["ingress"]
+            for peer in rule["from"]
+            if peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
+            == "probe"
+        ]
+        if name in called:
+            assert callers == [
+                {
+                    "app.kubernetes.io/name": "billing",
+                    "app.kubernetes.io/instance": "billing",
+                    "app.kubernetes.io/component": "probe",
+                }
+            ], name
+        else:
+            assert callers == [], name
+
+
+def test_probe_skips_what_a_disabled_service_would_answer(helm: Helm) -> None:
+    manifests = helm.template(sets=["probe.enabled=true", "services.reconciler.enabled=false"])
+    container = _probe_container(_probe(manifests))
+    assert "--no-reconciliation" in container["args"]
+    assert "BILLING_ADMIN_TOKEN" not in env_names(container)
+
+    nothing = helm.template_result(
+        sets=["probe.enabled=true", "probe.ai=false", "probe.reconciliation=false"]
+    )
+    assert nothing.returncode != 0
+    assert "every probe is off" in nothing.stderr

@@ -15,7 +15,8 @@ import pytest
 from .conftest import PACKAGES, REPO
 
 DOCKERFILE = REPO / "Dockerfile"
-IMAGE_PACKAGES = [*PACKAGES.values(), "devllm"]
+# The services, the dev model server, and the ops CLI (the probe CronJob's image).
+IMAGE_PACKAGES = [*PACKAGES.values(), "devllm", "billing_cli"]
 
 
 @dataclass

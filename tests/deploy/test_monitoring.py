@@ -54,9 +54,19 @@ METRIC_KINDS = {"Counter", "Gauge", "Histogram", "Summary"}
 # --- what the services export --------------------------------------------------------------
 
 
+# Where what Prometheus sees is defined: the services' /metrics (libs/ and services/), and
+# the synthetic probe's results, which `billing probe` pushes to a Pushgateway or writes for
+# node-exporter's textfile collector.
+METRIC_SOURCES = (
+    "libs/*/src/**/*.py",
+    "services/*/src/**/*.py",
+    "tools/cli/src/billing_cli/probe.py",
+)
+
+
 def _metric_definitions() -> Iterator[tuple[str, str, set[str]]]:
-    """(kind, name as passed, label names) of every metric defined in libs/ and services/."""
-    sources = [*REPO.glob("libs/*/src/**/*.py"), *REPO.glob("services/*/src/**/*.py")]
+    """(kind, name as passed, label names) of every metric defined in METRIC_SOURCES."""
+    sources = [path for pattern in METRIC_SOURCES for path in REPO.glob(pattern)]
     for source in sources:
         for node in ast.walk(ast.parse(source.read_text(), str(source))):
             if not isinstance(node, ast.Call) or not node.args:
@@ -164,6 +174,9 @@ def test_exported_metrics_are_read_from_the_code(exported: dict[str, set[str]]) 
     assert exported["outbox_pending"] == {"schema"}
     assert exported["billing_insufficient_credits_total"] == set()
     assert "kafka_handler_outage_retries_total" in exported
+    # The probe's gauges, pushed rather than scraped from a service.
+    assert exported["billing_probe_success"] == {"probe"}
+    assert exported["billing_probe_last_run_timestamp_seconds"] == {"probe"}
     # Names that look right but are not exported are told apart.
     assert unknown_references("rate(billing_refunds_total[5m])", exported) == [
         "metric billing_refunds_total"
@@ -370,6 +383,8 @@ def test_dashboards_show_what_finance_and_on_call_look_for() -> None:
         "kafka_handler_outage_retries_total",
         "kafka_assigned_partitions",
         "liability_outstanding_credits_usd",
+        "billing_probe_success",
+        "billing_probe_duration_seconds",
     } <= used("operations")
 
 

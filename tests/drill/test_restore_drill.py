@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,47 +21,9 @@ import asyncpg
 import httpx
 import pytest
 from billing_cli import keys, stripe_sim
-from billing_cli.layout import Layout
 from billing_cli.stack import Stack
 
-pytestmark = pytest.mark.integration
-
-SERVICE_ENV = {
-    "CHECKOUT_PURCHASE_RATE_LIMIT_PER_MINUTE": "1000000",
-    "WEBHOOK_INGEST_RATE_LIMIT_PER_MINUTE": "1000000",
-    "RECONCILER_SCHEDULE_INTERVAL_S": "0",
-    "RECONCILER_CHAIN_SETTLE_S": "0",
-}
 PROFESSIONAL_GRANT = 54_990_000  # 49,990 credits + 5,000 bonus, in millicredits
-
-
-@pytest.fixture(scope="module")
-def drill_stack() -> Iterator[Stack]:
-    layout = Layout.drill()
-    Stack(layout).down()
-    for part in ("postgres", "kafka", "run", "logs"):
-        shutil.rmtree(layout.state / part, ignore_errors=True)
-    stack = Stack(layout, service_env=SERVICE_ENV)
-    try:
-        stack.up(lambda label, s: print(f"  {label} ({s:.1f}s)", file=sys.stderr))
-        yield stack
-    finally:
-        stack.down()
-
-
-def billing(*args: str, findings_ok: bool = False) -> str:
-    """The CLI against the drill stack; ``reconcile`` exits 1 when a run has findings."""
-    env = {**os.environ, "BILLING_LOCAL_STACK": "drill"}
-    result = subprocess.run(
-        [sys.executable, "-m", "billing_cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert result.returncode in ((0, 1) if findings_ok else (0,)), result.stdout + result.stderr
-    return result.stdout
 
 
 class Client:
@@ -134,7 +92,7 @@ async def grants_of(stack: Stack, purchase_id: str) -> int:
 
 @pytest.mark.timeout(600)
 async def test_restore_to_a_moment_keeps_earlier_grants_and_replays_later_ones(
-    drill_stack: Stack,
+    drill_stack: Stack, billing: Callable[..., str]
 ) -> None:
     async with httpx.AsyncClient(timeout=30) as http:
         client = Client(drill_stack, http)

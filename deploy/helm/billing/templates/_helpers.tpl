@@ -173,3 +173,21 @@ seccompProfile:
 {{- toYaml . | nindent 0 }}
 {{- end }}
 {{- end }}
+
+{{/* The enabled services the probe CronJob calls: checkout and webhook-ingest for the
+checkout probe, metering for the AI probe, the reconciler for the reconciliation probe. */}}
+{{- define "billing.probeServices" -}}
+{{- $p := .Values.probe }}
+{{- $enabled := include "billing.enabledServices" . | fromJsonArray }}
+{{- $out := list }}
+{{- if and $p.checkout (has "checkout" $enabled) (has "webhook-ingest" $enabled) }}
+{{- $out = append (append $out "checkout") "webhook-ingest" }}
+{{- end }}
+{{- if and $p.ai (has "metering" $enabled) }}
+{{- $out = append $out "metering" }}
+{{- end }}
+{{- if and $p.reconciliation (has "reconciler" $enabled) }}
+{{- $out = append $out "reconciler" }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -18,11 +17,20 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from billing_cli import backup_commands, golive, keys
+from billing_cli import backup_commands, golive, keys, probe
 from billing_cli import stripe_sim as sim
 from billing_cli.layout import Layout
 from billing_cli.procs import LaunchError
 from billing_cli.stack import Stack
+from billing_cli.target import (
+    WEBHOOK_SECRET_ENV,
+    AdminTargetOption,
+    KafkaTarget,
+    OpsTarget,
+    TargetError,
+    TargetOption,
+    TokenFileOption,
+)
 
 if TYPE_CHECKING:
     from billing_cli.dlq import Letter, ReplayedBy
@@ -153,8 +161,7 @@ webhook_app = typer.Typer(help="Stored Stripe webhook events.", no_args_is_help=
 app.add_typer(stripe_app, name="stripe")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(webhook_app, name="webhook")
-
-OPS_SUBJECT = "billing-cli"
+app.command("probe")(probe.command)
 
 
 class OpsError(Exception):
@@ -164,12 +171,20 @@ class OpsError(Exception):
 @contextmanager
 def _ops_errors(*also: type[Exception]) -> Iterator[None]:
     """Expected failures (plus ``also``) -> a one-line message on stderr and exit code 1."""
-    caught: tuple[type[Exception], ...] = (OpsError, httpx.HTTPError, OSError, *also)
+    caught: tuple[type[Exception], ...] = (
+        OpsError,
+        TargetError,
+        httpx.HTTPError,
+        OSError,
+        *also,
+    )
     try:
         yield
     except caught as exc:
-        # Text, not markup: response bodies and broker errors may contain brackets.
-        console.print(Text.assemble(("✗ ", "red"), str(exc) or type(exc).__name__))
+        # Text, not markup: response bodies and broker errors may contain brackets. Not
+        # wrapped: one line per error, also in a job's log.
+        message = Text.assemble(("✗ ", "red"), str(exc) or type(exc).__name__)
+        console.print(message, soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -182,23 +197,17 @@ def _kafka_errors() -> tuple[type[Exception], ...]:
     return KafkaError, DlqError
 
 
-def _ops_stack() -> Stack:
-    # Services inherit BILLING_TOPIC_NAMESPACE from the shell that started them; so do these.
-    return Stack(Layout.selected(), os.environ.get("BILLING_TOPIC_NAMESPACE", ""))
-
-
 def _http() -> httpx.Client:
     return httpx.Client(timeout=10.0)
 
 
-def _admin_headers(stack: Stack) -> dict[str, str]:
-    token = keys.mint_token(stack.layout, OPS_SUBJECT, ["admin"], 300, mfa=True)
-    return {"Authorization": f"Bearer {token}"}
+def _admin_headers(target: OpsTarget) -> dict[str, str]:
+    return {"Authorization": f"Bearer {target.admin_token()}"}
 
 
-def _fetch_purchase(stack: Stack, client: httpx.Client, purchase_id: str) -> sim.SimPurchase:
-    url = f"{stack.services['checkout'].url}/api/purchases/{purchase_id}"
-    response = client.get(url, headers=_admin_headers(stack))
+def _fetch_purchase(target: OpsTarget, client: httpx.Client, purchase_id: str) -> sim.SimPurchase:
+    url = target.url("checkout", f"/api/purchases/{purchase_id}")
+    response = client.get(url, headers=_admin_headers(target))
     if not response.is_success:
         raise OpsError(f"GET {url} -> {response.status_code} {response.text}")
     try:
@@ -207,9 +216,14 @@ def _fetch_purchase(stack: Stack, client: httpx.Client, purchase_id: str) -> sim
         raise OpsError(f"GET {url}: unexpected purchase body ({exc!r}): {response.text}") from exc
 
 
-def _deliver(stack: Stack, client: httpx.Client, events: list[dict[str, Any]], times: int) -> None:
-    url = f"{stack.services['webhook-ingest'].url}/webhooks/stripe"
-    secret = stack.secrets["stripe_webhook_secret"]
+def _deliver(
+    target: OpsTarget, client: httpx.Client, events: list[dict[str, Any]], times: int
+) -> None:
+    url = target.url("webhook-ingest", "/webhooks/stripe")
+    secret = target.webhook_secret()
+    if secret is None:
+        where = target.describe()
+        raise OpsError(f"no webhook signing secret for {where}: set {WEBHOOK_SECRET_ENV}")
     for evt in events:
         for _ in range(times):
             response = sim.send_sync(client, url, evt, secret)
@@ -225,11 +239,14 @@ def simulate_payment(
         bool, typer.Option("--async-payment", help="A delayed method: unpaid, then succeeded")
     ] = False,
     times: Annotated[int, typer.Option(min=1, help="Deliveries of each event")] = 1,
+    target: TargetOption = None,
+    admin_target: AdminTargetOption = None,
+    token_file: TokenFileOption = None,
 ) -> None:
     """Pay a purchase: the Checkout Session webhooks Stripe sends, each delivered N times."""
     with _ops_errors(), _http() as client:
-        stack = _ops_stack()
-        purchase = _fetch_purchase(stack, client, purchase_id)
+        where = OpsTarget.resolve(target, admin_target, token_file)
+        purchase = _fetch_purchase(where, client, purchase_id)
         if async_payment:
             events = [
                 sim.session_completed(purchase, paid=False),
@@ -238,7 +255,7 @@ def simulate_payment(
             ]
         else:
             events = [sim.session_completed(purchase), sim.charge_succeeded(purchase)]
-        _deliver(stack, client, events, times)
+        _deliver(where, client, events, times)
 
 
 @stripe_app.command("simulate-refund")
@@ -253,17 +270,20 @@ def simulate_refund(
             "Stripe's charge.amount_refunded); default: the full price",
         ),
     ] = None,
+    target: TargetOption = None,
+    admin_target: AdminTargetOption = None,
+    token_file: TokenFileOption = None,
 ) -> None:
     """Refund a purchase: the charge.refunded webhook for its charge, as Stripe sends it."""
     with _ops_errors(), _http() as client:
-        stack = _ops_stack()
-        purchase = _fetch_purchase(stack, client, purchase_id)
+        where = OpsTarget.resolve(target, admin_target, token_file)
+        purchase = _fetch_purchase(where, client, purchase_id)
         total = purchase.price_cents if refunded_total is None else refunded_total
         if total > purchase.price_cents:
             raise OpsError(f"--refunded-total {total} exceeds the price {purchase.price_cents}")
         # The amount of earlier refunds is unknown here, so this refund is the whole total.
         evt = sim.charge_refunded(purchase, refunded_total_cents=total, refund_cents=total)
-        _deliver(stack, client, [evt], 1)
+        _deliver(where, client, [evt], 1)
 
 
 def _dlq_names(topic: str) -> tuple[str, str, str]:
@@ -271,9 +291,9 @@ def _dlq_names(topic: str) -> tuple[str, str, str]:
 
     from billing_cli.dlq import replay_group_for
 
-    stack = _ops_stack()
-    namespace = stack.topic_namespace
-    return stack.kafka.bootstrap, Topics(namespace).name(topic), replay_group_for(namespace)
+    kafka = KafkaTarget.resolve()
+    namespace = kafka.topic_namespace
+    return kafka.bootstrap, Topics(namespace).name(topic), replay_group_for(namespace)
 
 
 TopicOption = Annotated[
@@ -370,7 +390,7 @@ def _audit_dlq_replay(bootstrap: str, dlq_topic: str, done: list[Letter], by: Re
 
     from billing_cli.dlq import record_replay
 
-    topics = Topics(_ops_stack().topic_namespace)
+    topics = Topics(KafkaTarget.resolve().topic_namespace)
     record = asyncio.run(record_replay(bootstrap, topics, dlq_topic, done, by))
     console.print(
         f"audit record {record.meta.event_id} (correlation id {record.meta.correlation_id})"
@@ -380,12 +400,15 @@ def _audit_dlq_replay(bootstrap: str, dlq_topic: str, done: list[Letter], by: Re
 @webhook_app.command("replay")
 def webhook_replay(
     event_id: Annotated[str, typer.Option("--event-id", help="Stripe event id (evt_...)")],
+    target: TargetOption = None,
+    admin_target: AdminTargetOption = None,
+    token_file: TokenFileOption = None,
 ) -> None:
     """Publish a stored Stripe event again (webhook-ingest's admin replay)."""
     with _ops_errors(), _http() as client:
-        stack = _ops_stack()
-        url = f"{stack.services['webhook-ingest'].url}/api/admin/webhooks/replay"
-        response = client.post(url, json={"eventId": event_id}, headers=_admin_headers(stack))
+        where = OpsTarget.resolve(target, admin_target, token_file)
+        url = where.url("webhook-ingest", "/api/admin/webhooks/replay")
+        response = client.post(url, json={"eventId": event_id}, headers=_admin_headers(where))
         sys.stdout.write(f"{response.status_code} {response.text}\n")
         if not response.is_success:
             raise OpsError(f"POST {url} -> {response.status_code}")
@@ -399,12 +422,15 @@ def reconcile(
     key: Annotated[
         str | None, typer.Option("--key", help="Idempotency-Key: a repeat returns the stored run")
     ] = None,
+    target: TargetOption = None,
+    admin_target: AdminTargetOption = None,
+    token_file: TokenFileOption = None,
 ) -> None:
     """Run a reconciliation now and print its result (JSON); exit 1 if it has findings."""
     with _ops_errors(), httpx.Client(timeout=600.0) as client:
-        stack = _ops_stack()
-        url = f"{stack.services['reconciler'].url}/api/admin/reconcile"
-        headers = {**_admin_headers(stack), **({"Idempotency-Key": key} if key else {})}
+        where = OpsTarget.resolve(target, admin_target, token_file)
+        url = where.url("reconciler", "/api/admin/reconcile")
+        headers = {**_admin_headers(where), **({"Idempotency-Key": key} if key else {})}
         response = client.post(url, json={"date": date} if date else {}, headers=headers)
         sys.stdout.write(response.text + "\n")
         if not response.is_success:
@@ -439,13 +465,16 @@ def statement(
     user: Annotated[str, typer.Option("--user", help="whose statement")],
     month: Annotated[str, typer.Option("--month", help="YYYY-MM (UTC)")],
     pdf: Annotated[Path | None, typer.Option("--pdf", help="write the PDF here")] = None,
+    target: TargetOption = None,
+    admin_target: AdminTargetOption = None,
+    token_file: TokenFileOption = None,
 ) -> None:
     """Print a user's monthly statement (CSV), or write it as a PDF with --pdf."""
     with _ops_errors(), _http() as client:
-        stack = _ops_stack()
+        where = OpsTarget.resolve(target, admin_target, token_file)
         kind = "pdf" if pdf else "csv"
-        url = f"{stack.services['ledger'].url}/api/statements/{month}.{kind}"
-        response = client.get(url, params={"userId": user}, headers=_admin_headers(stack))
+        url = where.url("ledger", f"/api/statements/{month}.{kind}")
+        response = client.get(url, params={"userId": user}, headers=_admin_headers(where))
         if not response.is_success:
             raise OpsError(f"GET {url} -> {response.status_code} {response.text}")
         if pdf:
