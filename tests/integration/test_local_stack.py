@@ -34,10 +34,22 @@ def test_status_json_lists_every_component_ready(stack: Stack, billing: Any) -> 
         "ledger",
         "metering",
         "reconciler",
+        "web",
     }
     assert set(status) == expected
     assert all(info["ready"] for info in status.values()), status
     assert status["checkout"]["url"] == "http://127.0.0.1:18101"
+    # The Credits page, where checkout sends buyers back to, with the services it calls.
+    assert status["web"]["url"] == "http://127.0.0.1:15173"
+    config = httpx.get(f"{status['web']['url']}/config.json", timeout=5).json()
+    assert config["checkoutUrl"] == status["checkout"]["url"]
+    assert config["ledgerUrl"] == status["ledger"]["url"]
+    page = httpx.get(f"{status['web']['url']}/credits/admin", timeout=5)
+    assert page.status_code == 200
+    assert '<div id="root">' in page.text
+    assert "connect-src 'self' http://127.0.0.1:18101" in page.headers["content-security-policy"]
+    missing = httpx.get(f"{status['web']['url']}/assets/nope.js", timeout=5)
+    assert missing.status_code == 404
     assert stack.secrets["postgres_password"] not in json.dumps(status)
 
 
@@ -75,15 +87,17 @@ def test_every_service_serves_health_metrics_and_openapi(stack: Stack) -> None:
         assert httpx.get(f"{svc.url}/openapi.json").json()["info"]["title"] == name
 
 
-BROWSER_FACING = ("checkout", "ledger", "metering")
+# The Credits page calls these; the reconciler for its admin view.
+BROWSER_FACING = ("checkout", "ledger", "metering", "reconciler")
 
 
 def test_browser_facing_services_grant_cors_only_to_the_web_origin(stack: Stack) -> None:
+    page = stack.web.url  # http://127.0.0.1:15173 on the test stack
     for name, svc in stack.services.items():
-        web = httpx.get(f"{svc.url}/health", headers={"Origin": "http://localhost:5173"})
+        web = httpx.get(f"{svc.url}/health", headers={"Origin": page})
         evil = httpx.get(f"{svc.url}/health", headers={"Origin": "https://evil.example"})
         granted = web.headers.get("access-control-allow-origin")
-        assert granted == ("http://localhost:5173" if name in BROWSER_FACING else None), name
+        assert granted == (page if name in BROWSER_FACING else None), name
         assert "access-control-allow-origin" not in evil.headers, name
         for answer in (web, evil):
             assert answer.headers["x-content-type-options"] == "nosniff", name

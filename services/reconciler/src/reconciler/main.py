@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings,
         routers=[api.router(api.Deps(reconciler))],
         lifecycle=parts,
+        browser_facing=True,
         checks={
             "database": db.ping,
             "kafka": wiring.kafka_check(settings),

@@ -475,6 +475,55 @@ class Prometheus(Component):
         return _http_ok(f"{self.url}/-/ready")
 
 
+class Web(Component):
+    """The Credits page (``web/``), built with npm and served with its ``config.json``."""
+
+    name = "web"
+
+    def __init__(self, layout: Layout, procs: ProcessManager, services: dict[str, str]) -> None:
+        super().__init__(layout, procs)
+        self._services = services  # name -> base URL
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.layout.web_port}"
+
+    @property
+    def dist(self) -> Path:
+        return self.layout.root / "web" / "dist"
+
+    def install(self) -> None:
+        installers.ensure_web_build(self.layout.root / "web")
+
+    def config(self) -> dict[str, object]:
+        """What the page reads at start: the services' URLs and the links it shows."""
+        return {
+            "checkoutUrl": self._services["checkout"],
+            "ledgerUrl": self._services["ledger"],
+            "meteringUrl": self._services["metering"],
+            "reconcilerUrl": self._services["reconciler"],
+            # The host product's pages; the dev stack has none, so these are placeholders.
+            "pricingUrl": f"{self.url}/pricing",
+            "termsUrl": f"{self.url}/terms",
+            "refundPolicyUrl": f"{self.url}/refund-policy",
+            # Dev only: `/credits#token=<JWT>` signs in; a deployment's config says false.
+            "dev": True,
+        }
+
+    def start(self) -> None:
+        self.install()
+        config = self.layout.state / "web" / "config.json"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(json.dumps(self.config(), indent=2))
+        port = self.layout.web_port
+        cmd = [sys.executable, "-m", "billing_cli.webapp", "--dist", str(self.dist)]
+        cmd += ["--config", str(config), "--port", str(port)]
+        self.procs.start(self.name, cmd, dict(os.environ), port)
+
+    def ready(self) -> bool:
+        return _http_ok(f"{self.url}/config.json")
+
+
 class Service(Component):
     def __init__(
         self, layout: Layout, procs: ProcessManager, name: str, package: str, env: dict[str, str]

@@ -5,10 +5,12 @@
 - stripe-mock: ``go install`` of a pinned version into ``.local/bin``.
 - vegeta (the benchmarks' HTTP load generator): the same, on demand only.
 - helm (the chart's lint and render checks in ``tests/deploy``): the same, on demand only.
+- the Credits page: ``npm ci`` and ``npm run build`` in ``web/`` (npm registry).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -83,6 +85,32 @@ def _apt_binary(binary: str, package: str) -> Path:
     if found is None:
         raise LaunchError(f"{package} installed but `{binary}` is not on PATH")
     return Path(found)
+
+
+def ensure_web_build(web: Path) -> Path:
+    """``web/dist``, built with npm when missing or older than its sources (a content hash)."""
+    stamp = web / "dist" / ".source-hash"
+    digest = _web_sources_hash(web)
+    if stamp.exists() and stamp.read_text() == digest:
+        return web / "dist"
+    if shutil.which("npm") is None:
+        raise LaunchError("`npm` not found: the Credits page is built with Node.js 20 and npm")
+    _run(["npm", "ci", "--prefix", str(web), "--no-audit", "--no-fund"], "npm ci")
+    _run(["npm", "run", "--prefix", str(web), "build"], "building the Credits page")
+    stamp.write_text(digest)
+    return web / "dist"
+
+
+def _web_sources_hash(web: Path) -> str:
+    digest = hashlib.sha256()
+    files = [
+        web / n for n in ("package-lock.json", "index.html", "vite.config.ts", "tsconfig.json")
+    ]
+    files += sorted(p for p in (web / "src").rglob("*") if p.is_file())
+    for path in files:
+        if path.exists():
+            digest.update(path.relative_to(web).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def kafka_libs(layout: Layout) -> Path:

@@ -132,6 +132,10 @@ class Layout:
         return self.port(8110)
 
     @property
+    def web_port(self) -> int:
+        return self.port(5173)
+
+    @property
     def prometheus_port(self) -> int:
         return self.port(19090)
 

@@ -18,6 +18,7 @@ from billing_cli.components import (
     Prometheus,
     Service,
     StripeMock,
+    Web,
 )
 from billing_cli.db_roles import ServiceRoles
 from billing_cli.layout import SERVICES, Layout
@@ -59,6 +60,7 @@ class Stack:
         }
         ports = {name: svc.port for name, svc in self.services.items()}
         self.prometheus = Prometheus(layout, self.procs, ports)
+        self.web = Web(layout, self.procs, {name: s.url for name, s in self.services.items()})
 
     @property
     def infrastructure(self) -> list[Component]:
@@ -66,12 +68,13 @@ class Stack:
 
     @property
     def components(self) -> list[Component]:
-        return [*self.infrastructure, *self.services.values()]
+        return [*self.infrastructure, *self.services.values(), self.web]
 
     def env(self) -> dict[str, str]:
         """The dev settings every service reads (``billing env`` prints them, and
         ``role_env``). Alone, they connect as the cluster's superuser: what ad-hoc processes
         on schemas of their own (the integration tests') use."""
+        web = self.layout.web_port
         values = {
             "BILLING_DATABASE_URL": self.postgres.dsn,
             "BILLING_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
@@ -85,8 +88,10 @@ class Stack:
             "BILLING_STRIPE_WEBHOOK_SECRETS": self.secrets["stripe_webhook_secret"],
             "BILLING_OPENAI_BASE_URL": self.devllm.url,
             "BILLING_OPENAI_API_KEY": self.secrets["openai_api_key"],
-            # The local web app (the Credits page) is the one origin browsers may call from.
-            "BILLING_CORS_ALLOWED_ORIGINS": "http://localhost:5173,http://127.0.0.1:5173",
+            # The local web app (the Credits page) is the one origin browsers may call from,
+            # and where Stripe Checkout sends the buyer back to.
+            "BILLING_CORS_ALLOWED_ORIGINS": f"http://localhost:{web},http://127.0.0.1:{web}",
+            "CHECKOUT_PUBLIC_BASE_URL": f"http://127.0.0.1:{web}",
             # metering reserves and captures credits through the ledger's internal API.
             "METERING_LEDGER_URL": f"http://127.0.0.1:{self.layout.service_port('ledger')}",
             "METERING_LEDGER_TOKEN": keys.mint_token(
@@ -117,7 +122,7 @@ class Stack:
             self.postgres.ensure_roles(list(self.db_roles.values()), self.db_passwords)
 
     def install(self, report: Reporter = _quiet) -> None:
-        for part in self.infrastructure:
+        for part in [*self.infrastructure, self.web]:
             with _timed(report, f"{part.name} installed"):
                 part.install()
         if self.backups.enabled:
@@ -160,6 +165,9 @@ class Stack:
         for svc in self.services.values():
             with _timed(report, f"{svc.name} ready at {svc.url}"):
                 svc.wait_ready(60)
+        with _timed(report, f"web ready at {self.web.url}/credits"):
+            self.web.start()
+            self.web.wait_ready(30)
 
     def restore(self, target: datetime, report: Reporter = _quiet) -> None:
         """The database as it was at ``target``, with the services running on it again.
