@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from billing_events.v1 import dlq_pb2
 from billing_platform import context, tracing
 from billing_platform.db import Database
 from opentelemetry import trace
+from prometheus_client import REGISTRY
 from webhook_ingest.events import envelope_from_body, publish_stripe_event
 
 HERE = Path(__file__).parent
@@ -288,6 +290,53 @@ async def test_failing_record_is_dead_lettered_after_five_attempts_and_partition
     assert letter.error_type == "RuntimeError"
     assert letter.error_message == "cannot apply this record"
     assert "traceparent" in letter.original_headers
+
+
+async def test_consumer_lag_rises_while_the_handler_is_blocked_and_falls_once_released(
+    stack: Stack, namespace: Topics, publisher: KafkaPublisher
+) -> None:
+    group = f"{namespace.namespace}.lag-test"
+    released = asyncio.Event()
+    handled: list[InboundMessage] = []
+    partition = ""  # known once the first record is handled
+
+    async def handler(message: InboundMessage) -> None:
+        handled.append(message)
+        if len(handled) > 1:  # the first goes through, so the partition has a position
+            await released.wait()
+
+    def lag() -> float | None:
+        labels = {"group": group, "topic": namespace.stripe_events, "partition": partition}
+        return REGISTRY.get_sample_value("kafka_consumer_lag", labels)
+
+    async def until(predicate: Callable[[], object], why: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"{why}; lag {lag()}"
+            await asyncio.sleep(0.1)
+
+    runner = ConsumerRunner(
+        bootstrap=stack.kafka.bootstrap,
+        group_id=group,
+        handlers={namespace.stripe_events: handler},
+        publisher=publisher,
+    )
+    # Same key: one partition, whose number the first record tells.
+    await publisher.publish(namespace.stripe_events, "cs_lag", b"first")
+    await runner.start()
+    try:
+        await until(lambda: handled, "the first record was never handled")
+        partition = str(handled[0].partition)
+        await until(lambda: lag() == 0, "no lag reported for the partition")
+        for i in range(20):
+            await publisher.publish(namespace.stripe_events, "cs_lag", f"r-{i}".encode())
+        await until(lambda: lag() == 20, "the lag did not rise while the handler was blocked")
+        released.set()
+        await until(lambda: len(handled) == 21 and lag() == 0, "the lag did not fall")
+    finally:
+        released.set()
+        await runner.stop()
+    assert lag() is None, "a stopped consumer still reports lag"
 
 
 class CuttableProxy:

@@ -340,6 +340,20 @@ class _Failure:
 
 # How often positions that no unit of work saved reach the database, and all reach Kafka.
 POSITION_FLUSH_S = 0.2
+# How often the lag gauge is refreshed, from the client's cache (no broker round trip).
+LAG_EVERY_S = 0.2
+
+
+def consumer_lags(
+    positions: Mapping[tuple[str, int], int], highs: Mapping[tuple[str, int], int]
+) -> dict[tuple[str, int], int]:
+    """Records behind the high watermark, per partition; one whose high watermark is not
+    known yet (negative: no fetch response so far) is left out rather than reported as 0."""
+    return {
+        tp: max(0, highs[tp] - position)
+        for tp, position in positions.items()
+        if highs.get(tp, -1) >= 0
+    }
 
 
 class ConsumerRunner:
@@ -392,6 +406,7 @@ class ConsumerRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unsaved: dict[tuple[str, int], int] = {}
         self._to_commit: dict[tuple[str, int], int] = {}
+        self._positions: dict[tuple[str, int], int] = {}  # for the lag gauge
         self._flushed_at = 0.0
         self._failing: Exception | None = None
 
@@ -457,6 +472,8 @@ class ConsumerRunner:
 
     async def _consume_until_stopped(self) -> None:
         consumer = confluent_kafka.Consumer(self._config())
+        # Its own task, not the loop's: a handler that hangs must not freeze the gauge.
+        lag = asyncio.create_task(self._report_lag(consumer))
         try:
             await self._in_thread(
                 consumer.subscribe,
@@ -471,9 +488,11 @@ class ConsumerRunner:
                     await self._handle_fetched(consumer, records)
                 await self._flush_positions(consumer, force=False)
         finally:
+            lag.cancel()
             with contextlib.suppress(Exception):
                 await self._flush_positions(consumer, force=True)
             await self._in_thread(consumer.close)
+            self._forget(list(self._positions))
 
     def _fetch(self, consumer: confluent_kafka.Consumer) -> list[confluent_kafka.Message]:
         """Wait for one record (at most half a second), then take what else is buffered."""
@@ -509,12 +528,39 @@ class ConsumerRunner:
     ) -> None:
         consumer.unassign()
         metrics.KAFKA_ASSIGNED.labels(self.group_id, self._client_id).set(0)
+        self._forget([(p.topic, p.partition) for p in partitions])
+
+    def _forget(self, partitions: Sequence[tuple[str, int]]) -> None:
+        """Drop the lag of partitions no longer owned: their new owner reports it."""
+        for topic, partition in partitions:
+            self._positions.pop((topic, partition), None)
+            with contextlib.suppress(KeyError):  # never measured
+                metrics.KAFKA_LAG.remove(self.group_id, topic, str(partition))
+
+    async def _report_lag(self, consumer: confluent_kafka.Consumer) -> None:
+        while True:
+            await asyncio.sleep(LAG_EVERY_S)
+            await self._in_thread(self._measure_lag, consumer)
+
+    def _measure_lag(self, consumer: confluent_kafka.Consumer) -> None:
+        """Runs on the client's thread, as revocation does, so a partition revoked is not
+        set again; only owned partitions count (a batch fetched before a revocation may
+        still move a revoked one's position)."""
+        owned = {(p.topic, p.partition) for p in consumer.assignment()}
+        positions = {tp: o for tp, o in list(self._positions.items()) if tp in owned}
+        highs = {
+            tp: consumer.get_watermark_offsets(confluent_kafka.TopicPartition(*tp), cached=True)[1]
+            for tp in positions
+        }
+        for (topic, partition), lag in consumer_lags(positions, highs).items():
+            metrics.KAFKA_LAG.labels(self.group_id, topic, str(partition)).set(lag)
 
     async def _handle_fetched(
         self, consumer: confluent_kafka.Consumer, records: Sequence[confluent_kafka.Message]
     ) -> None:
         by_partition, reached = self._sorted(records)
         done = await asyncio.gather(*(self._handle_partition(m) for m in by_partition.values()))
+        self._positions.update(reached)
         if self._offsets is None:
             await self._commit_to_kafka(consumer, reached)
             return

@@ -25,6 +25,11 @@ KAFKA_HANDLER_RETRIES = Counter(
 KAFKA_ASSIGNED = Gauge(
     "kafka_assigned_partitions", "Partitions this consumer owns now", ["group", "client"]
 )
+KAFKA_LAG = Gauge(
+    "kafka_consumer_lag",
+    "Records between where this consumer's handled records reached and the high watermark",
+    ["group", "topic", "partition"],
+)
 KAFKA_OUTAGE_RETRIES = Counter(
     "kafka_handler_outage_retries_total",
     "Handler attempts that failed because a dependency was down; retried without limit",

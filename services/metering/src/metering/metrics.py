@@ -46,6 +46,11 @@ SHADOW_CHARGES = Counter(
     "What shadow billing computed for the calls it logged (charged or not)",
     ["model"],
 )
+MODEL_COST = Counter(
+    "metering_model_cost_millicredits_total",
+    "What the provider bills for the calls recorded (cost, not price), every billing mode",
+    ["model"],
+)
 
 
 def model_answered(model: str, usage: TokenUsage) -> None:

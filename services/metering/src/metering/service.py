@@ -478,6 +478,9 @@ def usage_record(
 
 
 def _count(decision: Decision, record: UsageRecord) -> None:
+    # Every mode and reconcile too: the provider bills a call whether or not the user pays
+    # for it, and usage reconciled from elsewhere was billed by the provider all the same.
+    metrics.MODEL_COST.labels(record.model).inc(record.cost_millicredits)
     if record.mode == CHARGED:
         metrics.charged(record.model, record.charged_millicredits)
     else:
