@@ -1,20 +1,26 @@
-"""The model provider as a port, and its implementation on the official ``openai`` SDK.
+"""The model provider as a port, and its implementation on the OpenAI chat completions API.
 
-The SDK never retries (``max_retries=0``): a retried call could be billed to us twice by the
-provider, and the gateway's hold would not cover a second answer.
+The client speaks the HTTP API directly (any OpenAI-compatible base URL) instead of through
+the ``openai`` SDK: the gateway hands the provider's JSON back as it came and reads only its
+usage, so building the SDK's typed models for every answer and chunk was work for nothing
+(about a third of metering's CPU per call, measured by ``bench/gateway_overhead.py``).
+It never retries: a retried call could be billed to us twice by the provider, and the
+gateway's hold would not cover a second answer.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import httpx
-import openai
 from billing_platform.http_client import traced_client
-from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
 from pydantic import SecretStr
+
+# Streams hold a connection each for as long as the model writes (the SDK's own limits).
+CONNECTION_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,7 @@ class TokenUsage:
 
 @dataclass(frozen=True)
 class Completion:
-    """A whole answer: the provider's fields as the SDK returned them, and its usage."""
+    """A whole answer: the provider's JSON fields as they came, and its usage."""
 
     id: str
     fields: dict[str, Any]
@@ -47,7 +53,7 @@ class Completion:
 
 @dataclass(frozen=True)
 class Chunk:
-    """One streamed chunk as the SDK returned it; the final one carries ``usage``."""
+    """One streamed chunk's JSON fields; the final one carries ``usage``."""
 
     id: str
     fields: dict[str, Any]
@@ -69,7 +75,7 @@ class ModelClient(Protocol):
 
 
 class OpenAIModelClient:
-    """``ModelClient`` on ``openai.AsyncOpenAI`` (any OpenAI-compatible base URL)."""
+    """``ModelClient`` on ``POST {base_url}/chat/completions`` (plain JSON, or SSE streams)."""
 
     def __init__(
         self,
@@ -79,77 +85,95 @@ class OpenAIModelClient:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._client = openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key=api_key.get_secret_value(),
+        self._client = traced_client(
+            transport=transport or httpx.AsyncHTTPTransport(limits=CONNECTION_LIMITS),
+            base_url=base_url.rstrip("/") + "/",
             timeout=timeout_s,
-            max_retries=0,
-            # Traced like every outbound call, with the SDK's own pool size: streams hold a
-            # connection each for as long as the model writes.
-            http_client=traced_client(
-                transport=transport
-                or httpx.AsyncHTTPTransport(limits=openai.DEFAULT_CONNECTION_LIMITS),
-                timeout=timeout_s,
-                follow_redirects=True,
-            ),
+            headers={"authorization": f"Bearer {api_key.get_secret_value()}"},
+            follow_redirects=True,
         )
 
     async def start(self) -> None:
         """Nothing to open: connections are made on first use."""
 
     async def stop(self) -> None:
-        await self._client.close()
+        await self._client.aclose()
 
     async def complete(self, request: ModelRequest) -> Completion:
         try:
-            answer = await self._client.chat.completions.create(**_params(request))
-        except (openai.OpenAIError, httpx.HTTPError) as exc:
+            answer = await self._client.post("chat/completions", json=_params(request))
+        except httpx.HTTPError as exc:
             raise _failure(exc) from exc
-        return _completion(answer)
+        _raise_for_status(answer.status_code)
+        return _completion(_object(answer.content))
 
     async def stream(self, request: ModelRequest) -> AsyncGenerator[Chunk, None]:
+        body = {**_params(request), "stream": True, "stream_options": {"include_usage": True}}
         try:
-            chunks = await self._client.chat.completions.create(
-                **_params(request), stream=True, stream_options={"include_usage": True}
-            )
-            async with chunks:
-                async for chunk in chunks:
-                    yield _chunk(chunk)
-        except (openai.OpenAIError, httpx.HTTPError) as exc:
-            # The SDK wraps errors of the request, not of reading the body: both end here.
+            async with self._client.stream("POST", "chat/completions", json=body) as answer:
+                _raise_for_status(answer.status_code)
+                async for line in answer.aiter_lines():
+                    data = _sse_data(line)
+                    if data == "[DONE]":
+                        return
+                    if data:
+                        yield _chunk(_object(data))
+        except httpx.HTTPError as exc:
+            # Errors of the request and of reading the body alike: the stream is broken.
             raise _failure(exc) from exc
 
 
 def _params(request: ModelRequest) -> dict[str, Any]:
-    messages = [{"role": m.role, "content": m.content} for m in request.messages]
     return {
         "model": request.model,
-        "messages": cast(list[ChatCompletionMessageParam], messages),
+        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
         # Bounds every completion token, reasoning included (o-series models refuse the
         # older `max_tokens`), so the hold's output allowance is the true worst case.
         "max_completion_tokens": request.max_output_tokens,
     }
 
 
-def _failure(exc: Exception) -> ModelError:
-    if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException):
+def _sse_data(line: str) -> str:
+    """The payload of an SSE ``data:`` line; "" for comments, blank and other fields."""
+    return line[5:].strip() if line.startswith("data:") else ""
+
+
+def _raise_for_status(status: int) -> None:
+    if status >= 400:
+        raise ModelError(f"model call failed: HTTP {status}")
+
+
+def _object(raw: bytes | str) -> dict[str, Any]:
+    try:
+        fields = json.loads(raw)
+    except ValueError as exc:
+        raise ModelError("the model answered with something other than JSON") from exc
+    if not isinstance(fields, dict):
+        raise ModelError("the model answered with something other than a JSON object")
+    return fields
+
+
+def _failure(exc: httpx.HTTPError) -> ModelError:
+    if isinstance(exc, httpx.TimeoutException):
         return ModelTimeout(f"model call timed out: {type(exc).__name__}")
-    status = getattr(exc, "status_code", None)
-    return ModelError(f"model call failed: {type(exc).__name__}{f' {status}' if status else ''}")
+    return ModelError(f"model call failed: {type(exc).__name__}")
 
 
 def _usage(usage: Any) -> TokenUsage | None:
-    if usage is None:
+    if not isinstance(usage, dict):
         return None
-    return TokenUsage(int(usage.prompt_tokens), int(usage.completion_tokens))
+    try:
+        return TokenUsage(int(usage["prompt_tokens"]), int(usage["completion_tokens"]))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
-def _completion(answer: ChatCompletion) -> Completion:
-    usage = _usage(answer.usage)
+def _completion(fields: dict[str, Any]) -> Completion:
+    usage = _usage(fields.get("usage"))
     if usage is None:
         raise ModelError("the model answered without usage: it cannot be priced")
-    return Completion(answer.id, answer.to_dict(mode="json"), usage)
+    return Completion(str(fields.get("id", "")), fields, usage)
 
 
-def _chunk(chunk: ChatCompletionChunk) -> Chunk:
-    return Chunk(chunk.id, chunk.to_dict(mode="json"), _usage(chunk.usage))
+def _chunk(fields: dict[str, Any]) -> Chunk:
+    return Chunk(str(fields.get("id", "")), fields, _usage(fields.get("usage")))

@@ -1,8 +1,9 @@
-"""The OpenAI SDK client against devllm in process (no port), and its error mapping."""
+"""The model client against devllm in process (no port), and its error mapping."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -53,19 +54,19 @@ async def test_a_stream_ends_with_a_usage_chunk() -> None:
 
 
 async def test_a_provider_error_is_a_model_error() -> None:
-    with pytest.raises(ModelError, match="InternalServerError 500"):
+    with pytest.raises(ModelError, match="HTTP 500"):
         await devllm_client().complete(ask("[[fail]]"))
 
 
 async def test_a_provider_error_on_a_stream_is_a_model_error() -> None:
     chunks = devllm_client().stream(ask("[[fail]]"))
 
-    with pytest.raises(ModelError, match="InternalServerError 500"):
+    with pytest.raises(ModelError, match="HTTP 500"):
         await anext(chunks)
 
 
 async def test_an_unknown_model_at_the_provider_is_a_model_error() -> None:
-    with pytest.raises(ModelError, match="NotFoundError 404"):
+    with pytest.raises(ModelError, match="HTTP 404"):
         await devllm_client().complete(ask("hi", model="gpt-9"))
 
 
@@ -116,3 +117,46 @@ async def test_the_request_bounds_output_and_asks_for_stream_usage() -> None:
     assert seen[0]["stream"] is True
     assert seen[0]["stream_options"] == {"include_usage": True}
     assert seen[0]["messages"] == [{"role": "user", "content": "hi"}]
+
+
+async def test_a_stream_cut_off_midway_is_a_model_error() -> None:
+    def cut(request: httpx.Request) -> httpx.Response:
+        first = {"id": "c1", "choices": [{"index": 0, "delta": {"content": "x"}}]}
+        return httpx.Response(200, stream=_Broken(f"data: {json.dumps(first)}\n\n".encode()))
+
+    chunks = _scripted(httpx.MockTransport(cut)).stream(ask("hi"))
+    assert (await anext(chunks)).fields["choices"][0]["delta"] == {"content": "x"}
+    with pytest.raises(ModelError, match="ReadError"):
+        await anext(chunks)
+
+
+async def test_an_answer_that_is_not_json_is_a_model_error() -> None:
+    def html(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text="<html>proxy page</html>")
+
+    with pytest.raises(ModelError, match="other than JSON"):
+        await _scripted(httpx.MockTransport(html)).complete(ask("hi"))
+
+
+async def test_the_api_key_goes_in_the_authorization_header() -> None:
+    seen: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(500, json={"error": {"message": "no"}})
+
+    with pytest.raises(ModelError):
+        await _scripted(httpx.MockTransport(record)).complete(ask("hi"))
+    assert seen[0].headers["authorization"] == "Bearer sk"
+    assert seen[0].url == httpx.URL("http://model.test/v1/chat/completions")
+
+
+class _Broken(httpx.AsyncByteStream):
+    """A body that yields its first bytes, then fails as a dropped connection does."""
+
+    def __init__(self, first: bytes) -> None:
+        self._first = first
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self._first
+        raise httpx.ReadError("connection dropped")
