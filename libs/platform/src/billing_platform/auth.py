@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -20,6 +21,8 @@ SECOND_FACTORS = frozenset(
     {"mfa", "otp", "hwk", "swk", "sms", "tel", "fpt", "face", "iris", "retina", "vbm"}
 )
 DEFAULT_MFA_MAX_AGE_S = 900
+# Verified tokens remembered per process (a few hundred bytes each).
+VERIFIED_TOKENS_KEPT = 10_000
 _CLOCK_SKEW_S = 60
 
 
@@ -61,6 +64,10 @@ class JwtVerifier:
         self._issuer = issuer
         self._audience = audience
         self.mfa_max_age_s = mfa_max_age_s
+        # Token -> (principal, expiry): an RS256 check is most of the cost of authenticating a
+        # request, and a client sends the same token until it expires. Keys are fixed for the
+        # process's life, so a token verified once stays valid until its ``exp``.
+        self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
 
     @classmethod
     def from_files(
@@ -73,6 +80,17 @@ class JwtVerifier:
         return cls([p.read_bytes() for p in paths], issuer, audience, mfa_max_age_s)
 
     def verify(self, token: str) -> Principal:
+        known = self._verified.get(token)
+        if known is not None and time.time() < known[1]:
+            self._verified.move_to_end(token)
+            return known[0]
+        principal, expires = self._verify(token)
+        self._verified[token] = (principal, expires)
+        if len(self._verified) > VERIFIED_TOKENS_KEPT:
+            self._verified.popitem(last=False)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         if not self._keys:
             raise ApiError(401, "unauthorized", "no token verification keys configured")
         for key in self._keys:
@@ -89,7 +107,7 @@ class JwtVerifier:
                 continue
             except jwt.PyJWTError as exc:
                 raise ApiError(401, "unauthorized", f"invalid token: {exc}") from exc
-            return _principal(claims)
+            return _principal(claims), float(claims["exp"])
         raise ApiError(401, "unauthorized", "invalid token: signature verification failed")
 
 

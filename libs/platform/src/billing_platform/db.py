@@ -15,7 +15,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Protocol
@@ -84,7 +85,37 @@ async def create_pool(dsn: str, schema: str, min_size: int = 2, max_size: int = 
         max_size=max_size,
         server_settings={"search_path": schema, "application_name": schema},
         command_timeout=30,
+        reset=keep_session,
     )
+
+
+async def keep_session(conn: Any) -> None:
+    """What a pooled connection needs on release beyond asyncpg's own rollback: nothing.
+
+    asyncpg's default sends ``RESET ALL; UNLISTEN *; pg_advisory_unlock_all(); CLOSE ALL``,
+    one round trip per release, several per request. No pooled connection here keeps session
+    state: settings are ``SET LOCAL``, advisory locks are transaction-scoped or released in a
+    ``finally`` that terminates the connection when it cannot (``session_lock``), LISTEN runs
+    on connections of its own, and cursors live inside transactions. asyncpg still rolls
+    back a transaction left open.
+    """
+
+
+@asynccontextmanager
+async def session_lock(conn: Any, key: int, wait_s: float | None = None) -> AsyncIterator[None]:
+    """A session advisory lock held for the block on a pooled connection.
+
+    The pool does not reset connections (``keep_session``): if the unlock fails, the
+    connection is closed, which is what releases the lock then."""
+    await conn.execute("SELECT pg_advisory_lock($1)", key, timeout=wait_s)
+    try:
+        yield
+    finally:
+        try:
+            await conn.execute("SELECT pg_advisory_unlock($1)", key)
+        except BaseException:
+            conn.terminate()
+            raise
 
 
 def load_migrations(package: str) -> list[Migration]:

@@ -303,3 +303,33 @@ def test_money_moving_route_checks_the_admin_role_before_mfa(
     token = key_a.token(roles=[], amr=["otp"], auth_time=int(time.time()))
 
     assert client.post("/money", headers=_bearer(token)).status_code == 403
+
+
+def test_a_token_verified_once_is_not_checked_again_until_it_expires(
+    key_a: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verifier = _verifier(key_a)
+    now = int(time.time())
+    token = key_a.token(sub="u-7", iat=now, exp=now + 2)  # valid for at least a second
+    first = verifier.verify(token)
+    checks: list[str] = []
+    real_decode = jwt.decode
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        checks.append("decode")
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counted)
+    assert verifier.verify(token) == first
+    assert checks == []  # remembered: no second RS256 check
+
+    time.sleep(max(0.0, now + 2.05 - time.time()))
+    _assert_unauthorized(verifier, token)  # past its exp it is checked again, and refused
+    assert checks == ["decode"]
+
+
+def test_a_refused_token_is_not_remembered(key_a: Any, key_b: Any) -> None:
+    verifier = _verifier(key_a)
+    forged = key_b.token(sub="u-1")
+    _assert_unauthorized(verifier, forged)
+    _assert_unauthorized(verifier, forged)

@@ -13,6 +13,7 @@ from billing_platform.db import (
     MigrationError,
     check_schema_name,
     load_migrations,
+    session_lock,
 )
 
 _packages = itertools.count()
@@ -137,3 +138,37 @@ def test_schema_access_of_each_service_names_its_append_only_tables() -> None:
         "purchase_terms": ("l_rt", "rec"),
         "feature_flags": ("m_rt",),
     }
+
+
+class _LockConn:
+    """Records statements; the unlock fails as on a connection that just broke."""
+
+    def __init__(self, unlock_fails: bool) -> None:
+        self.statements: list[str] = []
+        self.terminated = False
+        self._unlock_fails = unlock_fails
+
+    async def execute(self, query: str, *args: object, timeout: float | None = None) -> None:
+        self.statements.append(query)
+        if self._unlock_fails and "unlock" in query:
+            raise ConnectionError("connection lost")
+
+    def terminate(self) -> None:
+        self.terminated = True
+
+
+async def test_a_session_lock_is_released_after_its_block() -> None:
+    conn = _LockConn(unlock_fails=False)
+    async with session_lock(conn, 42):
+        assert conn.statements == ["SELECT pg_advisory_lock($1)"]
+    assert conn.statements[-1] == "SELECT pg_advisory_unlock($1)"
+    assert not conn.terminated
+
+
+async def test_a_lock_that_cannot_be_released_closes_its_connection() -> None:
+    # Pooled connections are not reset on release: a kept lock would outlive the block.
+    conn = _LockConn(unlock_fails=True)
+    with pytest.raises(ConnectionError):
+        async with session_lock(conn, 42):
+            pass
+    assert conn.terminated

@@ -16,6 +16,7 @@ from typing import Any
 
 from billing_events.kafka import CORRELATION_HEADER, InboundMessage
 from billing_platform import tracing
+from billing_platform.db import session_lock
 
 from reconciler import chain
 from reconciler.findings import Finding, Schemas
@@ -181,11 +182,8 @@ async def run_lock(conn: Any, schema: str) -> AsyncIterator[None]:
     """One run at a time across replicas. A session lock, taken before the run's
     transaction begins, so its snapshot already sees the run that held the lock."""
     key = zlib.crc32(f"{schema}.reconcile".encode())
-    await conn.execute("SELECT pg_advisory_lock($1)", key, timeout=LONG_TIMEOUT_S)
-    try:
+    async with session_lock(conn, key, LONG_TIMEOUT_S):
         yield
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", key)
 
 
 @dataclass(frozen=True)
