@@ -118,6 +118,14 @@ def _give(api: Callable[..., httpx.Response], user: str, millicredits: int) -> N
     assert answer.status_code == 201, answer.text
 
 
+def _switch(api: Callable[..., httpx.Response], reason: str, **changes: bool) -> None:
+    """Change billing switches as an admin (the page reads them, so the test sets them)."""
+    answer = api(
+        "checkout", "PATCH", "/api/admin/features", admin=True, json={**changes, "reason": reason}
+    )
+    assert answer.status_code == 200, answer.text
+
+
 def test_buy_credits_end_to_end_and_go_back(
     stack: Stack, visit: Visit, api: Callable[..., httpx.Response]
 ) -> None:
@@ -225,14 +233,7 @@ def test_the_banner_shows_when_billing_is_switched_off(
     visit: Visit, api: Callable[..., httpx.Response]
 ) -> None:
     page = visit.page
-    off = api(
-        "checkout",
-        "PATCH",
-        "/api/admin/features",
-        admin=True,
-        json={"billingEnabled": False, "reason": "browser test: kill switch"},
-    )
-    assert off.status_code == 200, off.text
+    _switch(api, "browser test: kill switch", billingEnabled=False)
     try:
         visit.open("/credits", _user())
         banner = page.get_by_test_id("billing-paused-banner")
@@ -243,14 +244,7 @@ def test_the_banner_shows_when_billing_is_switched_off(
         visit.accessible()
         visit.shot("paused")
     finally:
-        on = api(
-            "checkout",
-            "PATCH",
-            "/api/admin/features",
-            admin=True,
-            json={"billingEnabled": True, "reason": "browser test over"},
-        )
-        assert on.status_code == 200, on.text
+        _switch(api, "browser test over", billingEnabled=True)
 
 
 def test_an_operator_switches_purchases_off_and_on(
@@ -275,14 +269,7 @@ def test_an_operator_switches_purchases_off_and_on(
         features = api("checkout", "GET", "/api/admin/features", admin=True).json()
         assert features["purchasesEnabled"] is False
     finally:
-        restored = api(
-            "checkout",
-            "PATCH",
-            "/api/admin/features",
-            admin=True,
-            json={"purchasesEnabled": True, "reason": "browser test over"},
-        )
-        assert restored.status_code == 200, restored.text
+        _switch(api, "browser test over", purchasesEnabled=True)
 
 
 def test_a_phone_sized_screen_needs_no_sideways_scrolling(visit: Visit) -> None:

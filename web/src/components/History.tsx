@@ -1,34 +1,15 @@
-import { useState } from "react";
-
-import { FIRST_PAGE, newer, older } from "../cursorStack";
-import { useEnv } from "../env";
 import { formatDateTime, kindLabel } from "../format";
-import { useLoad } from "../hooks";
+import { usePaged } from "../hooks";
 import { creditsText, signedCreditsText } from "../money";
 import type { LedgerPage } from "../types";
 import { ErrorText, Loading, Section, TableWrap } from "./common";
 import { Pager } from "./Pager";
 
-export const PAGE_SIZE = 20;
-
 export function History({ refreshKey }: { refreshKey: number }) {
-  const { api } = useEnv();
-  const [stack, setStack] = useState(FIRST_PAGE);
-  const [seenRefresh, setSeenRefresh] = useState(refreshKey);
-  if (seenRefresh !== refreshKey) {
-    // New entries arrived (a purchase went through): back to the newest page.
-    setSeenRefresh(refreshKey);
-    setStack(FIRST_PAGE);
-  }
-  const cursor = stack.current;
-  const page = useLoad(
-    (signal) =>
-      api.json<LedgerPage>(
-        "ledger",
-        `/api/ledger?limit=${PAGE_SIZE}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`,
-        { signal },
-      ),
-    `${cursor ?? ""}|${refreshKey}`,
+  const { page, cursor, stack, toOlder, toNewer } = usePaged<LedgerPage>(
+    "ledger",
+    "/api/ledger",
+    refreshKey,
   );
 
   return (
@@ -81,8 +62,8 @@ export function History({ refreshKey }: { refreshKey: number }) {
         nextCursor={page.data?.nextCursor}
         noun="entries"
         testIdPrefix="history"
-        onOlder={(next) => setStack((s) => older(s, next))}
-        onNewer={() => setStack((s) => newer(s))}
+        onOlder={toOlder}
+        onNewer={toNewer}
       />
     </Section>
   );

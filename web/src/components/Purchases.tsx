@@ -1,13 +1,8 @@
-import { useState } from "react";
-
-import { FIRST_PAGE, newer, older } from "../cursorStack";
-import { useEnv } from "../env";
 import { formatDateTime, purchaseStatusLabel } from "../format";
-import { useLoad } from "../hooks";
+import { usePaged } from "../hooks";
 import { creditsText, formatPrice } from "../money";
 import type { PurchasePage } from "../types";
 import { ErrorText, ExternalLink, Loading, Section, TableWrap } from "./common";
-import { PAGE_SIZE } from "./History";
 import { Pager } from "./Pager";
 
 export function Purchases({
@@ -17,22 +12,10 @@ export function Purchases({
   refreshKey: number;
   packageNames: Record<string, string>;
 }) {
-  const { api } = useEnv();
-  const [stack, setStack] = useState(FIRST_PAGE);
-  const [seenRefresh, setSeenRefresh] = useState(refreshKey);
-  if (seenRefresh !== refreshKey) {
-    setSeenRefresh(refreshKey);
-    setStack(FIRST_PAGE);
-  }
-  const cursor = stack.current;
-  const page = useLoad(
-    (signal) =>
-      api.json<PurchasePage>(
-        "checkout",
-        `/api/purchases?limit=${PAGE_SIZE}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`,
-        { signal },
-      ),
-    `${cursor ?? ""}|${refreshKey}`,
+  const { page, cursor, stack, toOlder, toNewer } = usePaged<PurchasePage>(
+    "checkout",
+    "/api/purchases",
+    refreshKey,
   );
 
   return (
@@ -99,8 +82,8 @@ export function Purchases({
         nextCursor={page.data?.nextCursor}
         noun="purchases"
         testIdPrefix="purchases"
-        onOlder={(next) => setStack((s) => older(s, next))}
-        onNewer={() => setStack((s) => newer(s))}
+        onOlder={toOlder}
+        onNewer={toNewer}
       />
     </Section>
   );

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
+from billing_platform.logging import JsonFormatter
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -86,3 +89,27 @@ def _no_scope_left_over() -> Any:
     yield
     for var, token in reversed(tokens):
         var.reset(token)
+
+
+class _JsonLines(logging.Handler):
+    """Formats at emit time, while the request's context vars are still set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter("unit-test"))
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+@pytest.fixture
+def app_log() -> Iterator[list[dict[str, Any]]]:
+    """The app factory's log lines (the access line above all), as the JSON they are."""
+    handler = _JsonLines()
+    logger = logging.getLogger("billing_platform.app")
+    logger.addHandler(handler)
+    try:
+        yield handler.lines
+    finally:
+        logger.removeHandler(handler)

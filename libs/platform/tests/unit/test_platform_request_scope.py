@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ from billing_platform.context import (
     request_id_var,
     user_id_var,
 )
-from billing_platform.logging import JsonFormatter, mask_user_id
+from billing_platform.logging import mask_user_id
 from billing_platform.settings import InfraSettings, ServiceSettings
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import StreamingResponse
@@ -28,29 +26,6 @@ from fastapi.testclient import TestClient
 from starlette.types import Message, Receive, Scope, Send
 
 Chunks = Callable[[], AsyncIterator[bytes]]
-
-
-class _JsonLines(logging.Handler):
-    """Formats at emit time, while the request's context vars are still set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(JsonFormatter("scope-test"))
-        self.lines: list[dict[str, Any]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(json.loads(self.format(record)))
-
-
-@pytest.fixture
-def app_log() -> Iterator[list[dict[str, Any]]]:
-    handler = _JsonLines()
-    logger = logging.getLogger("billing_platform.app")
-    logger.addHandler(handler)
-    try:
-        yield handler.lines
-    finally:
-        logger.removeHandler(handler)
 
 
 def _access_lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -3,8 +3,6 @@ either way, httpx calls as child spans carrying ``traceparent``, and the sampler
 
 from __future__ import annotations
 
-import json
-import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -17,7 +15,6 @@ import pytest
 from billing_platform import tracing
 from billing_platform.app import create_app
 from billing_platform.http_client import traced_client
-from billing_platform.logging import JsonFormatter
 from billing_platform.settings import InfraSettings, ServiceSettings
 from fastapi import APIRouter, FastAPI
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
@@ -97,27 +94,6 @@ def callee() -> Iterator[Callee]:
         server.server_close()
 
 
-class _JsonLines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(JsonFormatter("tracing-test"))
-        self.lines: list[dict[str, Any]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(json.loads(self.format(record)))
-
-
-@pytest.fixture
-def access_lines() -> Iterator[list[dict[str, Any]]]:
-    handler = _JsonLines()
-    logger = logging.getLogger("billing_platform.app")
-    logger.addHandler(handler)
-    try:
-        yield handler.lines
-    finally:
-        logger.removeHandler(handler)
-
-
 def _platform_app(spans: Spans, callee: Callee, endpoint: str) -> FastAPI:
     router = APIRouter()
 
@@ -162,7 +138,7 @@ def _attribute(span: ReadableSpan, name: str) -> Any:
 
 
 async def test_with_an_endpoint_each_request_has_one_server_span_with_its_route(
-    spans: Spans, callee: Callee, instrumented_app: FastAPI, access_lines: list[dict[str, Any]]
+    spans: Spans, callee: Callee, instrumented_app: FastAPI, app_log: list[dict[str, Any]]
 ) -> None:
     async with _asgi_client(instrumented_app) as client:
         first = await client.get("/items/a1", headers={"x-correlation-id": "corr-1"})
@@ -181,7 +157,7 @@ async def test_with_an_endpoint_each_request_has_one_server_span_with_its_route(
     # Ids and the access line are still the request scope's; the line names the trace.
     assert first.headers["x-correlation-id"] == "corr-1"
     assert second.headers["x-request-id"]
-    [line_a, line_b] = [line for line in access_lines if line["msg"] == "request"]
+    [line_a, line_b] = [line for line in app_log if line["msg"] == "request"]
     assert line_a["route"] == "/items/{item_id}"
     assert {line_a["trace_id"], line_b["trace_id"]} == {
         _hex(s.context.trace_id, 32) for s in servers
@@ -276,7 +252,7 @@ async def test_without_an_endpoint_nothing_is_instrumented(spans: Spans, callee:
 
 
 async def test_without_an_endpoint_the_platform_still_gives_each_request_a_trace(
-    spans: Spans, callee: Callee, access_lines: list[dict[str, Any]]
+    spans: Spans, callee: Callee, app_log: list[dict[str, Any]]
 ) -> None:
     """Nothing is exported then, but the ids exist: for log lines, outbound calls and the
     rows and records a request writes."""
@@ -298,7 +274,7 @@ async def test_without_an_endpoint_the_platform_still_gives_each_request_a_trace
     assert called_trace == trace_id
     assert called_parent != _hex(server.context.span_id, 16)
     assert headers["x-correlation-id"] == "corr-3"
-    [line] = [line for line in access_lines if line["msg"] == "request"]
+    [line] = [line for line in app_log if line["msg"] == "request"]
     assert line["trace_id"] == trace_id
 
 

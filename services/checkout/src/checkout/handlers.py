@@ -23,8 +23,9 @@ from billing_events.kafka import (
     Wanted,
 )
 from billing_events.offsets import unit_of_work
+from billing_events.stripe import stripe_event
 from billing_events.topics import Topics
-from billing_events.v1 import ledger_pb2, stripe_pb2
+from billing_events.v1 import ledger_pb2
 from billing_platform.db import Database
 
 from checkout import metrics, repository
@@ -109,9 +110,7 @@ def batch_handler(db: Database, parse: Parse) -> BatchHandler:
 
 
 def stripe_change(message: InboundMessage) -> Change | None:
-    event = message.decode(stripe_pb2.StripeEventReceived)
-    if not event.stripe_event_id:
-        raise PermanentError("stripe event without an id")
+    event = stripe_event(message)
     try:
         payload = parse_payload(event.payload)
     except ValueError as exc:

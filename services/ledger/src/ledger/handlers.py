@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from billing_events.inbox import first_claimed
 from billing_events.kafka import BatchHandler, Handler, InboundMessage, PermanentError
 from billing_events.offsets import unit_of_work
+from billing_events.stripe import stripe_event
 from billing_events.topics import Topics
 from billing_events.v1 import audit_pb2, stripe_pb2, usage_pb2
 from billing_platform import context, tracing
@@ -48,7 +49,7 @@ AUDIT_RECEIVED = Counter(
 
 def stripe_event_handler(db: Database, ctx: service.LedgerContext) -> Handler:
     async def handle(message: InboundMessage) -> None:
-        event = _stripe_event(message)
+        event = stripe_event(message)
         outcome = await _apply(db, ctx, message, event)
         _count(event.type, outcome)
         log.info(
@@ -89,7 +90,7 @@ def stripe_events_batch_handler(db: Database, ctx: service.LedgerContext) -> Bat
     """
 
     async def handle(messages: Sequence[InboundMessage]) -> None:
-        events = [_stripe_event(m) for m in messages]
+        events = [stripe_event(m) for m in messages]
         outcomes: dict[str, service.Outcome] = {}
         async with unit_of_work(db) as conn:
             claims = [
@@ -109,13 +110,6 @@ def stripe_events_batch_handler(db: Database, ctx: service.LedgerContext) -> Bat
             _count(event.type, outcome or service.Outcome("duplicate"))
 
     return handle
-
-
-def _stripe_event(message: InboundMessage) -> stripe_pb2.StripeEventReceived:
-    event = message.decode(stripe_pb2.StripeEventReceived)
-    if not event.stripe_event_id:
-        raise PermanentError("stripe event without an id")
-    return event
 
 
 async def _outcome(

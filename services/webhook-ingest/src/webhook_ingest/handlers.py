@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from billing_events.kafka import BatchHandler, Handler, InboundMessage, PermanentError
+from billing_events.kafka import BatchHandler, Handler, InboundMessage
 from billing_events.offsets import unit_of_work
-from billing_events.v1 import stripe_pb2
+from billing_events.stripe import stripe_event
 from billing_platform.db import HasPool
 from prometheus_client import Counter
 
@@ -33,7 +33,7 @@ def stored_events_batch_handler(db: HasPool) -> BatchHandler:
     async def handle(messages: Sequence[InboundMessage]) -> None:
         # Distinct ids: a replayed event is on the topic twice, and one statement may not
         # insert one id from two rows.
-        envelopes = {e.stripe_event_id: e for e in map(_envelope, messages)}
+        envelopes = {e.stripe_event_id: e for e in map(stripe_event, messages)}
         async with unit_of_work(db) as conn:
             restored = await repository.insert_events(conn, list(envelopes.values()))
         if restored:
@@ -51,10 +51,3 @@ def stored_event_handler(db: HasPool) -> Handler:
         await batch([message])
 
     return handle
-
-
-def _envelope(message: InboundMessage) -> stripe_pb2.StripeEventReceived:
-    envelope = message.decode(stripe_pb2.StripeEventReceived)
-    if not envelope.stripe_event_id:
-        raise PermanentError("stripe event without an id")
-    return envelope
