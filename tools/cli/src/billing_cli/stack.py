@@ -175,6 +175,8 @@ class Stack:
         What the current WAL holds is archived first, so any moment up to now can be
         reached. The services stop before and start after: their consumers then resume
         from the positions the restored database holds, and Kafka replays the rest."""
+        if not self.backups.enabled:
+            raise LaunchError(f"the {self.layout.name} stack does not archive WAL")
         if target > datetime.now(UTC):
             raise LaunchError(f"{target.isoformat()} is in the future")
         if self.postgres.running():

@@ -10,6 +10,7 @@ from billing_cli.backups import Backups, BackupSet, parse_target
 from billing_cli.components import Postgres
 from billing_cli.layout import Layout
 from billing_cli.procs import LaunchError, ProcessManager
+from billing_cli.stack import Stack
 
 
 def _backups(layout: Layout) -> Backups:
@@ -84,3 +85,15 @@ def test_a_backup_of_a_stack_that_does_not_archive_is_refused(tmp_path: Path) ->
 def test_an_unknown_backup_type_is_refused(tmp_path: Path) -> None:
     with pytest.raises(LaunchError, match="backup type"):
         _backups(Layout("stack", tmp_path)).backup("weekly")
+
+
+def test_a_stack_that_does_not_archive_cannot_be_restored(tmp_path: Path) -> None:
+    stack = Stack(Layout("test-stack", tmp_path, 10000))
+    with pytest.raises(LaunchError, match="does not archive WAL"):
+        stack.restore(datetime.now(UTC) - timedelta(minutes=1))
+
+
+def test_a_moment_still_to_come_cannot_be_restored_to(tmp_path: Path) -> None:
+    stack = Stack(Layout("stack", tmp_path))
+    with pytest.raises(LaunchError, match="in the future"):
+        stack.restore(datetime.now(UTC) + timedelta(minutes=1))
