@@ -1,9 +1,11 @@
 """webhook-ingest's consumer of its own topic: the store put back after a restore.
 
 Every event is stored before it is published, so in steady state each record read here is
-already a row and the insert changes nothing. After the database is restored to an earlier
-moment, the events received since exist only in Kafka; this puts them back, so the
-reconciliation and the admin replay still find every event a grant was made from.
+already a row: a batch costs one look-up of its event ids, and nothing is written (its
+position is saved a moment later, as for any record with no effect). After the database is
+restored to an earlier moment, the events received since exist only in Kafka; this puts them
+back, so the reconciliation and the admin replay still find every event a grant was made
+from.
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ def stored_events_batch_handler(db: HasPool) -> BatchHandler:
         # Distinct ids: a replayed event is on the topic twice, and one statement may not
         # insert one id from two rows.
         envelopes = {e.stripe_event_id: e for e in map(stripe_event, messages)}
+        async with db.pool.acquire() as conn:
+            missing = await repository.missing_events(conn, list(envelopes))
+        if not missing:
+            return
         async with unit_of_work(db) as conn:
-            restored = await repository.insert_events(conn, list(envelopes.values()))
+            restored = await repository.insert_events(conn, [envelopes[i] for i in missing])
         if restored:
             RESTORED.inc(len(restored))
             log.warning("stripe events restored from kafka", extra={"count": len(restored)})

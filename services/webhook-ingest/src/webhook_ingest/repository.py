@@ -35,6 +35,16 @@ async def insert_events(conn: Any, envelopes: Sequence[stripe_pb2.StripeEventRec
     return {row["event_id"] for row in rows}
 
 
+async def missing_events(conn: Any, event_ids: Sequence[str]) -> list[str]:
+    """Which of these event ids have no row (only ids travel: payloads stay in Kafka)."""
+    rows = await conn.fetch(
+        "SELECT id FROM unnest($1::text[]) AS id"
+        " WHERE NOT EXISTS (SELECT FROM stripe_events e WHERE e.event_id = id)",
+        list(event_ids),
+    )
+    return [row["id"] for row in rows]
+
+
 def _event_row(envelope: stripe_pb2.StripeEventReceived) -> tuple[Any, ...]:
     return (
         envelope.stripe_event_id,
