@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -100,10 +101,28 @@ async def release_claim(conn: Any, user_id: str, key: str) -> None:
     )
 
 
-async def store_usage(conn: Any, record: UsageRecord, correlation_id: str) -> bool:
-    """Store a usage record, free its in-flight reservation and mark its key's claim done,
-    in one statement; False when its usage id or (user, key) was already stored."""
-    inserted = await conn.fetchval(
+@dataclass(frozen=True)
+class Stored:
+    """What storing a usage record found: whether it was new, and the user's last charged
+    calls before it (their number and total; none asked for, none counted)."""
+
+    new: bool
+    recent_calls: int
+    recent_total: int
+
+
+async def store_usage(
+    conn: Any,
+    record: UsageRecord,
+    correlation_id: str,
+    outbox_row: tuple[str, bytes | None, bytes, str],
+    history: int,
+) -> Stored:
+    """In one statement: store a usage record, free its in-flight reservation, mark its key's
+    claim done and, if the record is new, add its outbox row; and read the user's last
+    ``history`` charged calls before it (for the anomaly check; 0: skip). ``new`` is False
+    when its usage id or (user, key) was stored before."""
+    row = await conn.fetchrow(
         "WITH stored AS (INSERT INTO usage_records (usage_id, user_id, model, input_tokens,"
         " output_tokens, charged_millicredits, uncollected_millicredits, cost_millicredits,"
         " rate_card_version, hold_id, idempotency_key, provider_request_id, transaction_id,"
@@ -112,8 +131,15 @@ async def store_usage(conn: Any, record: UsageRecord, correlation_id: str) -> bo
         " $17) ON CONFLICT DO NOTHING RETURNING true),"
         " freed AS (DELETE FROM inflight_charges WHERE usage_id = $1),"
         " done AS (UPDATE request_claims SET state = 'done'"
-        " WHERE user_id = $2 AND idempotency_key = $11)"
-        " SELECT EXISTS (SELECT FROM stored)",
+        " WHERE user_id = $2 AND idempotency_key = $11),"
+        " published AS (INSERT INTO outbox (topic, message_key, payload, headers)"
+        " SELECT $18, $19, $20, $21::jsonb WHERE EXISTS (SELECT FROM stored)),"
+        # The statement's snapshot predates its own insert: these are the calls before it.
+        " recent AS (SELECT charged_millicredits FROM usage_records"
+        " WHERE $22::int > 0 AND user_id = $2 AND mode = 'charged' AND usage_id <> $1"
+        " ORDER BY created_at DESC LIMIT $22)"
+        " SELECT EXISTS (SELECT FROM stored) AS new, (SELECT count(*) FROM recent) AS calls,"
+        " (SELECT coalesce(sum(charged_millicredits), 0) FROM recent)::bigint AS total",
         record.usage_id,
         record.user_id,
         record.model,
@@ -131,8 +157,10 @@ async def store_usage(conn: Any, record: UsageRecord, correlation_id: str) -> bo
         correlation_id,
         json.dumps(record.response_body),
         record.priced_millicredits,
+        *outbox_row,
+        history,
     )
-    return bool(inserted)
+    return Stored(bool(row["new"]), int(row["calls"]), int(row["total"]))
 
 
 async def stored_body(conn: Any, user_id: str, key: str) -> dict[str, Any] | None:
@@ -173,20 +201,6 @@ async def totals_by_model(
 
 async def delete_inflight(conn: Any, usage_id: str) -> None:
     await conn.execute("DELETE FROM inflight_charges WHERE usage_id = $1", usage_id)
-
-
-async def recent_charges(conn: Any, user_id: str, usage_id: str, limit: int) -> tuple[int, int]:
-    """(calls, total charged) over the user's last ``limit`` charged calls but this one."""
-    row = await conn.fetchrow(
-        "SELECT count(*) AS calls, coalesce(sum(charged_millicredits), 0)::bigint AS total"
-        " FROM (SELECT charged_millicredits FROM usage_records"
-        " WHERE user_id = $1 AND mode = 'charged' AND usage_id <> $2"
-        " ORDER BY created_at DESC LIMIT $3) recent",
-        user_id,
-        usage_id,
-        limit,
-    )
-    return int(row["calls"]), int(row["total"])
 
 
 async def insert_review_flag(

@@ -3,8 +3,9 @@
 Each method is one short transaction of its own, so the gateway never holds a transaction
 (or a pooled connection) while it waits on the ledger or the model. Recording a usage
 writes together: the row, its ``UsageRecorded`` outbox record, the claim's end, the end of
-the call's in-flight reservation, its shadow charge (under shadow billing) and, for a
-charged call over 5x the user's recent average, a review flag and its ``BillingAlert``.
+the call's in-flight reservation (these four and the read of the user's recent charges in
+one statement), its shadow charge (under shadow billing) and, for a charged call over 5x the
+user's recent average, a review flag and its ``BillingAlert``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from billing_events.outbox import write_outbox
+from billing_events.outbox import OutboxRecord, write_outbox
 from billing_events.topics import Topics
 from billing_platform import context
 from billing_platform.db import HasPool
@@ -92,36 +93,41 @@ class PgUsageStore:
         self, record: UsageRecord, shadow: ShadowCharge | None = None
     ) -> dict[str, Any] | None:
         correlation_id = context.current_correlation_id()
+        event = OutboxRecord(
+            self._topics.usage, record.user_id, record.event(correlation_id), correlation_id
+        )
+        history = guardrails.ANOMALY_HISTORY if record.mode == CHARGED else 0
         async with self._db.pool.acquire() as conn, conn.transaction():
-            new = await repository.store_usage(conn, record, correlation_id)
-            flagged = new and await self._published(conn, record, shadow, correlation_id)
-            if not new:
+            stored = await repository.store_usage(
+                conn, record, correlation_id, event.columns(), history
+            )
+            if not stored.new:
                 return await repository.stored_body(conn, record.user_id, record.idempotency_key)
+            flagged = await self._follow_ups(conn, record, shadow, stored, correlation_id)
         self._relay.poke()
         if flagged:
             metrics.ANOMALY_FLAGS.inc()
         return None
 
-    async def _published(
-        self, conn: Any, record: UsageRecord, shadow: ShadowCharge | None, correlation_id: str
+    async def _follow_ups(
+        self,
+        conn: Any,
+        record: UsageRecord,
+        shadow: ShadowCharge | None,
+        stored: repository.Stored,
+        correlation_id: str,
     ) -> bool:
-        """Outbox and shadow rows of a new record; whether it was flagged for review."""
-        await write_outbox(
-            conn,
-            self._topics.usage,
-            record.user_id,
-            record.event(correlation_id),
-            correlation_id=correlation_id,
-        )
+        """The shadow row of a new record; whether it was flagged for review."""
         if shadow is not None:
             await repository.insert_shadow_charge(conn, record, shadow)
-        return record.mode == CHARGED and await self._flag_anomaly(conn, record, correlation_id)
-
-    async def _flag_anomaly(self, conn: Any, record: UsageRecord, correlation_id: str) -> bool:
-        calls, total = await repository.recent_charges(
-            conn, record.user_id, record.usage_id, guardrails.ANOMALY_HISTORY
+        history = guardrails.History(stored.recent_calls, stored.recent_total)
+        return record.mode == CHARGED and await self._flag_anomaly(
+            conn, record, history, correlation_id
         )
-        history = guardrails.History(calls, total)
+
+    async def _flag_anomaly(
+        self, conn: Any, record: UsageRecord, history: guardrails.History, correlation_id: str
+    ) -> bool:
         if not guardrails.is_anomalous(record.charged_millicredits, history):
             return False
         if not await repository.insert_review_flag(

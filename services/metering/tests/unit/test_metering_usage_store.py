@@ -44,15 +44,13 @@ class FakeConn:
         self.inflight: set[str] = {RECORD.usage_id}
         self.shadow: list[tuple[Any, ...]] = []
         self.flags: list[tuple[Any, ...]] = []
-        # (calls, total) of the user's earlier charged records, as recent_charges reads them.
+        # (calls, total) of the user's earlier charged records, as store_usage reads them.
         self.history = (0, 0)
         self.transactions = 0
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         if sql.startswith("INSERT INTO request_claims"):
             return self._claim(*args)
-        if sql.startswith("WITH stored AS (INSERT INTO usage_records"):
-            return self._store_usage(args)
         if sql.startswith("INSERT INTO outbox"):
             self.outbox.append(args)
             return len(self.outbox)
@@ -62,16 +60,19 @@ class FakeConn:
         assert sql.startswith("SELECT response_body FROM usage_records"), sql
         return self.usage[(args[0], args[1])][15]
 
-    def _store_usage(self, args: tuple[Any, ...]) -> bool:
-        """The record (if new), its in-flight row freed and its claim done, as one statement."""
+    def _store_usage(self, args: tuple[Any, ...]) -> dict[str, Any]:
+        """The record and its outbox row (if new), its in-flight row freed, its claim done,
+        and the user's earlier charges when asked for (args[21] > 0): one statement."""
         key = (args[1], args[10])
         self.inflight.discard(args[0])
         if key in self.claims:
             self.claims[key]["state"] = "done"
+        calls, total = self.history if args[21] > 0 else (0, 0)
         if key in self.usage:
-            return False
-        self.usage[key] = args
-        return True
+            return {"new": False, "calls": calls, "total": total}
+        self.usage[key] = args[:17]
+        self.outbox.append(args[17:21])
+        return {"new": True, "calls": calls, "total": total}
 
     def _claim(self, user_id: str, key: str, request_hash: str, _: float) -> int | None:
         claim = self.claims.get((user_id, key))
@@ -84,8 +85,8 @@ class FakeConn:
         return int(claim["n"])
 
     async def fetchrow(self, sql: str, *args: Any) -> dict[str, Any] | None:
-        if sql.startswith("SELECT count(*) AS calls"):
-            return {"calls": self.history[0], "total": self.history[1]}
+        if sql.startswith("WITH stored AS (INSERT INTO usage_records"):
+            return self._store_usage(args)
         assert sql.startswith("SELECT c.state, c.request_hash, u.response_body"), sql
         claim = self.claims.get((args[0], args[1]))
         if claim is None:
