@@ -114,30 +114,18 @@ class PurchaseService:
 
     async def history(self, user_id: str, limit: int, cursor: str | None) -> PurchasePage:
         """A user's purchases newest first, ``limit`` at a time (keyset paging)."""
-        before = _history_position(cursor)
+        before = cursors.decode_at(HISTORY_CURSOR, cursor)
         async with self._db.pool.acquire() as conn:
             rows = await repository.user_purchases(conn, user_id, limit + 1, before)
         page = rows[:limit]
         last = page[-1] if len(rows) > limit else None
         next_cursor = (
-            cursors.encode_key(HISTORY_CURSOR, last["created_at"].isoformat(), last["id"])
-            if last
-            else None
+            cursors.encode_at(HISTORY_CURSOR, last["created_at"], last["id"]) if last else None
         )
         return PurchasePage(purchases=[PurchaseOut.of(r) for r in page], next_cursor=next_cursor)
 
 
 HISTORY_CURSOR = "p"
-
-
-def _history_position(cursor: str | None) -> tuple[datetime, str] | None:
-    position = cursors.decode_key(HISTORY_CURSOR, cursor, 2)
-    if position is None:
-        return None
-    try:
-        return datetime.fromisoformat(position[0]), position[1]
-    except ValueError as exc:
-        raise ApiError(400, "invalid_cursor", "cursor is not one this API returned") from exc
 
 
 SEED_ACTOR = "checkout:settings"
