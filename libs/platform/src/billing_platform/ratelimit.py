@@ -155,6 +155,15 @@ SELECT (SELECT hits FROM counted) AS counted,
 
 _SWEEP = "DELETE FROM rate_limit_hits WHERE window_start < $1"
 
+# The same statement as a function, for a service that takes a limit inside SQL of its own
+# (metering's one-statement admission of a charged call); a migration copies it word for
+# word, like RATE_LIMIT_DDL.
+RATE_LIMIT_TAKE_DDL = (
+    "CREATE FUNCTION rate_limit_take(text, timestamptz, timestamptz, integer, bigint, bigint)"
+    " RETURNS TABLE (counted integer, previous integer, budget bigint, current integer)"
+    " LANGUAGE sql VOLATILE AS $take$" + _TAKE + "$take$;"
+)
+
 
 @dataclass(frozen=True)
 class Limit:
@@ -175,9 +184,17 @@ async def take(conn: Any, limit: Limit, key: str, now: datetime) -> Limited | No
     Inside the caller's transaction the window's row stays locked until it ends, so keep
     that transaction short.
     """
+    args = take_args(limit, key, now)
+    row = await conn.fetchrow(_TAKE, *args)
+    if row["counted"] is not None:
+        return None
+    return refused(limit, now, row["previous"], row["current"], row["budget"])
+
+
+def take_args(limit: Limit, key: str, now: datetime) -> tuple[Any, ...]:
+    """The parameters of the take statement (and of ``rate_limit_take``), in order."""
     window = window_at(now, limit.window_s)
-    row = await conn.fetchrow(
-        _TAKE,
+    return (
         f"{limit.name}:{key}",
         window.start,
         window.previous_start,
@@ -185,12 +202,15 @@ async def take(conn: Any, limit: Limit, key: str, now: datetime) -> Limited | No
         window.remaining_ms,
         window.length_ms,
     )
-    if row["counted"] is not None:
-        return None
+
+
+def refused(limit: Limit, now: datetime, previous: int, current: int, budget: int) -> Limited:
+    """A refusal the take statement reported (``counted`` NULL), counted in the metric."""
     RATE_LIMITED.labels(limit.name).inc()
+    window = window_at(now, limit.window_s)
     # Refused means this window holds at least the budget, however stale ``current`` is.
-    current = max(row["current"], row["budget"])
-    return Limited(retry_after_s(limit.per_window, window, row["previous"], current))
+    current = max(current, budget)
+    return Limited(retry_after_s(limit.per_window, window, previous, current))
 
 
 def utc_now() -> datetime:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 from billing_platform.ratelimit import (
+    _TAKE,
     RATE_LIMIT_DDL,
+    RATE_LIMIT_TAKE_DDL,
     Limit,
     Limited,
     SlidingWindowLimiter,
@@ -124,6 +126,15 @@ def test_the_services_with_shared_limits_own_the_table() -> None:
 def test_each_copy_matches_the_library_ddl() -> None:
     for migration in rate_limit_migrations():
         assert squeeze(RATE_LIMIT_DDL) in squeeze(migration.read_text()), migration
+
+
+def test_the_take_function_is_the_take_statement_word_for_word() -> None:
+    found = ROOT.glob("services/*/src/*/migrations/*.sql")
+    copies = [p for p in found if "CREATE FUNCTION rate_limit_take" in p.read_text()]
+
+    assert [p.parts[p.parts.index("services") + 1] for p in copies] == ["metering"]
+    assert squeeze(RATE_LIMIT_TAKE_DDL) in squeeze(copies[0].read_text())
+    assert squeeze(_TAKE) in squeeze(RATE_LIMIT_TAKE_DDL)
 
 
 @pytest.mark.parametrize(("per_window", "window_s"), [(0, 60), (5, 0)])

@@ -7,6 +7,18 @@ from billing_platform.db import SchemaAccess
 
 from metering.settings import Settings
 
+# The functions of migration 0004: only the runtime role may call them.
+FUNCTIONS = (
+    "rate_limit_take(text, timestamptz, timestamptz, integer, bigint, bigint)",
+    "claim_request(text, text, text, double precision)",
+    "release_claim(text, text, boolean)",
+    "guard_state(text, timestamptz, timestamptz, timestamptz)",
+    "reserve_inflight(uuid, text, bigint, timestamptz, timestamptz)",
+    "admit_charged_call(text, uuid, text, boolean, text, double precision, bigint, timestamptz,"
+    " timestamptz, timestamptz, bigint, bigint, bigint, timestamptz, integer, text, timestamptz,"
+    " timestamptz, integer, bigint, bigint, text, integer)",
+)
+
 
 def schema_access(settings: Settings) -> SchemaAccess:
     return SchemaAccess(
@@ -14,4 +26,5 @@ def schema_access(settings: Settings) -> SchemaAccess:
         append_only=("guardrail_changes",),
         # The reconciler compares charged usage with the ledger's postings.
         readers={"usage_records": (settings.db_reconciler_role,)},
+        executors={fn: () for fn in FUNCTIONS},
     )

@@ -1,8 +1,9 @@
 """Wiring of the metering service: the one place its parts are put together.
 
 Parts: the DB pool, the Kafka publisher and the outbox relay (usage records and alerts
-leave through the outbox), the ledger's hold and capture functions (one round trip each)
-and its release API over HTTP, the model provider through the official OpenAI SDK,
+leave through the outbox), a charged chat's admission (claim, guardrails and the ledger's
+hold in one statement), the ledger's hold and capture functions (one round trip each) and
+its release API over HTTP, the model provider over HTTP (the chat completions API),
 checkout's switches (read through the same pool) and the guardrails' store. Readiness
 checks the database and the broker.
 """
@@ -20,6 +21,7 @@ from billing_platform.ratelimit import Limit, RateLimitSweeper
 from fastapi import FastAPI
 
 from metering import api, service
+from metering.admission import AdmissionRules, PgAdmissions
 from metering.guard_store import PgGuardStore
 from metering.guardrails import Caps
 from metering.ledger_client import DirectLedgerClient, HttpLedgerClient
@@ -83,8 +85,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         audit=wiring.audit_trail_for(settings),
         rate=rate_limit(settings),
     )
+    rules = AdmissionRules(
+        default_caps(settings),
+        rate_limit(settings),
+        takeover_after_s=takeover_s,
+        inflight_ttl_s=takeover_s,
+        ledger_schema=settings.ledger_schema,
+        hold_ttl_s=settings.hold_ttl_s,
+    )
     gateway = service.Gateway(
-        cards, ledger, model, store, limits(settings), switches=switches, guard=guard
+        cards,
+        ledger,
+        model,
+        store,
+        limits(settings),
+        switches=switches,
+        guard=guard,
+        admissions=PgAdmissions(db, rules),
     )
     return gateway_app(
         settings,

@@ -56,6 +56,14 @@ async def capture_ledger_hold(
     )
 
 
+async def admit_charged_call(conn: Any, args: tuple[Any, ...]) -> Any:
+    """``admit_charged_call`` (migration 0004): claim, guardrails, rate limit, the ledger's
+    hold and the in-flight row in one statement; the arguments as ``PgAdmissions`` orders
+    them, the r_* columns as the migration describes them."""
+    placeholders = ", ".join(f"${i}" for i in range(1, len(args) + 1))
+    return await conn.fetchrow(f"SELECT * FROM admit_charged_call({placeholders})", *args)
+
+
 async def claim_key(
     conn: Any, user_id: str, key: str, request_hash: str, takeover_after_s: float
 ) -> int | None:
@@ -64,18 +72,7 @@ async def claim_key(
     A released claim (its attempt failed) or one abandoned in progress is taken over.
     """
     attempt: int | None = await conn.fetchval(
-        "INSERT INTO request_claims (user_id, idempotency_key, request_hash)"
-        " VALUES ($1, $2, $3)"
-        " ON CONFLICT (user_id, idempotency_key) DO UPDATE SET"
-        " state = 'in_progress', attempt = request_claims.attempt + 1,"
-        " request_hash = EXCLUDED.request_hash, claimed_at = now()"
-        " WHERE request_claims.state = 'released' OR (request_claims.state = 'in_progress'"
-        " AND request_claims.claimed_at < now() - make_interval(secs => $4))"
-        " RETURNING attempt",
-        user_id,
-        key,
-        request_hash,
-        takeover_after_s,
+        "SELECT claim_request($1, $2, $3, $4)", user_id, key, request_hash, takeover_after_s
     )
     return attempt
 
@@ -93,12 +90,7 @@ async def claimed_key(conn: Any, user_id: str, key: str) -> Any:
 
 
 async def release_claim(conn: Any, user_id: str, key: str) -> None:
-    await conn.execute(
-        "UPDATE request_claims SET state = 'released'"
-        " WHERE user_id = $1 AND idempotency_key = $2 AND state = 'in_progress'",
-        user_id,
-        key,
-    )
+    await conn.execute("SELECT release_claim($1, $2, true)", user_id, key)
 
 
 @dataclass(frozen=True)
@@ -340,25 +332,7 @@ async def guard_state(
     what was charged since ``day_start`` and after ``hour_start``, and the worst case in
     flight (expired reservations excluded)."""
     return await conn.fetchrow(
-        "SELECT p.user_id AS pause_user_id, p.reason AS pause_reason, p.paused_at,"
-        " p.resumed_at, p.resumed_by, p.resume_reason,"
-        " c.user_id AS cap_user_id, c.per_request_millicredits, c.per_day_millicredits,"
-        " c.per_hour_millicredits, c.updated_by, c.reason, c.updated_at,"
-        " (SELECT coalesce(sum(charged_millicredits), 0) FROM usage_records"
-        "  WHERE user_id = $1 AND mode = 'charged' AND created_at >= $2)::bigint"
-        "  AS charged_today,"
-        " (SELECT coalesce(sum(charged_millicredits), 0) FROM usage_records"
-        "  WHERE user_id = $1 AND mode = 'charged' AND created_at > $3)::bigint"
-        "  AS charged_last_hour,"
-        " (SELECT coalesce(sum(estimate_millicredits), 0) FROM inflight_charges"
-        "  WHERE user_id = $1 AND expires_at > $4)::bigint AS in_flight"
-        " FROM (SELECT $1::text AS user_id) u"
-        " LEFT JOIN user_pauses p ON p.user_id = u.user_id"
-        " LEFT JOIN user_caps c ON c.user_id = u.user_id",
-        user_id,
-        day_start,
-        hour_start,
-        now,
+        "SELECT * FROM guard_state($1, $2, $3, $4)", user_id, day_start, hour_start, now
     )
 
 
@@ -377,20 +351,10 @@ async def window_charges(conn: Any, user_id: str, since: datetime) -> list[tuple
 async def insert_inflight(
     conn: Any, usage_id: str, user_id: str, estimate: int, now: datetime, expires_at: datetime
 ) -> None:
-    # A row left by a crashed attempt under the same key is replaced, not added to; the
-    # user's expired reservations go in the same statement (they no longer count anyway).
+    """Count the call in flight (``reserve_inflight``: a crashed attempt's row is replaced,
+    the user's expired ones deleted)."""
     await conn.execute(
-        "WITH expired AS (DELETE FROM inflight_charges"
-        " WHERE user_id = $2 AND expires_at <= $4 AND usage_id <> $1)"
-        " INSERT INTO inflight_charges (usage_id, user_id, estimate_millicredits, created_at,"
-        " expires_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (usage_id) DO UPDATE SET"
-        " estimate_millicredits = EXCLUDED.estimate_millicredits,"
-        " created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at",
-        usage_id,
-        user_id,
-        estimate,
-        now,
-        expires_at,
+        "SELECT reserve_inflight($1, $2, $3, $4, $5)", usage_id, user_id, estimate, now, expires_at
     )
 
 

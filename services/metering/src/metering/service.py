@@ -14,6 +14,8 @@ A chat, in order:
    passing counts its worst case in flight. A refused call leaves its key free;
 5. a call to be charged holds its worst case in the ledger (402 ``insufficient_credits``
    when the user cannot cover it); shadow and unbilled calls make no hold;
+   for a chat to be charged, steps 3 to 5 are one statement (``admission``), which refers
+   the call back to them one by one only when the user is paused or a cap would trip;
 6. the model is called; if it fails, the hold (and in-flight count) is released and
    nothing is charged;
 7. the actual tokens are priced; a charged call's hold is captured for exactly that. The
@@ -43,6 +45,7 @@ from billing_platform.errors import ApiError
 from billing_platform.ratelimit import Limited, rate_limited
 
 from metering import bodies, guardrails, metrics, overhead, pricing, return_to, streaming
+from metering.admission import Admissions, Admitted, Referred, Ticket
 from metering.guard_store import CapsView, GuardStore, Refusal, ReviewFlag
 from metering.guardrails import Pause
 from metering.ledger_client import (
@@ -150,7 +153,18 @@ class Job:
 
     def hold_key(self, attempt: int) -> str:
         # An attempt after a failed one needs a hold of its own: the first was released.
+        # (admit_charged_call names its holds by the same rule.)
         return self.key if attempt == 1 else f"{self.key}:{attempt}"
+
+    def ticket(self) -> Ticket:
+        return Ticket(
+            self.user_id,
+            self.usage_id,
+            self.key,
+            self.keyed,
+            self.request_hash,
+            self.hold_millicredits,
+        )
 
 
 def utc_now() -> datetime:
@@ -168,6 +182,7 @@ class Gateway:
         *,
         switches: SwitchReader,
         guard: GuardStore,
+        admissions: Admissions,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._cards = cards
@@ -177,17 +192,17 @@ class Gateway:
         self._limits = limits
         self._switches = switches
         self._guard = guard
+        self._admissions = admissions
         self._clock = clock
 
     async def chat(self, call: ChatCall) -> Answer | StreamAnswer:
         job, request = await self._chat_job(call)
-        attempt = await self._claim(job)
-        if isinstance(attempt, Answer):
-            return attempt
-        await self._pass_guardrails(job)
+        hold = await self._start(job)
+        if isinstance(hold, Answer):
+            return hold
         if call.stream:
-            return await self._stream(job, request, attempt)
-        async with self._reserved(job, attempt) as hold:
+            return await self._stream(job, request, hold)
+        async with self._abandoned_on_error(job, hold):
             completion = await self._complete(request)
         body = bodies.completion(completion)
         return Answer(200, await self._settle(job, hold, completion.usage, completion.id, body))
@@ -199,11 +214,9 @@ class Gateway:
         not charged); the pause and the caps do not, as the usage was already consumed.
         """
         job = await self._reconcile_job(call)
-        attempt = await self._claim(job)
-        if isinstance(attempt, Answer):
-            return attempt
-        await self._pass_guardrails(job)
-        hold = await self._hold(job, attempt)
+        hold = await self._start(job)
+        if isinstance(hold, Answer):
+            return hold
         usage = TokenUsage(call.input_tokens, call.output_tokens)
         body = {
             "usageId": job.usage_id,
@@ -269,6 +282,37 @@ class Gateway:
 
     # --- idempotency and holds -------------------------------------------------------
 
+    async def _start(self, job: Job) -> Hold | None | Answer:
+        """The call's hold (None unless charged) once its key is claimed and it passed the
+        guardrails; or the stored answer of its key."""
+        if job.capped and job.charged:
+            admitted = await self._admit_at_once(job)
+            if not isinstance(admitted, Referred):
+                return admitted
+            attempt = admitted.attempt
+        else:
+            claimed = await self._claim(job)
+            if isinstance(claimed, Answer):
+                return claimed
+            attempt = claimed
+        await self._pass_guardrails(job)
+        return await self._hold(job, attempt)
+
+    async def _admit_at_once(self, job: Job) -> Hold | Answer | Referred:
+        """Claim, rate limit, guardrails and hold in one statement (``admission``)."""
+        now = self._clock()
+        try:
+            admission = await self._admissions.admit(job.ticket(), now)
+        except (InsufficientCredits, LedgerError) as exc:
+            raise _hold_refused(exc, job.return_to) from exc
+        if isinstance(admission, Admitted):
+            return admission.hold
+        if isinstance(admission, Referred):
+            return admission
+        if isinstance(admission, Taken):
+            return _replay(admission, job.request_hash)
+        raise _guardrail_refused(admission, now)
+
     async def _claim(self, job: Job) -> int | Answer:
         """The attempt number this request runs as, or the stored answer of its key."""
         if not job.keyed:
@@ -331,11 +375,10 @@ class Gateway:
             raise
 
     @asynccontextmanager
-    async def _reserved(self, job: Job, attempt: int) -> AsyncIterator[Hold | None]:
-        """A hold for the block (if charged); released (nothing charged) if the block fails."""
-        hold = await self._hold(job, attempt)
+    async def _abandoned_on_error(self, job: Job, hold: Hold | None) -> AsyncIterator[None]:
+        """If the block fails, the hold is released and nothing is charged."""
         try:
-            yield hold
+            yield
         except BaseException:
             await self._abandon(job, hold)
             raise
@@ -361,8 +404,8 @@ class Gateway:
         metrics.model_answered(request.model, completion.usage)
         return completion
 
-    async def _stream(self, job: Job, request: ModelRequest, attempt: int) -> StreamAnswer:
-        async with self._reserved(job, attempt) as hold:
+    async def _stream(self, job: Job, request: ModelRequest, hold: Hold | None) -> StreamAnswer:
+        async with self._abandoned_on_error(job, hold):
             chunks = self._model.stream(request)
             first = await _first_chunk(request.model, chunks)
 

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 from metering import api, guardrails, service
+from metering.admission import Admission, Admitted, Referred, Ticket
 from metering.guard_store import CapsView, Refusal, ReviewFlag
 from metering.guardrails import CapOverride, Caps, Pause, Spending
 from metering.ledger_client import (
@@ -423,6 +424,50 @@ class FakeGuard:
         return list(reversed(mine))[:limit]
 
 
+class FakeAdmissions:
+    """``admit_charged_call`` over the other fakes: the same steps in the same order (claim,
+    refer when paused or over a cap, rate limit, hold, in flight), a refusal freeing the key."""
+
+    def __init__(self, store: FakeStore, guard: FakeGuard, ledger: FakeLedger) -> None:
+        self.store, self.guard, self.ledger = store, guard, ledger
+        self.referred: list[str] = []
+
+    async def admit(self, ticket: Ticket, now: datetime) -> Admission:
+        attempt = 1
+        if ticket.keyed:
+            claim = await self.store.claim(ticket.user_id, ticket.key, ticket.request_hash)
+            if isinstance(claim, Taken):
+                return claim
+            attempt = claim.attempt
+        if self._refers(ticket, now):
+            self.referred.append(ticket.usage_id)
+            return Referred(attempt)
+        try:
+            return await self._hold(ticket, attempt, now)
+        except (InsufficientCredits, LedgerError):
+            await self.store.release(ticket.user_id, ticket.key)
+            raise
+
+    def _refers(self, ticket: Ticket, now: datetime) -> bool:
+        pause = self.guard.pauses.get(ticket.user_id)
+        caps = guardrails.effective(self.guard.defaults, self.guard.overrides.get(ticket.user_id))
+        spending = self.guard.spending(ticket.user_id, now)
+        tripped = guardrails.check(caps, spending, ticket.estimate, now) is not None
+        return tripped or (pause is not None and pause.active)
+
+    async def _hold(self, ticket: Ticket, attempt: int, now: datetime) -> Admission:
+        limited = await self.guard.admit(ticket.user_id, now)
+        if limited is not None:
+            await self.store.release(ticket.user_id, ticket.key)
+            return limited
+        key = ticket.key if attempt == 1 else f"{ticket.key}:{attempt}"
+        ttl = LIMITS.hold_ttl_s
+        hold = await self.ledger.create_hold(ticket.user_id, ticket.estimate, key, ttl)
+        inflight = InFlight(ticket.user_id, ticket.estimate, now + self.guard.ttl)
+        self.store.inflight[ticket.usage_id] = inflight
+        return Admitted(attempt, hold)
+
+
 class FakeFlags:
     """Checkout's feature_flags view: name -> JSON value; ``broken`` makes it unreadable."""
 
@@ -450,6 +495,7 @@ class Parts:
     model: FakeModel
     store: FakeStore
     guard: FakeGuard
+    admissions: FakeAdmissions
     flags: FakeFlags
     clock: FakeClock
     gateway: service.Gateway
@@ -460,6 +506,7 @@ def build_parts(balances: dict[str, int] | None = None, caps: Caps = UNCAPPED) -
     clock = FakeClock()
     model, store, flags = FakeModel(), FakeStore(clock), FakeFlags()
     guard = FakeGuard(store, caps)
+    admissions = FakeAdmissions(store, guard, ledger)
     cards = RateCardBook(load_rate_cards(), today=lambda: TODAY)
     gateway = service.Gateway(
         cards,
@@ -469,9 +516,10 @@ def build_parts(balances: dict[str, int] | None = None, caps: Caps = UNCAPPED) -
         LIMITS,
         switches=Switches(flags, ttl_s=0),
         guard=guard,
+        admissions=admissions,
         clock=clock,
     )
-    return Parts(ledger, model, store, guard, flags, clock, gateway)
+    return Parts(ledger, model, store, guard, admissions, flags, clock, gateway)
 
 
 @pytest.fixture

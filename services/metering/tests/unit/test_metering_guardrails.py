@@ -395,8 +395,8 @@ async def test_a_refused_hold_stops_counting_in_flight(make_parts: Callable[...,
     error = await refused(parts, chat())
 
     assert error.status == 402
-    assert len(parts.guard.released) == 1
     assert parts.store.inflight == {}
+    assert parts.guard.spending("alice", NOON).in_flight == 0
 
 
 async def test_unbilled_and_shadow_calls_skip_the_pause_and_the_caps(capped: Any) -> None:
@@ -742,7 +742,7 @@ class GuardConn:
         self._seen(sql)
         if "rate_limit_hits" in sql:
             return self.rate
-        if "LEFT JOIN user_pauses" in sql:
+        if "guard_state(" in sql:
             return {**self._pause_columns(), "cap_user_id": None, **self.spent}
         if "FROM user_pauses" in sql:
             return self.pause
@@ -804,8 +804,8 @@ async def test_a_reservation_is_checked_and_counted_in_one_locked_transaction() 
     assert conn.log == [
         "SELECT pg_advisory_xact_lock($1, hashtext($2))",
         "WITH previous AS",
-        "SELECT p.user_id AS",
-        "WITH expired AS",
+        "SELECT * FROM",
+        "SELECT reserve_inflight($1, $2,",
     ]
 
 
@@ -823,7 +823,7 @@ async def test_a_paused_user_is_refused_without_a_reservation() -> None:
     refusal = await pg_store(conn).reserve("alice", "u-1", SMALL, NOON)
 
     assert isinstance(refusal, Pause)
-    assert not any(line.startswith(("INSERT", "WITH expired")) for line in conn.log)
+    assert not any(line.startswith(("INSERT", "SELECT reserve_inflight")) for line in conn.log)
 
 
 async def test_the_session_cap_pauses_the_user_in_the_same_transaction() -> None:
@@ -840,7 +840,7 @@ async def test_the_session_cap_pauses_the_user_in_the_same_transaction() -> None
         "INSERT INTO user_pauses",
         "INSERT INTO guardrail_changes",
     ]
-    assert "WITH expired AS" not in conn.log
+    assert "SELECT reserve_inflight($1, $2," not in conn.log
 
 
 async def test_a_request_over_the_rate_limit_is_refused_before_anything_else() -> None:
@@ -853,3 +853,35 @@ async def test_a_request_over_the_rate_limit_is_refused_before_anything_else() -
     assert refusal == Limited(61)
     assert conn.transactions == 1
     assert conn.log == ["SELECT pg_advisory_xact_lock($1, hashtext($2))", "WITH previous AS"]
+
+
+# --- admission in one statement, and its referral to the full path ----------------------------
+
+
+async def test_a_charged_chat_within_its_caps_is_admitted_at_once(capped: Any) -> None:
+    await capped.gateway.chat(chat(idempotency_key="k1"))
+
+    assert capped.admissions.referred == []
+    assert capped.ledger.kinds() == ["hold", "capture"]
+    assert capped.store.claims[("alice", "chat:alice:k1")].state == "done"
+
+
+async def test_a_paused_user_is_referred_and_the_full_path_answers(capped: Any) -> None:
+    capped.guard.pauses["alice"] = Pause("alice", "test", NOON)
+
+    error = await refused(capped, chat(idempotency_key="k1"))
+
+    assert error.status == 423
+    assert len(capped.admissions.referred) == 1
+    assert capped.ledger.kinds() == []
+    assert capped.store.claims[("alice", "chat:alice:k1")].state == "released"
+
+
+async def test_a_call_over_a_cap_is_referred_and_the_session_cap_pauses(capped: Any) -> None:
+    capped.guard.overrides["alice"] = CapOverride(None, None, 1_000, "ops", "test", NOON)
+
+    error = await refused(capped, chat())
+
+    assert error.code == "hourly_cap_exceeded"
+    assert len(capped.admissions.referred) == 1
+    assert capped.guard.pauses["alice"].active

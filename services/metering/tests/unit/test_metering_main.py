@@ -110,6 +110,7 @@ def test_the_migrations_are_in_order() -> None:
         "0001_usage.sql",
         "0002_guardrails.sql",
         "0003_rate_limits.sql",
+        "0004_admission.sql",
     ]
 
 

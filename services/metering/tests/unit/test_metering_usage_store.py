@@ -49,7 +49,7 @@ class FakeConn:
         self.transactions = 0
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
-        if sql.startswith("INSERT INTO request_claims"):
+        if sql.startswith("SELECT claim_request("):
             return self._claim(*args)
         if sql.startswith("INSERT INTO outbox"):
             self.outbox.append(args)
@@ -105,7 +105,7 @@ class FakeConn:
         claim = self.claims.get((args[0], args[1]))
         if claim is None:
             return
-        if "state = 'released'" in sql and claim["state"] == "in_progress":
+        if "release_claim(" in sql and claim["state"] == "in_progress":
             claim["state"] = "released"
         elif "state = 'done'" in sql:
             claim["state"] = "done"
