@@ -127,17 +127,32 @@ def now() -> datetime:
 async def test_an_admitted_call_is_claimed_held_and_counted_in_flight(dbs: Dbs) -> None:
     user = new_user()
     await dbs.fund(user, 100_000)
+    for amount in (300, 500):
+        await dbs.charge(user, amount, now() - timedelta(minutes=1))
 
     admitted = await dbs.admissions().admit(ticket(user, "k1"), now())
 
     assert isinstance(admitted, Admitted)
     assert admitted.attempt == 1
+    assert admitted.history == guardrails.History(2, 800)  # what the anomaly check weighs
     assert admitted.hold.amount_millicredits == ESTIMATE
     assert admitted.hold.balance.available_millicredits == 100_000 - ESTIMATE
     assert await dbs.held(user) == ESTIMATE
     assert await dbs.claim(user, f"chat:{user}:k1") == ("in_progress", 1)
     assert await dbs.in_flight(user) == ESTIMATE
     assert await dbs.rate_hits(user) == 1
+
+
+async def test_the_history_is_the_last_twenty_charged_calls(dbs: Dbs) -> None:
+    user = new_user()
+    await dbs.fund(user, 100_000)
+    for i in range(25):
+        await dbs.charge(user, 100 + i, now() - timedelta(minutes=30 - i))
+
+    admitted = await dbs.admissions().admit(ticket(user), now())
+
+    assert isinstance(admitted, Admitted)
+    assert admitted.history == guardrails.History(20, sum(100 + i for i in range(5, 25)))
 
 
 async def test_a_key_in_progress_is_taken_and_nothing_more_is_written(dbs: Dbs) -> None:

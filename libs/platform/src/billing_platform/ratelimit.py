@@ -157,11 +157,14 @@ _SWEEP = "DELETE FROM rate_limit_hits WHERE window_start < $1"
 
 # The same statement as a function, for a service that takes a limit inside SQL of its own
 # (metering's one-statement admission of a charged call); a migration copies it word for
-# word, like RATE_LIMIT_DDL.
+# word, like RATE_LIMIT_DDL. PL/pgSQL, not SQL: PostgreSQL 15 plans a SQL function's body
+# again on every call that cannot inline it, and this one keeps its plan per session.
 RATE_LIMIT_TAKE_DDL = (
     "CREATE FUNCTION rate_limit_take(text, timestamptz, timestamptz, integer, bigint, bigint)"
     " RETURNS TABLE (counted integer, previous integer, budget bigint, current integer)"
-    " LANGUAGE sql VOLATILE AS $take$" + _TAKE + "$take$;"
+    " LANGUAGE plpgsql VOLATILE AS $take$ #variable_conflict use_column BEGIN RETURN QUERY"
+    + _TAKE
+    + "; END $take$;"
 )
 
 

@@ -41,10 +41,12 @@ class Ticket:
 
 @dataclass(frozen=True)
 class Admitted:
-    """The key is claimed as ``attempt``, the hold made, the call counted in flight."""
+    """The key is claimed as ``attempt``, the hold made, the call counted in flight;
+    ``history``: the user's last charged calls recorded before it (the anomaly check's)."""
 
     attempt: int
     hold: Hold
+    history: guardrails.History
 
 
 @dataclass(frozen=True)
@@ -120,12 +122,14 @@ class PgAdmissions:
             *ratelimit.take_args(rules.rate, ticket.user_id, now),
             rules.ledger_schema,
             rules.hold_ttl_s,
+            guardrails.ANOMALY_HISTORY,
         )
 
     def _outcome(self, ticket: Ticket, row: Any, now: datetime) -> Admission:
         outcome = row["r_outcome"]
         if outcome == "admitted":
-            return Admitted(row["r_attempt"], _hold(row))
+            history = guardrails.History(row["r_recent_calls"], row["r_recent_total"])
+            return Admitted(row["r_attempt"], _hold(row), history)
         if outcome == "refer":
             return Referred(row["r_attempt"])
         if outcome == "taken":

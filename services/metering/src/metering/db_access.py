@@ -13,10 +13,11 @@ FUNCTIONS = (
     "claim_request(text, text, text, double precision)",
     "release_claim(text, text, boolean)",
     "guard_state(text, timestamptz, timestamptz, timestamptz)",
+    "recent_charges(text, integer)",
     "reserve_inflight(uuid, text, bigint, timestamptz, timestamptz)",
     "admit_charged_call(text, uuid, text, boolean, text, double precision, bigint, timestamptz,"
     " timestamptz, timestamptz, bigint, bigint, bigint, timestamptz, integer, text, timestamptz,"
-    " timestamptz, integer, bigint, bigint, text, integer)",
+    " timestamptz, integer, bigint, bigint, text, integer, integer)",
 )
 
 

@@ -14,7 +14,8 @@ against the call's worst case (the hold amount, ``estimate``):
 settled yet; "charged" counts only usage records of mode ``charged``.
 
 Anomaly breaker: a charged call whose charge is over 5x the mean of the user's last 20
-charged calls (at least 5 of them) is flagged for review; it is still served and charged.
+charged calls (at least 5 of them) recorded before it was admitted is flagged for review; it
+is still served and charged.
 """
 
 from __future__ import annotations

@@ -197,15 +197,16 @@ class Gateway:
 
     async def chat(self, call: ChatCall) -> Answer | StreamAnswer:
         job, request = await self._chat_job(call)
-        hold = await self._start(job)
-        if isinstance(hold, Answer):
-            return hold
+        started = await self._start(job)
+        if isinstance(started, Answer):
+            return started
         if call.stream:
-            return await self._stream(job, request, hold)
-        async with self._abandoned_on_error(job, hold):
+            return await self._stream(job, request, started)
+        async with self._abandoned_on_error(job, started.hold):
             completion = await self._complete(request)
         body = bodies.completion(completion)
-        return Answer(200, await self._settle(job, hold, completion.usage, completion.id, body))
+        settled = await self._settle(job, started, completion.usage, completion.id, body)
+        return Answer(200, settled)
 
     async def reconcile(self, call: ReconcileCall) -> Answer:
         """Charge usage made elsewhere: a hold of exactly its price, captured at once.
@@ -214,9 +215,9 @@ class Gateway:
         not charged); the pause and the caps do not, as the usage was already consumed.
         """
         job = await self._reconcile_job(call)
-        hold = await self._start(job)
-        if isinstance(hold, Answer):
-            return hold
+        started = await self._start(job)
+        if isinstance(started, Answer):
+            return started
         usage = TokenUsage(call.input_tokens, call.output_tokens)
         body = {
             "usageId": job.usage_id,
@@ -224,7 +225,7 @@ class Gateway:
             "model": call.model,
             "rateCardVersion": job.rate_card_version,
         }
-        return Answer(200, await self._settle(job, hold, usage, None, body))
+        return Answer(200, await self._settle(job, started, usage, None, body))
 
     # --- planning --------------------------------------------------------------------
 
@@ -282,9 +283,9 @@ class Gateway:
 
     # --- idempotency and holds -------------------------------------------------------
 
-    async def _start(self, job: Job) -> Hold | None | Answer:
-        """The call's hold (None unless charged) once its key is claimed and it passed the
-        guardrails; or the stored answer of its key."""
+    async def _start(self, job: Job) -> Started | Answer:
+        """The call's hold once its key is claimed and it passed the guardrails; or the
+        stored answer of its key."""
         if job.capped and job.charged:
             admitted = await self._admit_at_once(job)
             if not isinstance(admitted, Referred):
@@ -296,9 +297,9 @@ class Gateway:
                 return claimed
             attempt = claimed
         await self._pass_guardrails(job)
-        return await self._hold(job, attempt)
+        return Started(await self._hold(job, attempt))
 
-    async def _admit_at_once(self, job: Job) -> Hold | Answer | Referred:
+    async def _admit_at_once(self, job: Job) -> Started | Answer | Referred:
         """Claim, rate limit, guardrails and hold in one statement (``admission``)."""
         now = self._clock()
         try:
@@ -306,7 +307,7 @@ class Gateway:
         except (InsufficientCredits, LedgerError) as exc:
             raise _hold_refused(exc, job.return_to) from exc
         if isinstance(admission, Admitted):
-            return admission.hold
+            return Started(admission.hold, admission.history)
         if isinstance(admission, Referred):
             return admission
         if isinstance(admission, Taken):
@@ -404,14 +405,15 @@ class Gateway:
         metrics.model_answered(request.model, completion.usage)
         return completion
 
-    async def _stream(self, job: Job, request: ModelRequest, hold: Hold | None) -> StreamAnswer:
+    async def _stream(self, job: Job, request: ModelRequest, started: Started) -> StreamAnswer:
+        hold = started.hold
         async with self._abandoned_on_error(job, hold):
             chunks = self._model.stream(request)
             first = await _first_chunk(request.model, chunks)
 
         async def settle(usage: TokenUsage, provider_request_id: str) -> dict[str, Any]:
             body = {"id": provider_request_id, "model": request.model}
-            return await self._settle(job, hold, usage, provider_request_id, body)
+            return await self._settle(job, started, usage, provider_request_id, body)
 
         relay = streaming.StreamRelay(
             request.model, first, chunks, settle, partial(self._abandon, job, hold)
@@ -423,14 +425,14 @@ class Gateway:
     async def _settle(
         self,
         job: Job,
-        hold: Hold | None,
+        started: Started,
         usage: TokenUsage,
         provider_request_id: str | None,
         body: dict[str, Any],
     ) -> dict[str, Any]:
         """Capture the actual price (if charged), store and publish the record; the body."""
         price = pricing.price(job.rate, usage.input_tokens, usage.output_tokens)
-        captured = None
+        captured, hold = None, started.hold
         if hold is not None:
             captured = await self._capture(job, hold, usage, price.charged_millicredits)
         body = {
@@ -440,7 +442,7 @@ class Gateway:
             "billingMode": job.decision.mode,
         }
         settled = Settled(hold, captured, price, provider_request_id)
-        return await self._record(job, usage_record(job, usage, settled, body))
+        return await self._record(job, usage_record(job, usage, settled, body), started.history)
 
     async def _capture(
         self, job: Job, hold: Hold, usage: TokenUsage, amount_millicredits: int
@@ -465,10 +467,12 @@ class Gateway:
             )
             return Captured(amount_millicredits, 0, None, hold.balance)
 
-    async def _record(self, job: Job, record: UsageRecord) -> dict[str, Any]:
+    async def _record(
+        self, job: Job, record: UsageRecord, history: guardrails.History | None
+    ) -> dict[str, Any]:
         decision = job.decision
         shadow = ShadowCharge(decision.would_be_mode) if decision.shadow else None
-        earlier = await self._store.record(record, shadow)
+        earlier = await self._store.record(record, shadow, history)
         if earlier is not None:
             return earlier
         _count(decision, record)
@@ -484,6 +488,15 @@ class Gateway:
             hold_id=record.hold_id,
         )
         return record.response_body
+
+
+@dataclass(frozen=True)
+class Started:
+    """A call past its claim and guardrails: its hold (None unless charged) and, when
+    admission read them, the user's recent charges its own is weighed against."""
+
+    hold: Hold | None
+    history: guardrails.History | None = None
 
 
 @dataclass(frozen=True)

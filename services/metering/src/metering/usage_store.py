@@ -5,7 +5,9 @@ Each method is one short transaction of its own, so the gateway never holds a tr
 writes together: the row, its ``UsageRecorded`` outbox record, the claim's end, the end of
 the call's in-flight reservation (these four and the read of the user's recent charges in
 one statement), its shadow charge (under shadow billing) and, for a charged call over 5x the
-user's recent average, a review flag and its ``BillingAlert``.
+user's recent average, a review flag and its ``BillingAlert``. A charged call's recent
+average comes from its admission (``admission``), so the usual record, with neither a shadow
+row nor a flag, is that one statement alone: its own transaction, one round trip.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from billing_events.outbox import OutboxRecord, write_outbox
+from billing_events.outbox import OutboxColumns, OutboxRecord, write_outbox
 from billing_events.topics import Topics
 from billing_platform import context
 from billing_platform.db import HasPool
@@ -48,9 +50,15 @@ class UsageStore(Protocol):
     async def release(self, user_id: str, key: str) -> None: ...
 
     async def record(
-        self, record: UsageRecord, shadow: ShadowCharge | None = None
+        self,
+        record: UsageRecord,
+        shadow: ShadowCharge | None = None,
+        history: guardrails.History | None = None,
     ) -> dict[str, Any] | None:
-        """Store and publish; None, or the body stored earlier when the key was answered."""
+        """Store and publish; None, or the body stored earlier when the key was answered.
+
+        ``history``: the user's recent charges a charged call is weighed against, as its
+        admission read them; None: read them with the record."""
         ...
 
     async def totals(self, user_id: str, start: datetime, end: datetime) -> list[ModelTotals]: ...
@@ -58,6 +66,30 @@ class UsageStore(Protocol):
 
 class Pokeable(Protocol):
     def poke(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Write:
+    """A usage record to store, with what goes with it."""
+
+    record: UsageRecord
+    shadow: ShadowCharge | None
+    history: guardrails.History | None
+    outbox_row: OutboxColumns
+    correlation_id: str
+
+    @property
+    def history_to_read(self) -> bool:
+        return self.record.mode == CHARGED and self.history is None
+
+    @property
+    def alone(self) -> bool:
+        """Nothing is written with the record (no shadow row, no flag): its one statement
+        is its own transaction, without a BEGIN and a COMMIT around it."""
+        if self.shadow is not None or self.history_to_read:
+            return False
+        charged = self.record.charged_millicredits
+        return self.history is None or not guardrails.is_anomalous(charged, self.history)
 
 
 class PgUsageStore:
@@ -90,40 +122,45 @@ class PgUsageStore:
             await repository.release_claim(conn, user_id, key)
 
     async def record(
-        self, record: UsageRecord, shadow: ShadowCharge | None = None
+        self,
+        record: UsageRecord,
+        shadow: ShadowCharge | None = None,
+        history: guardrails.History | None = None,
     ) -> dict[str, Any] | None:
         correlation_id = context.current_correlation_id()
         event = OutboxRecord(
             self._topics.usage, record.user_id, record.event(correlation_id), correlation_id
         )
-        history = guardrails.ANOMALY_HISTORY if record.mode == CHARGED else 0
-        async with self._db.pool.acquire() as conn, conn.transaction():
-            stored = await repository.store_usage(
-                conn, record, correlation_id, event.columns(), history
-            )
-            if not stored.new:
-                return await repository.stored_body(conn, record.user_id, record.idempotency_key)
-            flagged = await self._follow_ups(conn, record, shadow, stored, correlation_id)
+        write = _Write(record, shadow, history, event.columns(), correlation_id)
+        async with self._db.pool.acquire() as conn:
+            if write.alone:
+                earlier, flagged = await self._store(conn, write)
+            else:
+                async with conn.transaction():
+                    earlier, flagged = await self._store(conn, write)
+        if earlier is not None:
+            return earlier
         self._relay.poke()
         if flagged:
             metrics.ANOMALY_FLAGS.inc()
         return None
 
-    async def _follow_ups(
-        self,
-        conn: Any,
-        record: UsageRecord,
-        shadow: ShadowCharge | None,
-        stored: repository.Stored,
-        correlation_id: str,
-    ) -> bool:
-        """The shadow row of a new record; whether it was flagged for review."""
-        if shadow is not None:
-            await repository.insert_shadow_charge(conn, record, shadow)
-        history = guardrails.History(stored.recent_calls, stored.recent_total)
-        return record.mode == CHARGED and await self._flag_anomaly(
-            conn, record, history, correlation_id
+    async def _store(self, conn: Any, write: _Write) -> tuple[dict[str, Any] | None, bool]:
+        """The body stored earlier (or None), and whether the new record was flagged."""
+        record = write.record
+        read = guardrails.ANOMALY_HISTORY if write.history_to_read else 0
+        stored = await repository.store_usage(
+            conn, record, write.correlation_id, write.outbox_row, read
         )
+        if not stored.new:
+            return await repository.stored_body(conn, record.user_id, record.idempotency_key), False
+        if write.shadow is not None:
+            await repository.insert_shadow_charge(conn, record, write.shadow)
+        history = write.history or guardrails.History(stored.recent_calls, stored.recent_total)
+        flagged = record.mode == CHARGED and await self._flag_anomaly(
+            conn, record, history, write.correlation_id
+        )
+        return None, flagged
 
     async def _flag_anomaly(
         self, conn: Any, record: UsageRecord, history: guardrails.History, correlation_id: str

@@ -256,14 +256,17 @@ class FakeStore:
             claim.state = "released"
 
     async def record(
-        self, record: UsageRecord, shadow: ShadowCharge | None = None
+        self,
+        record: UsageRecord,
+        shadow: ShadowCharge | None = None,
+        history: guardrails.History | None = None,
     ) -> dict[str, Any] | None:
         self.inflight.pop(record.usage_id, None)
         earlier = self.records.get((record.user_id, record.idempotency_key))
         if earlier is not None:
             return earlier.response_body
         if record.mode == CHARGED:
-            self._flag_anomaly(record)
+            self._flag_anomaly(record, history or self.history(record.user_id))
         self.records[(record.user_id, record.idempotency_key)] = record
         self.created[record.usage_id] = self.clock()
         self.published.append(record.event("corr-test"))
@@ -278,9 +281,12 @@ class FakeStore:
         mine = [r for r in self.records.values() if r.user_id == user_id and r.mode == CHARGED]
         return sorted(((self.created[r.usage_id], r) for r in mine), key=lambda p: p[0])
 
-    def _flag_anomaly(self, record: UsageRecord) -> None:
-        recent = [r.charged_millicredits for _, r in self.charged(record.user_id)][-20:]
-        history = guardrails.History(len(recent), sum(recent))
+    def history(self, user_id: str) -> guardrails.History:
+        """The user's last 20 charged calls, as the store and admission read them."""
+        recent = [r.charged_millicredits for _, r in self.charged(user_id)][-20:]
+        return guardrails.History(len(recent), sum(recent))
+
+    def _flag_anomaly(self, record: UsageRecord, history: guardrails.History) -> None:
         if not guardrails.is_anomalous(record.charged_millicredits, history):
             return
         self.flags.append(
@@ -465,7 +471,7 @@ class FakeAdmissions:
         hold = await self.ledger.create_hold(ticket.user_id, ticket.estimate, key, ttl)
         inflight = InFlight(ticket.user_id, ticket.estimate, now + self.guard.ttl)
         self.store.inflight[ticket.usage_id] = inflight
-        return Admitted(attempt, hold)
+        return Admitted(attempt, hold, self.store.history(ticket.user_id))
 
 
 class FakeFlags:

@@ -11,6 +11,7 @@ from typing import Any
 
 from billing_events.topics import Topics
 from billing_events.v1 import alert_pb2, usage_pb2
+from metering import guardrails
 from metering.records import SHADOW, UNBILLED, ShadowCharge, UsageRecord
 from metering.usage_store import Claimed, PgUsageStore, Taken
 from prometheus_client import REGISTRY
@@ -46,6 +47,7 @@ class FakeConn:
         self.flags: list[tuple[Any, ...]] = []
         # (calls, total) of the user's earlier charged records, as store_usage reads them.
         self.history = (0, 0)
+        self.history_reads = 0
         self.transactions = 0
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
@@ -67,6 +69,7 @@ class FakeConn:
         self.inflight.discard(args[0])
         if key in self.claims:
             self.claims[key]["state"] = "done"
+        self.history_reads += args[21] > 0
         calls, total = self.history if args[21] > 0 else (0, 0)
         if key in self.usage:
             return {"new": False, "calls": calls, "total": total}
@@ -227,6 +230,34 @@ async def test_a_charge_of_exactly_five_times_the_average_is_not_flagged() -> No
 
     assert conn.flags == []
     assert len(conn.outbox) == 1
+
+
+async def test_with_the_admissions_history_a_usual_record_is_one_statement_alone() -> None:
+    usage_store, conn, relay = store()
+    conn.history = (5, 5)  # what the store would read: it must not be asked
+
+    await usage_store.record(RECORD, history=guardrails.History(5, 50_000))
+
+    assert conn.transactions == 0
+    assert conn.history_reads == 0
+    assert conn.flags == []
+    assert len(conn.outbox) == 1
+    assert conn.inflight == set()
+    assert relay.pokes == 1
+
+
+async def test_with_the_admissions_history_an_anomaly_is_flagged_in_one_transaction() -> None:
+    usage_store, conn, _ = store()
+
+    await usage_store.record(
+        replace(RECORD, charged_millicredits=50_001), history=guardrails.History(5, 50_000)
+    )
+
+    assert conn.transactions == 1
+    assert conn.history_reads == 0
+    [flag] = conn.flags
+    assert flag[3:] == (50_001, 10_000, 5)
+    assert [row[0] for row in conn.outbox] == ["billing.usage.v1", "billing.alerts.v1"]
 
 
 async def test_shadow_and_unbilled_calls_are_never_flagged() -> None:
