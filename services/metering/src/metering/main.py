@@ -3,7 +3,7 @@
 Parts: the DB pool, the Kafka publisher and the outbox relay (usage records and alerts
 leave through the outbox), a charged chat's admission (claim, guardrails and the ledger's
 hold in one statement), the ledger's hold and capture functions (one round trip each) and
-its release API over HTTP, the model provider over HTTP (the chat completions API),
+its release API over HTTP, the model provider on aiohttp (the chat completions API),
 checkout's switches (read through the same pool) and the guardrails' store. Readiness
 checks the database and the broker.
 """

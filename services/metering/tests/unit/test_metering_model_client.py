@@ -1,12 +1,17 @@
-"""The model client against devllm in process (no port), and its error mapping."""
+"""The model client against devllm and against scripted providers, each served on a port
+of 127.0.0.1 in the test's own event loop, and its error mapping."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
-import httpx
 import pytest
+import uvicorn
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from devllm.app import create_app as devllm_app
 from metering.model_client import (
     ChatMessage,
@@ -17,18 +22,57 @@ from metering.model_client import (
 )
 from pydantic import SecretStr
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-def devllm_client() -> OpenAIModelClient:
-    transport = httpx.ASGITransport(app=devllm_app())
-    return OpenAIModelClient("http://devllm.test/v1", SecretStr("sk-dev"), 5.0, transport=transport)
+
+@asynccontextmanager
+async def started(base_url: str, timeout_s: float = 5.0) -> AsyncIterator[OpenAIModelClient]:
+    client = OpenAIModelClient(base_url, SecretStr("sk"), timeout_s)
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.stop()
+
+
+@pytest.fixture
+async def devllm() -> AsyncIterator[OpenAIModelClient]:
+    config = uvicorn.Config(devllm_app(), host="127.0.0.1", port=0, log_config=None, ws="none")
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        async with started(f"http://127.0.0.1:{port}/v1") as client:
+            yield client
+    finally:
+        server.should_exit = True
+        await serving
+
+
+@asynccontextmanager
+async def scripted(handler: Handler, timeout_s: float = 5.0) -> AsyncIterator[OpenAIModelClient]:
+    """A provider answering ``POST /v1/chat/completions`` with ``handler``."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with started(str(server.make_url("/v1")), timeout_s) as client:
+            yield client
+    finally:
+        await server.close()
 
 
 def ask(text: str, max_tokens: int = 16, model: str = "gpt-4o") -> ModelRequest:
     return ModelRequest(model, (ChatMessage("user", text),), max_tokens)
 
 
-async def test_a_completion_carries_the_provider_fields_and_usage() -> None:
-    completion = await devllm_client().complete(ask("Say hello [[tokens=5]]"))
+async def test_a_completion_carries_the_provider_fields_and_usage(
+    devllm: OpenAIModelClient,
+) -> None:
+    completion = await devllm.complete(ask("Say hello [[tokens=5]]"))
 
     assert completion.id.startswith("chatcmpl-")
     assert completion.fields["model"] == "gpt-4o"
@@ -37,14 +81,14 @@ async def test_a_completion_carries_the_provider_fields_and_usage() -> None:
     assert completion.usage.input_tokens > 0
 
 
-async def test_max_tokens_bounds_the_completion() -> None:
-    completion = await devllm_client().complete(ask("long please [[tokens=500]]", 7))
+async def test_max_tokens_bounds_the_completion(devllm: OpenAIModelClient) -> None:
+    completion = await devllm.complete(ask("long please [[tokens=500]]", 7))
 
     assert completion.usage.output_tokens == 7
 
 
-async def test_a_stream_ends_with_a_usage_chunk() -> None:
-    chunks = [c async for c in devllm_client().stream(ask("stream [[tokens=4]]"))]
+async def test_a_stream_ends_with_a_usage_chunk(devllm: OpenAIModelClient) -> None:
+    chunks = [c async for c in devllm.stream(ask("stream [[tokens=4]]"))]
 
     assert [c.usage for c in chunks[:-1]] == [None] * (len(chunks) - 1)
     assert chunks[-1].usage is not None
@@ -53,65 +97,76 @@ async def test_a_stream_ends_with_a_usage_chunk() -> None:
     assert {c.id for c in chunks} == {chunks[0].id}
 
 
-async def test_a_provider_error_is_a_model_error() -> None:
+async def test_calls_reuse_the_pooled_connection(devllm: OpenAIModelClient) -> None:
+    for _ in range(3):
+        await devllm.complete(ask("again [[tokens=2]]"))
+        assert [c async for c in devllm.stream(ask("and [[tokens=2]]"))]
+
+
+async def test_a_provider_error_is_a_model_error(devllm: OpenAIModelClient) -> None:
     with pytest.raises(ModelError, match="HTTP 500"):
-        await devllm_client().complete(ask("[[fail]]"))
+        await devllm.complete(ask("[[fail]]"))
 
 
-async def test_a_provider_error_on_a_stream_is_a_model_error() -> None:
-    chunks = devllm_client().stream(ask("[[fail]]"))
+async def test_a_provider_error_on_a_stream_is_a_model_error(devllm: OpenAIModelClient) -> None:
+    chunks = devllm.stream(ask("[[fail]]"))
 
     with pytest.raises(ModelError, match="HTTP 500"):
         await anext(chunks)
 
 
-async def test_an_unknown_model_at_the_provider_is_a_model_error() -> None:
+async def test_an_unknown_model_at_the_provider_is_a_model_error(
+    devllm: OpenAIModelClient,
+) -> None:
     with pytest.raises(ModelError, match="HTTP 404"):
-        await devllm_client().complete(ask("hi", model="gpt-9"))
+        await devllm.complete(ask("hi", model="gpt-9"))
 
 
-def _scripted(handler: httpx.MockTransport) -> OpenAIModelClient:
-    return OpenAIModelClient("http://model.test/v1", SecretStr("sk"), 5.0, transport=handler)
+async def test_a_client_that_was_not_started_fails_the_call() -> None:
+    client = OpenAIModelClient("http://127.0.0.1:9/v1", SecretStr("sk"), 1.0)
+
+    with pytest.raises(ModelError, match="not started"):
+        await client.complete(ask("hi"))
 
 
-async def test_a_timeout_is_a_model_timeout() -> None:
-    def slow(request: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("timed out", request=request)
+async def test_a_provider_that_does_not_answer_in_time_is_a_model_timeout() -> None:
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(2)
+        return web.json_response({})
 
-    with pytest.raises(ModelTimeout):
-        await _scripted(httpx.MockTransport(slow)).complete(ask("hi"))
+    async with scripted(slow, timeout_s=0.2) as client:
+        with pytest.raises(ModelTimeout, match="timed out"):
+            await client.complete(ask("hi"))
+
+
+async def test_an_unreachable_provider_is_a_model_error() -> None:
+    async with started("http://127.0.0.1:9/v1", 1.0) as client:
+        with pytest.raises(ModelError, match="model call failed"):
+            await client.complete(ask("hi"))
 
 
 async def test_an_answer_without_usage_cannot_be_priced() -> None:
-    def no_usage(request: httpx.Request) -> httpx.Response:
-        body = {
-            "id": "c1",
-            "object": "chat.completion",
-            "created": 0,
-            "model": "gpt-4o",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "x"},
-                    "finish_reason": "stop",
-                }
-            ],
-        }
-        return httpx.Response(200, json=body)
+    async def no_usage(request: web.Request) -> web.Response:
+        message = {"role": "assistant", "content": "x"}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        body = {"id": "c1", "object": "chat.completion", "created": 0, "choices": [choice]}
+        return web.json_response(body)
 
-    with pytest.raises(ModelError, match="without usage"):
-        await _scripted(httpx.MockTransport(no_usage)).complete(ask("hi"))
+    async with scripted(no_usage) as client:
+        with pytest.raises(ModelError, match="without usage"):
+            await client.complete(ask("hi"))
 
 
 async def test_the_request_bounds_output_and_asks_for_stream_usage() -> None:
     seen: list[dict[str, object]] = []
 
-    def record(request: httpx.Request) -> httpx.Response:
-        seen.append(json.loads(request.content))
-        return httpx.Response(500, json={"error": {"message": "no"}})
+    async def record(request: web.Request) -> web.Response:
+        seen.append(await request.json())
+        return web.json_response({"error": {"message": "no"}}, status=500)
 
-    with pytest.raises(ModelError):
-        [c async for c in _scripted(httpx.MockTransport(record)).stream(ask("hi", 33))]
+    async with scripted(record) as client:
+        with pytest.raises(ModelError):
+            [c async for c in client.stream(ask("hi", 33))]
 
     assert seen[0]["max_completion_tokens"] == 33
     assert seen[0]["stream"] is True
@@ -120,43 +175,44 @@ async def test_the_request_bounds_output_and_asks_for_stream_usage() -> None:
 
 
 async def test_a_stream_cut_off_midway_is_a_model_error() -> None:
-    def cut(request: httpx.Request) -> httpx.Response:
+    async def cut(request: web.Request) -> web.StreamResponse:
+        answer = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await answer.prepare(request)
         first = {"id": "c1", "choices": [{"index": 0, "delta": {"content": "x"}}]}
-        return httpx.Response(200, stream=_Broken(f"data: {json.dumps(first)}\n\n".encode()))
+        await answer.write(f"data: {json.dumps(first)}\n\n".encode())
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.close()  # as a dropped connection does, mid-body
+        return answer
 
-    chunks = _scripted(httpx.MockTransport(cut)).stream(ask("hi"))
-    assert (await anext(chunks)).fields["choices"][0]["delta"] == {"content": "x"}
-    with pytest.raises(ModelError, match="ReadError"):
-        await anext(chunks)
+    async with scripted(cut) as client:
+        chunks = client.stream(ask("hi"))
+        assert (await anext(chunks)).fields["choices"][0]["delta"] == {"content": "x"}
+        with pytest.raises(ModelError, match="model call failed"):
+            await anext(chunks)
 
 
 async def test_an_answer_that_is_not_json_is_a_model_error() -> None:
-    def html(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, text="<html>proxy page</html>")
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(text="<html>proxy page</html>", content_type="text/html")
 
-    with pytest.raises(ModelError, match="other than JSON"):
-        await _scripted(httpx.MockTransport(html)).complete(ask("hi"))
+    async with scripted(html) as client:
+        with pytest.raises(ModelError, match="other than JSON"):
+            await client.complete(ask("hi"))
 
 
-async def test_the_api_key_goes_in_the_authorization_header() -> None:
-    seen: list[httpx.Request] = []
+async def test_the_key_trace_and_correlation_go_in_the_headers() -> None:
+    seen: list[web.Request] = []
 
-    def record(request: httpx.Request) -> httpx.Response:
+    async def record(request: web.Request) -> web.Response:
         seen.append(request)
-        return httpx.Response(500, json={"error": {"message": "no"}})
+        return web.json_response({"error": {"message": "no"}}, status=500)
 
-    with pytest.raises(ModelError):
-        await _scripted(httpx.MockTransport(record)).complete(ask("hi"))
+    async with scripted(record) as client:
+        with pytest.raises(ModelError):
+            await client.complete(ask("hi"))
+
     assert seen[0].headers["authorization"] == "Bearer sk"
-    assert seen[0].url == httpx.URL("http://model.test/v1/chat/completions")
-
-
-class _Broken(httpx.AsyncByteStream):
-    """A body that yields its first bytes, then fails as a dropped connection does."""
-
-    def __init__(self, first: bytes) -> None:
-        self._first = first
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        yield self._first
-        raise httpx.ReadError("connection dropped")
+    assert seen[0].headers["content-type"] == "application/json"
+    assert "x-correlation-id" in seen[0].headers
+    assert seen[0].path == "/v1/chat/completions"
