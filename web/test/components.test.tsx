@@ -8,18 +8,10 @@ import {
   purchasesOpen,
 } from "../src/components/KillSwitchBanner";
 import { BackLink, NeedCredits } from "../src/components/NeedCredits";
-import type { Features } from "../src/types";
+import { FEATURES_ON as ON } from "./backend";
 
 afterEach(cleanup);
 
-const ON: Features = {
-  billingEnabled: true,
-  purchasesEnabled: true,
-  chargingEnabled: true,
-  shadowBilling: false,
-  rolloutPercentage: 100,
-  forced: [],
-};
 
 describe("KillSwitchBanner", () => {
   it("says billing is paused when the master switch is off", () => {

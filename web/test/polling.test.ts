@@ -2,26 +2,8 @@ import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 
 import { ApiError } from "../src/api";
 import { pollPurchase } from "../src/polling";
-import type { Purchase, PurchaseStatus } from "../src/types";
-
-function purchase(status: PurchaseStatus): Purchase {
-  return {
-    purchaseId: "pur_1",
-    userId: "u1",
-    packageCode: "starter",
-    priceCents: 999,
-    currency: "usd",
-    credits: 9990,
-    bonusCredits: 0,
-    grantMillicredits: 9_990_000,
-    status,
-    checkoutUrl: null,
-    stripeSessionId: null,
-    refundedMillicredits: 0,
-    createdAt: "2025-01-01T00:00:00Z",
-    updatedAt: "2025-01-01T00:00:00Z",
-  };
-}
+import type { PurchaseStatus } from "../src/types";
+import { purchase } from "./backend";
 
 /** Answers each call with the next item; a thrown item is thrown. */
 function sequence(items: (PurchaseStatus | Error)[]) {
@@ -32,7 +14,7 @@ function sequence(items: (PurchaseStatus | Error)[]) {
     if (item instanceof Error) {
       throw item;
     }
-    return purchase(item);
+    return purchase("pur_1", item);
   });
   return { get, calls };
 }

@@ -8,17 +8,9 @@ import {
   switchChanges,
 } from "../src/switches";
 import type { AdminFeatures } from "../src/types";
+import { FEATURES_ON } from "./backend";
 
-const FEATURES: AdminFeatures = {
-  billingEnabled: true,
-  purchasesEnabled: true,
-  chargingEnabled: true,
-  shadowBilling: false,
-  rolloutPercentage: 100,
-  forced: [],
-  shadowAllowlist: ["u1"],
-  updatedAt: {},
-};
+const FEATURES: AdminFeatures = { ...FEATURES_ON, shadowAllowlist: ["u1"], updatedAt: {} };
 
 describe("switchChanges", () => {
   it("sends nothing when nothing changed", () => {
