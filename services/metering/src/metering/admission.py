@@ -59,6 +59,13 @@ class Referred:
 Admission = Admitted | Referred | Taken | Limited
 
 
+def hold_key(key: str, attempt: int) -> str:
+    """The ledger hold's key of an attempt under a claimed key (``admit_charged_call`` names
+    its holds by the same rule): an attempt after a failed one needs a hold of its own, the
+    first having been released."""
+    return key if attempt == 1 else f"{key}:{attempt}"
+
+
 class Admissions(Protocol):
     async def admit(self, ticket: Ticket, now: datetime) -> Admission:
         """Admitted, referred, the key taken, or over the rate limit (the key left free).

@@ -45,7 +45,7 @@ from billing_platform.errors import ApiError
 from billing_platform.ratelimit import Limited, rate_limited
 
 from metering import bodies, guardrails, metrics, overhead, pricing, return_to, streaming
-from metering.admission import Admissions, Admitted, Referred, Ticket
+from metering.admission import Admissions, Admitted, Referred, Ticket, hold_key
 from metering.guard_store import CapsView, GuardStore, Refusal, ReviewFlag
 from metering.guardrails import Pause
 from metering.ledger_client import (
@@ -152,9 +152,7 @@ class Job:
         return str(uuid.uuid5(_USAGE_IDS, f"{self.user_id}\n{self.key}"))
 
     def hold_key(self, attempt: int) -> str:
-        # An attempt after a failed one needs a hold of its own: the first was released.
-        # (admit_charged_call names its holds by the same rule.)
-        return self.key if attempt == 1 else f"{self.key}:{attempt}"
+        return hold_key(self.key, attempt)
 
     def ticket(self) -> Ticket:
         return Ticket(

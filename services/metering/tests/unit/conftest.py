@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 from metering import api, guardrails, service
-from metering.admission import Admission, Admitted, Referred, Ticket
+from metering.admission import Admission, Admitted, Referred, Ticket, hold_key
 from metering.guard_store import CapsView, Refusal, ReviewFlag
 from metering.guardrails import CapOverride, Caps, Pause, Spending
 from metering.ledger_client import (
@@ -466,8 +466,7 @@ class FakeAdmissions:
         if limited is not None:
             await self.store.release(ticket.user_id, ticket.key)
             return limited
-        key = ticket.key if attempt == 1 else f"{ticket.key}:{attempt}"
-        ttl = LIMITS.hold_ttl_s
+        key, ttl = hold_key(ticket.key, attempt), LIMITS.hold_ttl_s
         hold = await self.ledger.create_hold(ticket.user_id, ticket.estimate, key, ttl)
         inflight = InFlight(ticket.user_id, ticket.estimate, now + self.guard.ttl)
         self.store.inflight[ticket.usage_id] = inflight
