@@ -20,9 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
-from billing_platform import context, tracing
-from billing_platform.http_client import CORRELATION_HEADER
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from billing_platform.http_client import client_span, propagation_headers
 from pydantic import SecretStr
 
 # Streams hold a connection each for as long as the model writes.
@@ -96,7 +94,6 @@ class OpenAIModelClient:
             total=None, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s
         )
         self._session: aiohttp.ClientSession | None = None
-        self._tracer = tracing.tracer("billing.http.client")
 
     async def start(self) -> None:
         if self._session is None:
@@ -139,21 +136,12 @@ class OpenAIModelClient:
         """The request, in a client span that ends with the answer's status line."""
         if self._session is None:
             raise ModelError("model call failed: the client is not started")
-        with self._tracer.start_as_current_span("POST model", kind=SpanKind.CLIENT) as span:
-            span.set_attribute("http.url", self._url)
-            answer = await self._session.post(
-                self._url, data=json.dumps(body).encode(), headers=self._stamped()
-            )
-            span.set_attribute("http.status_code", answer.status)
-            if answer.status >= 500:
-                span.set_status(Status(StatusCode.ERROR))
+        with client_span("POST model", self._url) as answered:
+            headers = {**self._headers, **propagation_headers()}
+            data = json.dumps(body).encode()
+            answer = await self._session.post(self._url, data=data, headers=headers)
+            answered(answer.status)
             return answer
-
-    def _stamped(self) -> dict[str, str]:
-        extra = {CORRELATION_HEADER: context.current_correlation_id()}
-        headers = dict(self._headers)
-        headers.update((key, value.decode()) for key, value in tracing.inject_headers(extra))
-        return headers
 
 
 def _params(request: ModelRequest) -> dict[str, Any]:

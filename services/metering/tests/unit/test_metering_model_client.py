@@ -12,6 +12,7 @@ import pytest
 import uvicorn
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from billing_platform import context, tracing
 from devllm.app import create_app as devllm_app
 from metering.model_client import (
     ChatMessage,
@@ -20,6 +21,7 @@ from metering.model_client import (
     ModelTimeout,
     OpenAIModelClient,
 )
+from opentelemetry import trace
 from pydantic import SecretStr
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -208,11 +210,16 @@ async def test_the_key_trace_and_correlation_go_in_the_headers() -> None:
         seen.append(request)
         return web.json_response({"error": {"message": "no"}}, status=500)
 
+    tracing.configure_tracing("test")
+    context.correlation_id_var.set("corr-model")
     async with scripted(record) as client:
-        with pytest.raises(ModelError):
-            await client.complete(ask("hi"))
+        with trace.get_tracer("test").start_as_current_span("parent"):
+            parent_trace = tracing.current_trace_id()
+            with pytest.raises(ModelError):
+                await client.complete(ask("hi"))
 
     assert seen[0].headers["authorization"] == "Bearer sk"
     assert seen[0].headers["content-type"] == "application/json"
-    assert "x-correlation-id" in seen[0].headers
+    assert seen[0].headers["x-correlation-id"] == "corr-model"
+    assert seen[0].headers["traceparent"].split("-")[1] == parent_trace
     assert seen[0].path == "/v1/chat/completions"
