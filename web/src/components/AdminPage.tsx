@@ -1,4 +1,4 @@
-import { useEffect, useId, useState, type FormEvent } from "react";
+import { useId, useState, type FormEvent } from "react";
 
 import { describeError, isApiError } from "../api";
 import { isAdmin } from "../auth";
@@ -36,14 +36,19 @@ function SwitchForm({
   const { api, announce } = useEnv();
   const formId = useId();
   const [draft, setDraft] = useState<SwitchDraft>(() => draftOf(features));
+  // New switches from the server start a new draft, decided while rendering: an effect
+  // would run after the first paint and could undo a change made before it.
+  const [draftFrom, setDraftFrom] = useState(features);
+  if (draftFrom !== features) {
+    setDraftFrom(features);
+    setDraft(draftOf(features));
+  }
   const [reason, setReason] = useState("");
   const [problem, setProblem] = useState<string | null>(null);
   const [saving, setSaving] = useState(false);
   const forced = new Set(features.forced);
   const computed = switchChanges(features, draft);
   const changed = computed.ok && Object.keys(computed.changes).length > 0;
-
-  useEffect(() => setDraft(draftOf(features)), [features]);
 
   async function submit(event: FormEvent) {
     event.preventDefault();

@@ -120,11 +120,15 @@ export function App({ config, tokens, requestToken, leaveTo, fetch, now }: AppPr
     [config, tokens, requestToken, fetch],
   );
 
+  const announcing = useRef<number | undefined>(undefined);
   const announce = useCallback((message: string) => {
     // Cleared first so the same message twice is still announced.
     setAnnouncement("");
-    window.setTimeout(() => setAnnouncement(message), 50);
+    window.clearTimeout(announcing.current);
+    announcing.current = window.setTimeout(() => setAnnouncement(message), 50);
   }, []);
+  // An announcement still pending when the page goes away is dropped, not set on nothing.
+  useEffect(() => () => window.clearTimeout(announcing.current), []);
 
   const env: AppEnv = useMemo(
     () => ({
