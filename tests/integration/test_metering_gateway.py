@@ -209,30 +209,39 @@ async def test_usage_totals_per_model(platform: Any, user: str) -> None:
     assert totals.json()["totalChargedMillicredits"] == charged
 
 
-async def test_gateway_killed_after_the_model_answered_never_double_charges(
-    platform: Any, user: str, stack: Stack, tmp_path: Path, run_service: Any
-) -> None:
-    await platform.give(user, 500_000)
-    timing = {"METERING_HOLD_TTL_S": "2", "METERING_MODEL_TIMEOUT_S": "3"}
+CRASH_TIMING = {"METERING_HOLD_TTL_S": "2", "METERING_MODEL_TIMEOUT_S": "3"}
+CRASH_BODY = {
+    "model": "gpt-4o",
+    "messages": [{"role": "user", "content": "hi [[tokens=9]]"}],
+    "max_tokens": 100,
+}
+
+
+async def crash_a_call(
+    platform: Any, user: str, stack: Stack, log: Path, crash_at: str
+) -> dict[str, str]:
+    """A keyed chat to a metering that dies at ``crash_at`` (crashing_metering.py); the
+    headers to retry it with."""
     port = free_port()
-    env = {**os.environ, **stack.env(), **timing, "METERING_PORT": str(port)}
+    env = {
+        **os.environ,
+        **stack.env(),
+        **CRASH_TIMING,
+        "METERING_PORT": str(port),
+        "CRASH_AT": crash_at,
+    }
     crashing = subprocess.Popen(
         [sys.executable, str(HERE / "crashing_metering.py")],
         env=env,
-        stdout=(tmp_path / "crash.log").open("w"),
+        stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
     try:
         assert wait_until(lambda: ready(f"http://127.0.0.1:{port}"), 30)
-        body = {
-            "model": "gpt-4o",
-            "messages": [{"role": "user", "content": "hi [[tokens=9]]"}],
-            "max_tokens": 100,
-        }
         headers = {**platform.auth(user), "Idempotency-Key": f"crash-{user}"}
         try:
             await platform.http.post(
-                f"http://127.0.0.1:{port}/api/ai/chat", json=body, headers=headers
+                f"http://127.0.0.1:{port}/api/ai/chat", json=CRASH_BODY, headers=headers
             )
             raise AssertionError("the gateway answered instead of dying")
         except httpx.TransportError:
@@ -240,6 +249,39 @@ async def test_gateway_killed_after_the_model_answered_never_double_charges(
         assert crashing.wait(10) == 137
     finally:
         crashing.kill()
+    return headers
+
+
+async def retry_until_answered(platform: Any, url: str, headers: dict[str, str]) -> httpx.Response:
+    answer: httpx.Response = await platform.http.post(
+        f"{url}/api/ai/chat", json=CRASH_BODY, headers=headers
+    )
+    for _ in range(40):  # the dead attempt's claim is taken over once abandoned
+        if answer.status_code != 409:
+            break
+        await asyncio.sleep(0.5)
+        answer = await platform.http.post(f"{url}/api/ai/chat", json=CRASH_BODY, headers=headers)
+    assert answer.status_code == 200, answer.text
+    return answer
+
+
+async def charged_once(platform: Any, user: str, charged: int) -> None:
+    assert (await platform.balance(user))["balanceMillicredits"] == 500_000 - charged
+    postings = await platform.sql(
+        "SELECT count(*) FROM ledger.journal_transactions WHERE kind = 'usage' AND user_id = $1",
+        user,
+    )
+    records = await platform.sql(
+        "SELECT count(*) FROM metering.usage_records WHERE user_id = $1", user
+    )
+    assert (postings, records) == (1, 1)
+
+
+async def test_gateway_killed_after_the_model_answered_never_double_charges(
+    platform: Any, user: str, stack: Stack, tmp_path: Path, run_service: Any
+) -> None:
+    await platform.give(user, 500_000)
+    headers = await crash_a_call(platform, user, stack, tmp_path / "crash.log", "settle")
 
     async def hold_expired() -> bool:
         balance = await platform.balance(user)
@@ -248,30 +290,30 @@ async def test_gateway_killed_after_the_model_answered_never_double_charges(
     await platform.eventually(hold_expired, "the orphaned hold never expired", timeout=15)
     assert (await platform.balance(user))["balanceMillicredits"] == 500_000
 
-    with run_service("metering", timing) as metering:
-
-        async def retried() -> httpx.Response:
-            answer: httpx.Response = await platform.http.post(
-                f"{metering.url}/api/ai/chat", json=body, headers=headers
-            )
-            return answer
-
-        answer = await retried()
-        for _ in range(40):  # the dead attempt's claim is taken over once abandoned
-            if answer.status_code != 409:
-                break
-            await asyncio.sleep(0.5)
-            answer = await retried()
-        assert answer.status_code == 200, answer.text
-        again = await retried()
+    with run_service("metering", CRASH_TIMING) as metering:
+        answer = await retry_until_answered(platform, metering.url, headers)
+        again = await retry_until_answered(platform, metering.url, headers)
     charged = answer.json()["usage"]["chargedMillicredits"]
-    assert again.json()["usage"]["chargedMillicredits"] == charged
-    assert (await platform.balance(user))["balanceMillicredits"] == 500_000 - charged
-    postings = await platform.sql(
-        "SELECT count(*) FROM ledger.journal_transactions WHERE kind = 'usage' AND user_id = $1",
-        user,
-    )
-    assert postings == 1
+    assert again.json() == answer.json()
+    await charged_once(platform, user, charged)
+
+
+async def test_gateway_killed_after_charging_answers_the_retry_from_its_record(
+    platform: Any, user: str, stack: Stack, tmp_path: Path, run_service: Any
+) -> None:
+    """The capture and the record are one statement: a crash right after it leaves both,
+    so the retry is answered at once from the record, charged once, and the books agree."""
+    await platform.give(user, 500_000)
+    headers = await crash_a_call(platform, user, stack, tmp_path / "crash.log", "answer")
+    assert (await platform.balance(user))["heldMillicredits"] == 0  # captured, not held
+
+    with run_service("metering", CRASH_TIMING) as metering:
+        answer = await platform.http.post(
+            f"{metering.url}/api/ai/chat", json=CRASH_BODY, headers=headers
+        )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["message"]["content"]
+    await charged_once(platform, user, answer.json()["usage"]["chargedMillicredits"])
 
 
 def ready(url: str) -> bool:

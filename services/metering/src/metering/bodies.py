@@ -12,6 +12,15 @@ from metering.ledger_client import Balance
 from metering.model_client import Completion, TokenUsage
 
 
+def settled(
+    head: dict[str, Any], tokens: TokenUsage, charged_millicredits: int, after: Balance | None
+) -> dict[str, Any]:
+    """A served call's answer: ``head`` (the model's answer and the billing mode), then its
+    usage and the balance after it. The settlement's SQL (``settled_body``, migration 0005)
+    ends a charged answer's stored body the same way."""
+    return {**head, "usage": usage(tokens, charged_millicredits), "balance": balance(after)}
+
+
 def usage(tokens: TokenUsage, charged_millicredits: int) -> dict[str, int]:
     return {
         "inputTokens": tokens.input_tokens,

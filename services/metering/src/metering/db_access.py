@@ -7,7 +7,7 @@ from billing_platform.db import SchemaAccess
 
 from metering.settings import Settings
 
-# The functions of migration 0004: only the runtime role may call them.
+# The functions of migrations 0004 and 0005: only the runtime role may call them.
 FUNCTIONS = (
     "rate_limit_take(text, timestamptz, timestamptz, integer, bigint, bigint)",
     "claim_request(text, text, text, double precision)",
@@ -18,6 +18,14 @@ FUNCTIONS = (
     "admit_charged_call(text, uuid, text, boolean, text, double precision, bigint, timestamptz,"
     " timestamptz, timestamptz, bigint, bigint, bigint, timestamptz, integer, text, timestamptz,"
     " timestamptz, integer, bigint, bigint, text, integer, integer)",
+    "record_usage(uuid, text, text, bigint, bigint, bigint, bigint, bigint, text, text, text,"
+    " text, text, text, text, json, bigint, text, bytea, bytea, jsonb, integer)",
+    "credits_text(bigint)",
+    "settled_body(json, bigint, bigint, bigint, bigint, bigint)",
+    "usage_charge_field(bigint)",
+    "settle_charged_call(text, text, jsonb, uuid, bigint, bigint, uuid, text, text, bigint,"
+    " bigint, bigint, bigint, text, text, text, text, json, bigint, text, bytea, bytea, jsonb,"
+    " integer)",
 )
 
 

@@ -1,8 +1,9 @@
-"""The ledger's hold API as a port; holds straight from the database, the rest over HTTP.
+"""The ledger's hold API as a port; holds straight from the database, releases over HTTP.
 
-Every call is idempotent on the ledger's side (a hold by its key, a capture by its usage
-id, a release by its hold), so the HTTP client retries network failures and 5xx answers a
-few times before giving up with ``LedgerError``.
+A charged call's capture is not here: it is stored with its usage record, in one statement
+(``usage_store``). Every call is idempotent on the ledger's side (a hold by its key, a
+release by its hold), so the HTTP client retries network failures and 5xx answers a few
+times before giving up with ``LedgerError``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from typing import Any, Protocol
 
 import asyncpg
 import httpx
-from billing_events.outbox import outbox_headers
-from billing_platform import context
 from billing_platform.db import HasPool
 from billing_platform.http_client import traced_client
 from billing_platform.outages import is_outage
@@ -40,26 +39,6 @@ class Hold:
     balance: Balance
 
 
-@dataclass(frozen=True)
-class Capture:
-    """What a capture charges, and the usage it charges for (the ledger's posting details)."""
-
-    amount_millicredits: int
-    usage_id: str
-    model: str
-    input_tokens: int
-    output_tokens: int
-    rate_card_version: str
-
-
-@dataclass(frozen=True)
-class Captured:
-    charged_millicredits: int
-    uncollected_millicredits: int
-    transaction_id: str | None
-    balance: Balance
-
-
 class InsufficientCredits(Exception):
     """The ledger refused a hold: the user's available balance does not cover it."""
 
@@ -78,22 +57,17 @@ class LedgerClient(Protocol):
         self, user_id: str, amount_millicredits: int, idempotency_key: str, ttl_s: int
     ) -> Hold: ...
 
-    async def capture(self, hold_id: str, capture: Capture) -> Captured: ...
-
     async def release(self, hold_id: str) -> Balance: ...
 
 
 class DirectLedgerClient:
-    """Holds and captures in one database round trip each: the ledger's ``create_hold`` and
-    ``capture_hold`` functions, which metering's role may execute (nothing else there);
-    releases, on the rare failed call, go to ``rest`` (the HTTP API)."""
+    """Holds in one database round trip: the ledger's ``create_hold`` function, which
+    metering's role may execute (with ``capture_hold``, nothing else there); releases, on
+    the rare failed call, go to ``rest`` (the HTTP API)."""
 
-    def __init__(
-        self, db: HasPool, ledger_schema: str, ledger_topic: str, rest: LedgerClient
-    ) -> None:
+    def __init__(self, db: HasPool, ledger_schema: str, rest: LedgerClient) -> None:
         self._db = db
         self._schema = ledger_schema
-        self._topic = ledger_topic
         self._rest = rest
 
     async def create_hold(
@@ -107,18 +81,6 @@ class DirectLedgerClient:
         if row["r_outcome"] == "key_reused":
             raise LedgerError("create hold: idempotency_key_reused")
         return Hold(str(row["r_hold_id"]), row["r_amount"], balance)
-
-    async def capture(self, hold_id: str, capture: Capture) -> Captured:
-        correlation_id = context.current_correlation_id()
-        headers = outbox_headers(correlation_id)
-        args = (hold_id, capture, correlation_id, headers, self._topic)
-        row = await self._call("capture", repository.capture_ledger_hold, *args)
-        if row["r_outcome"] != "captured":
-            raise LedgerError(f"capture: {row['r_outcome']}")
-        charged = row["r_charged"]
-        txn = str(row["r_transaction_id"]) if row["r_transaction_id"] else None
-        uncollected = max(0, capture.amount_millicredits - charged)
-        return Captured(charged, uncollected, txn, _row_balance(row))
 
     async def release(self, hold_id: str) -> Balance:
         return await self._rest.release(hold_id)
@@ -183,23 +145,6 @@ class HttpLedgerClient:
             )
         data = _expect(response, "create hold")
         return Hold(_str(data, "holdId"), _int(data, "amountMillicredits"), _balance(data))
-
-    async def capture(self, hold_id: str, capture: Capture) -> Captured:
-        body = {
-            "amountMillicredits": capture.amount_millicredits,
-            "usageId": capture.usage_id,
-            "model": capture.model,
-            "inputTokens": capture.input_tokens,
-            "outputTokens": capture.output_tokens,
-            "rateCardVersion": capture.rate_card_version,
-        }
-        data = _expect(await self._post(f"/internal/holds/{hold_id}/capture", body), "capture")
-        return Captured(
-            _int(data, "chargedMillicredits"),
-            _int(data, "uncollectedMillicredits"),
-            str(data["transactionId"]) if data.get("transactionId") else None,
-            _balance(data),
-        )
 
     async def release(self, hold_id: str) -> Balance:
         return _balance(_expect(await self._post(f"/internal/holds/{hold_id}/release"), "release"))

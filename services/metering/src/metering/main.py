@@ -2,10 +2,11 @@
 
 Parts: the DB pool, the Kafka publisher and the outbox relay (usage records and alerts
 leave through the outbox), a charged chat's admission (claim, guardrails and the ledger's
-hold in one statement), the ledger's hold and capture functions (one round trip each) and
-its release API over HTTP, the model provider on aiohttp (the chat completions API),
-checkout's switches (read through the same pool) and the guardrails' store. Readiness
-checks the database and the broker.
+hold in one statement), its settlement (the ledger's capture and the usage record in one
+statement), the ledger's hold function (one round trip) and its release API over HTTP,
+the model provider on aiohttp (the chat completions API), checkout's switches (read
+through the same pool) and the guardrails' store. Readiness checks the database and the
+broker.
 """
 
 from __future__ import annotations
@@ -65,11 +66,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # A claim left in progress is taken over only once its hold can no longer be active.
     takeover_s = settings.hold_ttl_s + settings.model_timeout_s
     topics = wiring.topics_for(settings)
-    store = PgUsageStore(db, topics, relay, takeover_after_s=takeover_s)
+    store = PgUsageStore(
+        db, topics, relay, takeover_after_s=takeover_s, ledger_schema=settings.ledger_schema
+    )
     rest = HttpLedgerClient(
         settings.ledger_url, settings.ledger_token, timeout_s=settings.ledger_timeout_s
     )
-    ledger = DirectLedgerClient(db, settings.ledger_schema, topics.ledger, rest)
+    ledger = DirectLedgerClient(db, settings.ledger_schema, rest)
     model = OpenAIModelClient(
         settings.infra.openai_base_url, settings.infra.openai_api_key, settings.model_timeout_s
     )

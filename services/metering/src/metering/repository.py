@@ -27,35 +27,6 @@ async def create_ledger_hold(
     )
 
 
-async def capture_ledger_hold(
-    conn: Any,
-    ledger_schema: str,
-    hold_id: str,
-    capture: Any,
-    correlation_id: str,
-    headers: dict[str, str],
-    topic: str,
-) -> Any:
-    """The ledger's ``capture_hold`` function (it writes the posting and its outbox record):
-    r_outcome (captured, captured_other, hold_not_found), r_charged, r_transaction_id,
-    r_balance, r_held."""
-    schema = check_schema_name(ledger_schema)
-    return await conn.fetchrow(
-        f'SELECT * FROM "{schema}".capture_hold($1::uuid, $2, $3, $4, $5, $6, $7, $8,'
-        " $9::jsonb, $10)",
-        hold_id,
-        capture.usage_id,
-        capture.amount_millicredits,
-        capture.model,
-        capture.input_tokens,
-        capture.output_tokens,
-        capture.rate_card_version,
-        correlation_id,
-        json.dumps(headers),
-        topic,
-    )
-
-
 async def admit_charged_call(conn: Any, args: tuple[Any, ...]) -> Any:
     """``admit_charged_call`` (migration 0004): claim, guardrails, rate limit, the ledger's
     hold and the in-flight row in one statement; the arguments as ``PgAdmissions`` orders
@@ -110,28 +81,14 @@ async def store_usage(
     outbox_row: tuple[str, bytes | None, bytes, str],
     history: int,
 ) -> Stored:
-    """In one statement: store a usage record, free its in-flight reservation, mark its key's
-    claim done and, if the record is new, add its outbox row; and read the user's last
-    ``history`` charged calls before it (for the anomaly check; 0: skip). ``new`` is False
-    when its usage id or (user, key) was stored before."""
+    """``record_usage`` (migration 0005), one statement: store a usage record, free its
+    in-flight reservation, mark its key's claim done and, if the record is new, add its
+    outbox row; and read the user's last ``history`` charged calls before it (for the
+    anomaly check; 0: skip). ``new`` is False when its usage id or (user, key) was stored
+    before."""
     row = await conn.fetchrow(
-        "WITH stored AS (INSERT INTO usage_records (usage_id, user_id, model, input_tokens,"
-        " output_tokens, charged_millicredits, uncollected_millicredits, cost_millicredits,"
-        " rate_card_version, hold_id, idempotency_key, provider_request_id, transaction_id,"
-        " mode, correlation_id, response_body, priced_millicredits)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::json,"
-        " $17) ON CONFLICT DO NOTHING RETURNING true),"
-        " freed AS (DELETE FROM inflight_charges WHERE usage_id = $1),"
-        " done AS (UPDATE request_claims SET state = 'done'"
-        " WHERE user_id = $2 AND idempotency_key = $11),"
-        " published AS (INSERT INTO outbox (topic, message_key, payload, headers)"
-        " SELECT $18, $19, $20, $21::jsonb WHERE EXISTS (SELECT FROM stored)),"
-        # The statement's snapshot predates its own insert: these are the calls before it.
-        " recent AS (SELECT charged_millicredits FROM usage_records"
-        " WHERE $22::int > 0 AND user_id = $2 AND mode = 'charged' AND usage_id <> $1"
-        " ORDER BY created_at DESC LIMIT $22)"
-        " SELECT EXISTS (SELECT FROM stored) AS new, (SELECT count(*) FROM recent) AS calls,"
-        " (SELECT coalesce(sum(charged_millicredits), 0) FROM recent)::bigint AS total",
+        "SELECT * FROM record_usage($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
+        " $14, $15, $16, $17, $18, $19, $20, $21::jsonb, $22)",
         record.usage_id,
         record.user_id,
         record.model,
@@ -153,6 +110,61 @@ async def store_usage(
         history,
     )
     return Stored(bool(row["new"]), int(row["calls"]), int(row["total"]))
+
+
+@dataclass(frozen=True)
+class HoldToCapture:
+    """Where a charged record's hold is captured: the ledger's schema and topic, the headers
+    of its posting event, the hold and the balance it saw (the answer's when the ledger
+    cannot capture)."""
+
+    ledger_schema: str
+    ledger_topic: str
+    ledger_headers: dict[str, str]
+    hold_id: str
+    balance_millicredits: int
+    held_millicredits: int
+
+
+async def settle_charged_call(
+    conn: Any,
+    hold: HoldToCapture,
+    record: UsageRecord,
+    correlation_id: str,
+    outbox_row: tuple[str, bytes | None, bytes, str],
+    history: int,
+) -> Any:
+    """``settle_charged_call`` (migration 0005), one statement: capture ``hold`` for the
+    record's ``charged_millicredits`` and store the record with what was charged, its body
+    ended by the usage and the balance (``settled_body``), its outbox payload by the charge.
+    r_outcome (the capture's), r_new, r_charged, r_transaction_id, r_balance, r_held,
+    r_recent_calls, r_recent_total."""
+    return await conn.fetchrow(
+        "SELECT * FROM settle_charged_call($1, $2, $3::jsonb, $4::uuid, $5, $6, $7, $8, $9,"
+        " $10, $11, $12, $13, $14, $15, $16, $17, $18::json, $19, $20, $21, $22, $23::jsonb,"
+        " $24)",
+        check_schema_name(hold.ledger_schema),
+        hold.ledger_topic,
+        json.dumps(hold.ledger_headers),
+        hold.hold_id,
+        hold.balance_millicredits,
+        hold.held_millicredits,
+        record.usage_id,
+        record.user_id,
+        record.model,
+        record.input_tokens,
+        record.output_tokens,
+        record.charged_millicredits,
+        record.cost_millicredits,
+        record.rate_card_version,
+        record.idempotency_key,
+        record.provider_request_id,
+        correlation_id,
+        json.dumps(record.response_body),
+        record.priced_millicredits,
+        *outbox_row,
+        history,
+    )
 
 
 async def stored_body(conn: Any, user_id: str, key: str) -> dict[str, Any] | None:

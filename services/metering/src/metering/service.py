@@ -18,8 +18,9 @@ A chat, in order:
    the call back to them one by one only when the user is paused or a cap would trip;
 6. the model is called; if it fails, the hold (and in-flight count) is released and
    nothing is charged;
-7. the actual tokens are priced; a charged call's hold is captured for exactly that. The
-   usage record (every mode) and its ``UsageRecorded`` event are stored in one transaction.
+7. the actual tokens are priced; a charged call's hold is captured for exactly that, in
+   one statement with its usage record and ``UsageRecorded`` event (every mode has a
+   record), so a crash cannot leave a charge without its record.
 A streamed chat follows the same steps; ``streaming`` relays it and settles it once.
 Reconcile (usage consumed elsewhere) obeys the switches and the user's rate limit (its
 caller retries after ``Retry-After``) but not the pause or the caps: refusing usage already
@@ -48,14 +49,7 @@ from metering import bodies, guardrails, metrics, overhead, pricing, return_to, 
 from metering.admission import Admissions, Admitted, Referred, Ticket, hold_key
 from metering.guard_store import CapsView, GuardStore, Refusal, ReviewFlag
 from metering.guardrails import Pause
-from metering.ledger_client import (
-    Capture,
-    Captured,
-    Hold,
-    InsufficientCredits,
-    LedgerClient,
-    LedgerError,
-)
+from metering.ledger_client import Hold, InsufficientCredits, LedgerClient, LedgerError
 from metering.model_client import (
     ChatMessage,
     Chunk,
@@ -428,64 +422,18 @@ class Gateway:
         provider_request_id: str | None,
         body: dict[str, Any],
     ) -> dict[str, Any]:
-        """Capture the actual price (if charged), store and publish the record; the body."""
+        """Price the actual tokens; capture them (if charged) with the stored and published
+        record, in one statement; the answer's body."""
         price = pricing.price(job.rate, usage.input_tokens, usage.output_tokens)
-        captured, hold = None, started.hold
-        if hold is not None:
-            captured = await self._capture(job, hold, usage, price.charged_millicredits)
-        body = {
-            **body,
-            "usage": bodies.usage(usage, captured.charged_millicredits if captured else 0),
-            "balance": bodies.balance(captured.balance if captured else None),
-            "billingMode": job.decision.mode,
-        }
-        settled = Settled(hold, captured, price, provider_request_id)
-        return await self._record(job, usage_record(job, usage, settled, body), started.history)
-
-    async def _capture(
-        self, job: Job, hold: Hold, usage: TokenUsage, amount_millicredits: int
-    ) -> Captured:
-        capture = Capture(
-            amount_millicredits,
-            job.usage_id,
-            job.rate.model,
-            usage.input_tokens,
-            usage.output_tokens,
-            job.rate_card_version,
-        )
-        try:
-            return await self._ledger.capture(hold.hold_id, capture)
-        except LedgerError:
-            # The record still goes out: the ledger posts it from billing.usage.v1 (once per
-            # usage id), so the answer the model gave is paid for either way.
-            metrics.DEFERRED_CAPTURES.inc()
-            log.exception(
-                "capture failed; usage left to the ledger's consumer",
-                extra={"hold_id": hold.hold_id},
-            )
-            return Captured(amount_millicredits, 0, None, hold.balance)
-
-    async def _record(
-        self, job: Job, record: UsageRecord, history: guardrails.History | None
-    ) -> dict[str, Any]:
+        head = {**body, "billingMode": job.decision.mode}
+        record = usage_record(job, usage, started.hold, price, provider_request_id, head)
         decision = job.decision
         shadow = ShadowCharge(decision.would_be_mode) if decision.shadow else None
-        earlier = await self._store.record(record, shadow, history)
-        if earlier is not None:
-            return earlier
-        _count(decision, record)
-        # On the call's own access line: one line per call, not two.
-        context.annotate_request(
-            usage_id=record.usage_id,
-            model=record.model,
-            billing_mode=record.mode,
-            input_tokens=record.input_tokens,
-            output_tokens=record.output_tokens,
-            charged_millicredits=record.charged_millicredits,
-            priced_millicredits=record.priced_millicredits,
-            hold_id=record.hold_id,
-        )
-        return record.response_body
+        recorded = await self._store.record(record, shadow, started.history, started.hold)
+        if recorded.record is not None:
+            _count(decision, recorded.record)
+            _annotate(recorded.record)
+        return recorded.body
 
 
 @dataclass(frozen=True)
@@ -497,37 +445,47 @@ class Started:
     history: guardrails.History | None = None
 
 
-@dataclass(frozen=True)
-class Settled:
-    """What settling a call found: its hold and capture (None unless charged), its price."""
-
-    hold: Hold | None
-    captured: Captured | None
-    price: Price
-    provider_request_id: str | None
-
-
 def usage_record(
-    job: Job, usage: TokenUsage, settled: Settled, body: dict[str, Any]
+    job: Job,
+    usage: TokenUsage,
+    hold: Hold | None,
+    price: Price,
+    provider_request_id: str | None,
+    head: dict[str, Any],
 ) -> UsageRecord:
-    captured = settled.captured
+    """The call's record as priced: with a hold, ``charged_millicredits`` is the amount its
+    capture asks for (the store fills in what the ledger charged)."""
     return UsageRecord(
         usage_id=job.usage_id,
         user_id=job.user_id,
         model=job.rate.model,
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
-        charged_millicredits=captured.charged_millicredits if captured else 0,
-        uncollected_millicredits=captured.uncollected_millicredits if captured else 0,
-        priced_millicredits=settled.price.charged_millicredits,
-        cost_millicredits=settled.price.cost_millicredits,
+        charged_millicredits=price.charged_millicredits if hold else 0,
+        uncollected_millicredits=0,
+        priced_millicredits=price.charged_millicredits,
+        cost_millicredits=price.cost_millicredits,
         rate_card_version=job.rate_card_version,
-        hold_id=settled.hold.hold_id if settled.hold else "",
+        hold_id=hold.hold_id if hold else "",
         idempotency_key=job.key,
-        provider_request_id=settled.provider_request_id,
-        transaction_id=captured.transaction_id if captured else None,
-        response_body=body,
+        provider_request_id=provider_request_id,
+        transaction_id=None,
+        response_body=head,
         mode=job.decision.mode,
+    )
+
+
+def _annotate(record: UsageRecord) -> None:
+    # On the call's own access line: one line per call, not two.
+    context.annotate_request(
+        usage_id=record.usage_id,
+        model=record.model,
+        billing_mode=record.mode,
+        input_tokens=record.input_tokens,
+        output_tokens=record.output_tokens,
+        charged_millicredits=record.charged_millicredits,
+        priced_millicredits=record.priced_millicredits,
+        hold_id=record.hold_id,
     )
 
 

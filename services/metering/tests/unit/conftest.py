@@ -26,18 +26,11 @@ from billing_platform.settings import InfraSettings
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
-from metering import api, guardrails, service
+from metering import api, bodies, guardrails, service
 from metering.admission import Admission, Admitted, Referred, Ticket, hold_key
 from metering.guard_store import CapsView, Refusal, ReviewFlag
 from metering.guardrails import CapOverride, Caps, Pause, Spending
-from metering.ledger_client import (
-    Balance,
-    Capture,
-    Captured,
-    Hold,
-    InsufficientCredits,
-    LedgerError,
-)
+from metering.ledger_client import Balance, Hold, InsufficientCredits, LedgerError
 from metering.main import gateway_app
 from metering.model_client import (
     Chunk,
@@ -50,7 +43,7 @@ from metering.rate_card import RateCardBook, load_rate_cards
 from metering.records import CHARGED, ModelTotals, ShadowCharge, UsageRecord
 from metering.settings import Settings
 from metering.switches import Switches
-from metering.usage_store import Claimed, Taken
+from metering.usage_store import Claimed, Recorded, Taken
 
 ISSUER, AUDIENCE = "metering-test", "billing-test"
 TODAY = date(2026, 11, 21)
@@ -83,8 +76,30 @@ class FakeHold:
     status: str = "active"
 
 
+@dataclass(frozen=True)
+class Capture:
+    """What a capture charges, and the usage it charges for (the ledger's posting details)."""
+
+    amount_millicredits: int
+    usage_id: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    rate_card_version: str
+
+
+@dataclass(frozen=True)
+class Captured:
+    charged_millicredits: int
+    uncollected_millicredits: int
+    transaction_id: str | None
+    balance: Balance
+
+
 class FakeLedger:
-    """Holds reserve available credit; a capture above the hold takes only what is available."""
+    """Holds reserve available credit; a capture above the hold takes only what is available.
+    The store captures with the record (``settle_charged_call``); ``fail_captures`` makes
+    the ledger unable to, as when the hold is gone."""
 
     def __init__(self, balances: dict[str, int] | None = None) -> None:
         self.balances: dict[str, int] = dict(balances or {})
@@ -224,8 +239,13 @@ class InFlight:
 
 
 class FakeStore:
-    def __init__(self, clock: FakeClock | None = None) -> None:
+    """Records as ``PgUsageStore`` stores them; a charged call's capture goes to ``ledger``
+    with the record, and when the ledger cannot capture, the record keeps the amount asked."""
+
+    def __init__(self, clock: FakeClock | None = None, ledger: FakeLedger | None = None) -> None:
         self.clock = clock or FakeClock()
+        self.ledger = ledger or FakeLedger()
+        self.deferred: list[str] = []
         self.claims: dict[tuple[str, str], FakeClaim] = {}
         self.records: dict[tuple[str, str], UsageRecord] = {}
         self.created: dict[str, datetime] = {}
@@ -260,11 +280,18 @@ class FakeStore:
         record: UsageRecord,
         shadow: ShadowCharge | None = None,
         history: guardrails.History | None = None,
-    ) -> dict[str, Any] | None:
+        hold: Hold | None = None,
+    ) -> Recorded:
+        after = None
+        if hold is not None:
+            record, after = await self._capture(record, hold)
+        tokens = TokenUsage(record.input_tokens, record.output_tokens)
+        body = bodies.settled(record.response_body, tokens, record.charged_millicredits, after)
+        record = replace(record, response_body=body)
         self.inflight.pop(record.usage_id, None)
         earlier = self.records.get((record.user_id, record.idempotency_key))
         if earlier is not None:
-            return earlier.response_body
+            return Recorded(earlier.response_body, None)
         if record.mode == CHARGED:
             self._flag_anomaly(record, history or self.history(record.user_id))
         self.records[(record.user_id, record.idempotency_key)] = record
@@ -274,7 +301,29 @@ class FakeStore:
             self.shadow[record.usage_id] = (record, shadow)
         if (record.user_id, record.idempotency_key) in self.claims:
             self.claims[(record.user_id, record.idempotency_key)].state = "done"
-        return None
+        return Recorded(body, record)
+
+    async def _capture(self, record: UsageRecord, hold: Hold) -> tuple[UsageRecord, Balance]:
+        asked = Capture(
+            record.charged_millicredits,
+            record.usage_id,
+            record.model,
+            record.input_tokens,
+            record.output_tokens,
+            record.rate_card_version,
+        )
+        try:
+            captured = await self.ledger.capture(hold.hold_id, asked)
+        except LedgerError:
+            self.deferred.append(record.usage_id)
+            return record, hold.balance
+        charged = replace(
+            record,
+            charged_millicredits=captured.charged_millicredits,
+            uncollected_millicredits=captured.uncollected_millicredits,
+            transaction_id=captured.transaction_id,
+        )
+        return charged, captured.balance
 
     def charged(self, user_id: str) -> list[tuple[datetime, UsageRecord]]:
         """The user's charged records, oldest first."""
@@ -509,7 +558,7 @@ class Parts:
 def build_parts(balances: dict[str, int] | None = None, caps: Caps = UNCAPPED) -> Parts:
     ledger = FakeLedger({"alice": 10_000_000} if balances is None else balances)
     clock = FakeClock()
-    model, store, flags = FakeModel(), FakeStore(clock), FakeFlags()
+    model, store, flags = FakeModel(), FakeStore(clock, ledger), FakeFlags()
     guard = FakeGuard(store, caps)
     admissions = FakeAdmissions(store, guard, ledger)
     cards = RateCardBook(load_rate_cards(), today=lambda: TODAY)

@@ -317,20 +317,6 @@ async def test_keys_are_per_user(make_parts: Callable[..., Any]) -> None:
     assert parts.ledger.balance("bob").balance_millicredits == 10_000_000 - 50_000
 
 
-async def test_a_failed_capture_still_records_the_usage_for_the_ledger(parts: Any) -> None:
-    parts.ledger.fail_captures = True
-    before = counter("metering_deferred_captures_total")
-
-    answer = await answered(parts.gateway, chat())
-
-    [record] = parts.store.records.values()
-    assert record.charged_millicredits == 50_000
-    assert record.transaction_id is None
-    assert len(parts.store.published) == 1
-    assert answer.body["balance"]["heldMillicredits"] == WORST_CASE  # as of the hold
-    assert counter("metering_deferred_captures_total") == before + 1
-
-
 # --- reconcile ---------------------------------------------------------------------------
 
 

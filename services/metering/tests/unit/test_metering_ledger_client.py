@@ -8,13 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from metering.ledger_client import (
-    Balance,
-    Capture,
-    HttpLedgerClient,
-    InsufficientCredits,
-    LedgerError,
-)
+from metering.ledger_client import Balance, HttpLedgerClient, InsufficientCredits, LedgerError
 from pydantic import SecretStr
 
 BALANCE = {
@@ -29,7 +23,6 @@ HOLD = {
     "expiresAt": "2026-11-21T12:02:00Z",
     **BALANCE,
 }
-CAPTURE = Capture(12_500, "u-1", "gpt-4o", 1000, 500, "2026-11-01")
 
 
 class Script:
@@ -128,36 +121,9 @@ async def test_a_4xx_is_not_retried() -> None:
     script = Script(httpx.Response(409, json={"error": "hold_not_active", "message": "no"}))
 
     with pytest.raises(LedgerError, match="409 hold_not_active"):
-        await client(script).capture("h-1", CAPTURE)
+        await client(script).release("h-1")
 
     assert len(script.requests) == 1
-
-
-async def test_a_capture_sends_the_usage_and_reads_the_charge() -> None:
-    answer = {
-        "holdId": "h-1",
-        "status": "captured",
-        "chargedMillicredits": 12_500,
-        "uncollectedMillicredits": 0,
-        "transactionId": "t-9",
-        **BALANCE,
-    }
-    script = Script(httpx.Response(200, json=answer))
-
-    captured = await client(script).capture("h-1", CAPTURE)
-
-    assert str(script.requests[0].url) == "http://ledger.test/internal/holds/h-1/capture"
-    assert script.body() == {
-        "amountMillicredits": 12_500,
-        "usageId": "u-1",
-        "model": "gpt-4o",
-        "inputTokens": 1000,
-        "outputTokens": 500,
-        "rateCardVersion": "2026-11-01",
-    }
-    assert (captured.charged_millicredits, captured.uncollected_millicredits) == (12_500, 0)
-    assert captured.transaction_id == "t-9"
-    assert captured.balance.available_millicredits == 70_000
 
 
 async def test_a_release_reads_the_balance() -> None:

@@ -111,6 +111,7 @@ def test_the_migrations_are_in_order() -> None:
         "0002_guardrails.sql",
         "0003_rate_limits.sql",
         "0004_admission.sql",
+        "0005_settlement.sql",
     ]
 
 
