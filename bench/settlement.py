@@ -33,8 +33,9 @@ from billing_cli.layout import Layout
 from billing_cli.stack import Stack
 from billing_events.outbox import OutboxRecord, outbox_headers
 from billing_events.topics import Topics
-from billing_platform.db import migrate_package
+from billing_platform.db import SchemaAccess, migrate_package
 from metering import bodies, repository
+from metering.db_access import ledger_search_paths
 from metering.ledger_client import Balance
 from metering.model_client import TokenUsage
 from metering.records import CHARGED, UsageRecord
@@ -112,7 +113,7 @@ async def one_statement(
 ) -> None:
     """After: ``settle_charged_call``."""
     target = repository.HoldToCapture(
-        ledger, TOPICS.ledger, outbox_headers("corr-bench"), hold_id, 10**9, HOLD_MILLICREDITS
+        TOPICS.ledger, outbox_headers("corr-bench"), hold_id, 10**9, HOLD_MILLICREDITS
     )
     row = await repository.settle_charged_call(
         conn, target, usage, "corr-bench", outbox_row(usage, 0), 0
@@ -204,7 +205,8 @@ async def bench(dsn: str, args: argparse.Namespace) -> dict[str, dict[str, float
     tag = uuid.uuid4().hex[:8]
     ledger, metering = f"bench_{tag}_ledger", f"bench_{tag}_metering"
     await migrate_package(dsn, ledger, "ledger")
-    await migrate_package(dsn, metering, "metering")
+    access = SchemaAccess(search_paths=ledger_search_paths(ledger))
+    await migrate_package(dsn, metering, "metering", access)
     try:
         return await Bench(dsn, ledger, metering, args).run()
     finally:

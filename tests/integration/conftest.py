@@ -31,7 +31,7 @@ from billing_cli.stack import Stack
 from billing_events.kafka import KafkaPublisher, ensure_topics
 from billing_events.topics import CONTRACT_TOPICS, STRIPE_EVENTS, Topics
 from billing_events.v1 import stripe_pb2
-from billing_platform.db import Database, migrate_package
+from billing_platform.db import Database, SchemaAccess, migrate_package
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -86,16 +86,17 @@ async def publisher(stack: Stack) -> AsyncIterator[KafkaPublisher]:
     await pub.stop()
 
 
-MigratedDb = Callable[[str, str], Awaitable[Database]]
+MigratedDb = Callable[..., Awaitable[Database]]
 
 
 @pytest.fixture
 async def migrated_db(stack: Stack) -> AsyncIterator[MigratedDb]:
-    """Apply a service package's migrations to a schema and open a pool on it."""
+    """Apply a service package's migrations to a schema (and ``access``, if given) and open
+    a pool on it."""
     opened: list[Database] = []
 
-    async def make(schema: str, package: str) -> Database:
-        await migrate_package(stack.postgres.dsn, schema, package)
+    async def make(schema: str, package: str, access: SchemaAccess | None = None) -> Database:
+        await migrate_package(stack.postgres.dsn, schema, package, access)
         db = Database(stack.postgres.dsn, schema, 1, 4)
         await db.start()
         opened.append(db)

@@ -222,3 +222,41 @@ async def test_a_declared_relation_that_does_not_exist_fails_the_migration(
     access = SchemaAccess(append_only=("journal_entries", "no_such_table"))
     with pytest.raises(MigrationError, match="no_such_table"):
         await migrate_package(stack.postgres.dsn, schema, "ledger", access)
+
+
+async def test_metering_calls_the_ledgers_hold_functions_through_its_bound_search_path(
+    stack: Stack, as_role: Connect
+) -> None:
+    """``metering migrate`` put the ledger's schema after metering's own on the search_path
+    of the two functions that call the ledger's by name; every other function keeps its
+    own schema only."""
+    conn = await asyncpg.connect(stack.postgres.dsn)
+    try:
+        paths = dict(
+            await conn.fetch(
+                "SELECT p.proname, array_to_string(p.proconfig, ',') FROM pg_proc p"
+                " JOIN pg_namespace n ON n.oid = p.pronamespace"
+                " WHERE n.nspname = 'metering' AND p.proconfig IS NOT NULL"
+            )
+        )
+    finally:
+        await conn.close()
+    assert paths["admit_charged_call"] == "search_path=metering, ledger"
+    assert paths["settle_charged_call"] == "search_path=metering, ledger"
+    assert paths["claim_request"] == "search_path=metering"
+    async with as_role("metering_runtime") as runtime:
+        # A hold the ledger refuses for want of credit: its answer came through the call.
+        row = await runtime.fetchrow(
+            "SELECT * FROM metering.admit_charged_call('nobody-db-roles', gen_random_uuid(),"
+            " 'k', false, 'h', 60, 1000, now(), now(), now(), 1000000, 1000000, 1000000,"
+            " now(), 1, 'rk', now(), now(), 100, 1000, 60000, 60, 20)"
+        )
+    assert (row["r_outcome"], row["r_balance"]) == ("insufficient", 0)
+
+
+async def test_a_bound_function_that_does_not_exist_fails_the_migration(
+    stack: Stack, schema: str
+) -> None:
+    access = SchemaAccess(search_paths={"no_such_function(text)": ("ledger",)})
+    with pytest.raises(MigrationError, match="no_such_function"):
+        await migrate_package(stack.postgres.dsn, schema, "ledger", access)

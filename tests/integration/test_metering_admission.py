@@ -15,10 +15,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from billing_platform.db import Database
+from billing_platform.db import Database, SchemaAccess
 from billing_platform.ratelimit import Limit, Limited, retry_after_s, window_at
 from metering import guardrails
 from metering.admission import AdmissionRules, Admitted, PgAdmissions, Referred, Ticket
+from metering.db_access import ledger_search_paths
 from metering.guardrails import Caps, Spending
 from metering.ledger_client import InsufficientCredits
 from metering.usage_store import Taken
@@ -27,13 +28,12 @@ CAPS = Caps(per_request=5_000, per_day=20_000, per_hour=12_000)
 ESTIMATE = 4_000
 
 
-def rules(ledger_schema: str, **changes: Any) -> AdmissionRules:
+def rules(**changes: Any) -> AdmissionRules:
     base = AdmissionRules(
         defaults=CAPS,
         rate=Limit("charges-per-user", 100),
         takeover_after_s=300,
         inflight_ttl_s=300,
-        ledger_schema=ledger_schema,
         hold_ttl_s=120,
     )
     return replace(base, **changes)
@@ -44,7 +44,7 @@ class Dbs:
         self.ledger, self.metering, self.ledger_schema = ledger, metering, ledger_schema
 
     def admissions(self, **changes: Any) -> PgAdmissions:
-        return PgAdmissions(self.metering, rules(self.ledger_schema, **changes))
+        return PgAdmissions(self.metering, rules(**changes))
 
     async def fund(self, user: str, amount: int) -> None:
         await self.ledger.pool.execute(
@@ -101,7 +101,8 @@ class Dbs:
 async def dbs(migrated_db: Any) -> Dbs:
     ledger_schema = f"t_{uuid.uuid4().hex[:12]}"
     ledger = await migrated_db(ledger_schema, "ledger")
-    metering = await migrated_db(f"t_{uuid.uuid4().hex[:12]}", "metering")
+    access = SchemaAccess(search_paths=ledger_search_paths(ledger_schema))
+    metering = await migrated_db(f"t_{uuid.uuid4().hex[:12]}", "metering", access)
     return Dbs(ledger, metering, ledger_schema)
 
 

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from billing_events.topics import Topics
 from billing_events.v1 import alert_pb2, ledger_pb2, usage_pb2
-from billing_platform.db import Database
+from billing_platform.db import Database, SchemaAccess
 from billing_platform.money import credits_text
 from metering import bodies, guardrails, repository
+from metering.db_access import ledger_search_paths
 from metering.ledger_client import Balance, Hold
 from metering.model_client import TokenUsage
 from metering.records import CHARGED, SHADOW, UNBILLED, ShadowCharge, UsageRecord
@@ -39,9 +40,7 @@ class Dbs:
     def __init__(self, ledger: Database, metering: Database, ledger_schema: str) -> None:
         self.ledger, self.metering, self.ledger_schema = ledger, metering, ledger_schema
         self.relay = Relay()
-        self.store = PgUsageStore(
-            metering, Topics(), self.relay, takeover_after_s=180, ledger_schema=ledger_schema
-        )
+        self.store = PgUsageStore(metering, Topics(), self.relay, takeover_after_s=180)
 
     async def fund(self, user: str, amount: int) -> None:
         await self.ledger.pool.execute(
@@ -104,7 +103,8 @@ class Dbs:
 async def dbs(migrated_db: Any) -> Dbs:
     ledger_schema = f"t_{uuid.uuid4().hex[:12]}"
     ledger = await migrated_db(ledger_schema, "ledger")
-    metering = await migrated_db(f"t_{uuid.uuid4().hex[:12]}", "metering")
+    access = SchemaAccess(search_paths=ledger_search_paths(ledger_schema))
+    metering = await migrated_db(f"t_{uuid.uuid4().hex[:12]}", "metering", access)
     return Dbs(ledger, metering, ledger_schema)
 
 

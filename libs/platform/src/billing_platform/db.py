@@ -65,6 +65,11 @@ class SchemaAccess:
     # Function signature, e.g. "create_hold(text, bigint)" -> other services' roles that may
     # EXECUTE it (the runtime role may too; nobody else, PUBLIC included).
     executors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Function signature -> other services' schemas whose functions it calls by name: its
+    # search_path becomes this schema, then those. Schemas are settings of a deployment, so
+    # they are bound here, at migrate time; a static call keeps its plan for the session,
+    # where a call built with EXECUTE is parsed and planned every time.
+    search_paths: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def quote_ident(name: str) -> str:
@@ -203,12 +208,13 @@ async def grant_access(conn: Any, schema: str, access: SchemaAccess) -> None:
     declared = {*access.append_only, *access.keep_rows, *access.readers}
     if missing := sorted(declared - relations.keys()):
         raise MigrationError(f"{schema}: declared relations do not exist: {missing}")
-    for signature in access.executors:
+    for signature in {*access.executors, *access.search_paths}:
         target = f"{quote_ident(schema)}.{signature}"
         if not await conn.fetchval("SELECT to_regprocedure($1) IS NOT NULL", target):
             raise MigrationError(f"{schema}: declared function does not exist: {signature}")
     me = await conn.fetchval("SELECT current_user")  # the owner: it has every right already
     statements = _reader_grants(schema, access, me) + _executor_grants(schema, access, me)
+    statements += _search_paths(schema, access)
     if access.runtime_role and access.runtime_role != me:
         statements = _runtime_grants(schema, relations, access) + statements
     if statements:
@@ -246,6 +252,15 @@ def _executor_grants(schema: str, access: SchemaAccess, me: str) -> list[str]:
         ):
             statements.append(f"GRANT USAGE ON SCHEMA {quote_ident(schema)} TO {role}")
             statements.append(f"GRANT EXECUTE ON {target} TO {role}")
+    return statements
+
+
+def _search_paths(schema: str, access: SchemaAccess) -> list[str]:
+    statements: list[str] = []
+    for signature, others in sorted(access.search_paths.items()):
+        path = ", ".join(quote_ident(check_schema_name(s)) for s in (schema, *others))
+        target = f"FUNCTION {quote_ident(schema)}.{signature}"
+        statements.append(f"ALTER {target} SET search_path = {path}")
     return statements
 
 

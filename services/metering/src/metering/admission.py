@@ -83,7 +83,6 @@ class AdmissionRules:
     rate: Limit
     takeover_after_s: float
     inflight_ttl_s: float
-    ledger_schema: str
     hold_ttl_s: int
 
 
@@ -127,7 +126,6 @@ class PgAdmissions:
             now + timedelta(seconds=rules.inflight_ttl_s),
             repository.GUARD_LOCK_SPACE,
             *ratelimit.take_args(rules.rate, ticket.user_id, now),
-            rules.ledger_schema,
             rules.hold_ttl_s,
             guardrails.ANOMALY_HISTORY,
         )

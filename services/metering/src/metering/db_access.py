@@ -7,7 +7,15 @@ from billing_platform.db import SchemaAccess
 
 from metering.settings import Settings
 
-# The functions of migrations 0004 and 0005: only the runtime role may call them.
+# The functions that call the ledger's create_hold and capture_hold by name.
+LEDGER_CALLERS = (
+    "admit_charged_call(text, uuid, text, boolean, text, double precision, bigint, timestamptz,"
+    " timestamptz, timestamptz, bigint, bigint, bigint, timestamptz, integer, text, timestamptz,"
+    " timestamptz, integer, bigint, bigint, integer, integer)",
+    "settle_charged_call(text, jsonb, uuid, bigint, bigint, uuid, text, text, bigint, bigint,"
+    " bigint, bigint, text, text, text, text, json, bigint, text, bytea, bytea, jsonb, integer)",
+)
+# The functions of migrations 0004 to 0006: only the runtime role may call them.
 FUNCTIONS = (
     "rate_limit_take(text, timestamptz, timestamptz, integer, bigint, bigint)",
     "claim_request(text, text, text, double precision)",
@@ -15,18 +23,18 @@ FUNCTIONS = (
     "guard_state(text, timestamptz, timestamptz, timestamptz)",
     "recent_charges(text, integer)",
     "reserve_inflight(uuid, text, bigint, timestamptz, timestamptz)",
-    "admit_charged_call(text, uuid, text, boolean, text, double precision, bigint, timestamptz,"
-    " timestamptz, timestamptz, bigint, bigint, bigint, timestamptz, integer, text, timestamptz,"
-    " timestamptz, integer, bigint, bigint, text, integer, integer)",
     "record_usage(uuid, text, text, bigint, bigint, bigint, bigint, bigint, text, text, text,"
     " text, text, text, text, json, bigint, text, bytea, bytea, jsonb, integer)",
     "credits_text(bigint)",
     "settled_body(json, bigint, bigint, bigint, bigint, bigint)",
     "usage_charge_field(bigint)",
-    "settle_charged_call(text, text, jsonb, uuid, bigint, bigint, uuid, text, text, bigint,"
-    " bigint, bigint, bigint, text, text, text, text, json, bigint, text, bytea, bytea, jsonb,"
-    " integer)",
+    *LEDGER_CALLERS,
 )
+
+
+def ledger_search_paths(ledger_schema: str) -> dict[str, tuple[str, ...]]:
+    """The functions that call the ledger's, with the ledger's schema on their search_path."""
+    return {fn: (ledger_schema,) for fn in LEDGER_CALLERS}
 
 
 def schema_access(settings: Settings) -> SchemaAccess:
@@ -36,4 +44,5 @@ def schema_access(settings: Settings) -> SchemaAccess:
         # The reconciler compares charged usage with the ledger's postings.
         readers={"usage_records": (settings.db_reconciler_role,)},
         executors={fn: () for fn in FUNCTIONS},
+        search_paths=ledger_search_paths(settings.ledger_schema),
     )

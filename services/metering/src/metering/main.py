@@ -66,9 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # A claim left in progress is taken over only once its hold can no longer be active.
     takeover_s = settings.hold_ttl_s + settings.model_timeout_s
     topics = wiring.topics_for(settings)
-    store = PgUsageStore(
-        db, topics, relay, takeover_after_s=takeover_s, ledger_schema=settings.ledger_schema
-    )
+    store = PgUsageStore(db, topics, relay, takeover_after_s=takeover_s)
     rest = HttpLedgerClient(
         settings.ledger_url, settings.ledger_token, timeout_s=settings.ledger_timeout_s
     )
@@ -93,7 +91,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         rate_limit(settings),
         takeover_after_s=takeover_s,
         inflight_ttl_s=takeover_s,
-        ledger_schema=settings.ledger_schema,
         hold_ttl_s=settings.hold_ttl_s,
     )
     gateway = service.Gateway(

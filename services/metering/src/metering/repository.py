@@ -114,11 +114,9 @@ async def store_usage(
 
 @dataclass(frozen=True)
 class HoldToCapture:
-    """Where a charged record's hold is captured: the ledger's schema and topic, the headers
-    of its posting event, the hold and the balance it saw (the answer's when the ledger
-    cannot capture)."""
+    """A charged record's hold to capture: the ledger's topic and the headers of its posting
+    event, the hold and the balance it saw (the answer's when the ledger cannot capture)."""
 
-    ledger_schema: str
     ledger_topic: str
     ledger_headers: dict[str, str]
     hold_id: str
@@ -140,10 +138,8 @@ async def settle_charged_call(
     r_outcome (the capture's), r_new, r_charged, r_transaction_id, r_balance, r_held,
     r_recent_calls, r_recent_total."""
     return await conn.fetchrow(
-        "SELECT * FROM settle_charged_call($1, $2, $3::jsonb, $4::uuid, $5, $6, $7, $8, $9,"
-        " $10, $11, $12, $13, $14, $15, $16, $17, $18::json, $19, $20, $21, $22, $23::jsonb,"
-        " $24)",
-        check_schema_name(hold.ledger_schema),
+        "SELECT * FROM settle_charged_call($1, $2::jsonb, $3::uuid, $4, $5, $6, $7, $8, $9, $10,"
+        " $11, $12, $13, $14, $15, $16, $17::json, $18, $19, $20, $21, $22::jsonb, $23)",
         hold.ledger_topic,
         json.dumps(hold.ledger_headers),
         hold.hold_id,

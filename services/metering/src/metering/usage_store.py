@@ -148,13 +148,11 @@ class PgUsageStore:
         relay: Pokeable,
         *,
         takeover_after_s: float,
-        ledger_schema: str,
     ) -> None:
         self._db = db
         self._topics = topics
         self._relay = relay
         self._takeover_after_s = takeover_after_s
-        self._ledger_schema = ledger_schema
 
     async def claim(self, user_id: str, key: str, request_hash: str) -> Claimed | Taken:
         for _ in range(3):  # a claim can be released between the INSERT and the SELECT
@@ -232,7 +230,6 @@ class PgUsageStore:
     ) -> tuple[UsageRecord, repository.Stored]:
         """Capture and store in one statement; the record as stored."""
         target = repository.HoldToCapture(
-            self._ledger_schema,
             self._topics.ledger,
             outbox_headers(write.correlation_id),
             hold.hold_id,

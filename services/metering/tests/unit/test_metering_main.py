@@ -112,6 +112,7 @@ def test_the_migrations_are_in_order() -> None:
         "0003_rate_limits.sql",
         "0004_admission.sql",
         "0005_settlement.sql",
+        "0006_admission_static_hold.sql",
     ]
 
 

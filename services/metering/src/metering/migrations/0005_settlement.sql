@@ -63,7 +63,7 @@ RETURN CASE WHEN p_millicredits < 0 THEN '-' ELSE '' END
 -- the balance after the capture, appended to the keys the gateway gave, in this order.
 CREATE FUNCTION settled_body(p_head json, p_input_tokens bigint, p_output_tokens bigint,
                              p_charged bigint, p_balance bigint, p_held bigint)
-RETURNS json LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURNS json LANGUAGE sql STABLE PARALLEL SAFE  -- json_build_object is STABLE: so inlinable
 RETURN (left(p_head::text, -1)
     || CASE WHEN p_head::text ~ '^\{\s*\}$' THEN '' ELSE ', ' END
     || '"usage": ' || json_build_object('inputTokens', p_input_tokens,
@@ -99,8 +99,10 @@ END $$;
 -- with the amount asked and no transaction: the ledger's usage consumer charges it from
 -- billing.usage.v1, once per usage id, as before. The ledger's own refusals (a usage id
 -- charged to another user) raise, and the gateway records the call without the capture.
+-- capture_hold is the ledger's: `metering migrate` puts the ledger's schema on this
+-- function's search_path (db_access.py), so the call is static and keeps its plan.
 CREATE FUNCTION settle_charged_call(
-    p_ledger_schema text, p_ledger_topic text, p_ledger_headers jsonb, p_hold_id uuid,
+    p_ledger_topic text, p_ledger_headers jsonb, p_hold_id uuid,
     p_hold_balance bigint, p_hold_held bigint,
     p_usage_id uuid, p_user_id text, p_model text, p_input_tokens bigint,
     p_output_tokens bigint, p_amount bigint, p_cost bigint, p_rate_card_version text,
@@ -119,12 +121,9 @@ DECLARE
     v_held    bigint := p_hold_held;
     v_stored  record;
 BEGIN
-    EXECUTE format('SELECT * FROM %I.capture_hold($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)',
-                   p_ledger_schema)
-        INTO v_cap
-        USING p_hold_id, p_usage_id::text, p_amount, p_model, p_input_tokens,
-            p_output_tokens, p_rate_card_version, p_correlation_id, p_ledger_headers,
-            p_ledger_topic;
+    SELECT * INTO v_cap FROM capture_hold(p_hold_id, p_usage_id::text, p_amount, p_model,
+        p_input_tokens, p_output_tokens, p_rate_card_version, p_correlation_id,
+        p_ledger_headers, p_ledger_topic);
     IF v_cap.r_outcome = 'captured' THEN
         v_charged := v_cap.r_charged;
         v_txn := v_cap.r_transaction_id;
