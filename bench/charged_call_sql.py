@@ -3,10 +3,11 @@ makes them now, against the statements of the last release (f329260), in the sam
 the same PostgreSQL.
 
 - **after**: ``admit_charged_call`` (metering's migration 0006: the ledger's ``create_hold``
-  called by name), then ``settle_charged_call`` (0005: the ledger's ``capture_hold`` and
-  the usage record in one statement), through metering's own ``PgAdmissions`` and
-  ``PgUsageStore``;
-- **before**: the admission of migration 0004 (``create_hold`` through ``EXECUTE``), then
+  called by name; 0007: the caps read running totals), then ``settle_charged_call``
+  (0005: the ledger's ``capture_hold`` and the usage record in one statement), through
+  metering's own ``PgAdmissions`` and ``PgUsageStore``;
+- **before**: the admission of migration 0004 (``create_hold`` through ``EXECUTE``, the caps
+  summing the user's records of the day and of the hour), then
   ``capture_hold`` as a statement of its own with the posting-event encoder of ledger
   migration 0010, then the usage record in a second statement. These definitions are
   re-created, from the migration files, in the before schemas only.
@@ -19,7 +20,11 @@ alternate the two ways, so a slow minute of the machine weighs on both. Each rou
 over rounds of PostgreSQL's CPU (every process of the cluster) and the client's (asyncpg,
 encoding) per call, and the calls per second.
 
-Run: ``./scripts/run python bench/charged_call_sql.py [--calls 2000] [--rounds 5] [--json]``.
+``--history N`` gives each user N charged calls made earlier in the day (before: the caps sum
+the day's records; after: metering's migration 0007 keeps running totals).
+
+Run: ``./scripts/run python bench/charged_call_sql.py [--calls 2000] [--rounds 5]
+[--history 0] [--json]``.
 """
 
 from __future__ import annotations
@@ -102,7 +107,11 @@ def previous_definitions() -> tuple[str, str]:
     """(ledger's, metering's) SQL re-creating the functions as f329260 had them."""
     event = _definition("ledger", "0010_posting_event_cost.sql", "usage_posted_event")
     admit = _definition("metering", "0004_admission.sql", "admit_charged_call")
-    return event, admit.replace("FUNCTION admit_", "FUNCTION previous_admit_", 1)
+    guard = _definition("metering", "0004_admission.sql", "guard_state")
+    admit = admit.replace("FUNCTION admit_", "FUNCTION previous_admit_", 1)
+    admit = admit.replace("FROM guard_state(", "FROM previous_guard_state(")
+    guard = guard.replace("FUNCTION guard_state(", "FUNCTION previous_guard_state(", 1)
+    return event, f"{guard}\n{admit}"
 
 
 # The usage record's statement of f329260 (repository.store_usage then).
@@ -209,8 +218,9 @@ class After:
 Call = Callable[[str], Awaitable[None]]
 
 
-async def schemas(dsn: str, tag: str, users: int) -> tuple[Database, str, list[str]]:
-    """A migrated, funded pair of schemas: metering's pool, the ledger's schema, the names."""
+async def schemas(dsn: str, tag: str, users: int, history: int) -> tuple[Database, str, list[str]]:
+    """A migrated, funded pair of schemas, each user with ``history`` charged calls made
+    earlier today: metering's pool, the ledger's schema, the names."""
     ledger, metering = f"bench_{tag}_ledger", f"bench_{tag}_metering"
     await migrate_package(dsn, ledger, "ledger")
     access = SchemaAccess(search_paths=ledger_search_paths(ledger))
@@ -221,6 +231,17 @@ async def schemas(dsn: str, tag: str, users: int) -> tuple[Database, str, list[s
             f'INSERT INTO "{ledger}".balances (user_id, balance_millicredits)'
             " SELECT 'bench-' || i, 1000000000000 FROM generate_series(1, $1) i",
             users,
+        )
+        await conn.execute(
+            f'INSERT INTO "{metering}".usage_records (usage_id, user_id, model, input_tokens,'
+            " output_tokens, charged_millicredits, cost_millicredits, rate_card_version, hold_id,"
+            " idempotency_key, mode, response_body, priced_millicredits, created_at)"
+            " SELECT gen_random_uuid(), 'bench-' || u, 'gpt-4o-mini', 25, 20, 1234, 300, 'v',"
+            " 'h', 'past-' || u || '-' || n, 'charged', '{}', 1234,"
+            " date_trunc('day', now(), 'UTC') + (now() - date_trunc('day', now(), 'UTC'))"
+            " * n / ($2 + 1) FROM generate_series(1, $1) u, generate_series(1, $2) n",
+            users,
+            history,
         )
     finally:
         await conn.close()
@@ -252,8 +273,8 @@ def postmaster_pid() -> int:
 
 async def bench(dsn: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     tag = uuid.uuid4().hex[:8]
-    old_db, old_ledger, users = await schemas(dsn, f"{tag}_b", args.users)
-    new_db, _, _ = await schemas(dsn, f"{tag}_a", args.users)
+    old_db, old_ledger, users = await schemas(dsn, f"{tag}_b", args.users, args.history)
+    new_db, _, _ = await schemas(dsn, f"{tag}_a", args.users, args.history)
     event, admit = previous_definitions()
     conn = await asyncpg.connect(dsn)
     try:
@@ -289,6 +310,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000, help="calls per round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per way, alternating")
     parser.add_argument("--workers", type=int, default=4, help="connections calling at once")
+    parser.add_argument(
+        "--history", type=int, default=0, help="charged calls each user made earlier today"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     postgres = Stack(Layout.dev()).postgres
@@ -304,7 +328,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(figures, indent=2))
         return
-    print(f"medians of {args.rounds} rounds of {args.calls} calls, {args.workers} at once")
+    print(
+        f"medians of {args.rounds} rounds of {args.calls} calls, {args.workers} at once,"
+        f" {args.history} earlier calls per user today"
+    )
     print(f"{'':20} {'PostgreSQL us':>14} {'client us':>10} {'calls/s':>8}")
     for name, f in figures.items():
         print(f"{name:20} {f['postgres_us']:14.0f} {f['client_us']:10.0f} {f['per_s']:8.0f}")

@@ -113,6 +113,7 @@ def test_the_migrations_are_in_order() -> None:
         "0004_admission.sql",
         "0005_settlement.sql",
         "0006_admission_static_hold.sql",
+        "0007_spend_totals.sql",
     ]
 
 
