@@ -57,7 +57,7 @@ from metering.ledger_client import Balance
 from metering.model_client import TokenUsage
 from metering.records import CHARGED, UsageRecord
 from metering.usage_store import PgUsageStore
-from pipeline import GENERATOR, cpu_snapshot
+from pipeline import GENERATOR, cpu_snapshot, dev_postgres
 
 TOPICS = Topics()
 UNCAPPED = Caps(10**12, 10**12, 10**12)
@@ -315,16 +315,8 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    postgres = Stack(Layout.dev()).postgres
-    postgres.install()
-    was_running = postgres.running()
-    postgres.start()
-    postgres.wait_ready(90)
-    try:
+    with dev_postgres() as postgres:
         figures = asyncio.run(bench(postgres.dsn, args))
-    finally:
-        if not was_running:
-            postgres.stop()
     if args.json:
         print(json.dumps(figures, indent=2))
         return

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import random
@@ -56,6 +57,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from billing_cli import installers, keys, stripe_sim
+from billing_cli.components import Postgres
 from billing_cli.layout import Layout
 from billing_cli.stack import Stack
 from billing_events.kafka import KafkaPublisher, timestamp_now, topic_partitions
@@ -92,6 +94,22 @@ QUIET_POLL_S = 0.25  # while waiting for the rest of the pipeline (fewer looks, 
 QUIET_TIMEOUT_S = 900.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 GENERATOR = "load generator"
+
+
+@contextlib.contextmanager
+def dev_postgres(keep: bool = False) -> Iterator[Postgres]:
+    """The dev stack's PostgreSQL alone (port 15432, durable commits), started if it is not
+    running; stopped afterwards unless it was running already or ``keep``."""
+    postgres = Stack(Layout.dev()).postgres
+    postgres.install()
+    was_running = postgres.running()
+    postgres.start()
+    postgres.wait_ready(90)
+    try:
+        yield postgres
+    finally:
+        if not (keep or was_running):
+            postgres.stop()
 
 
 # --- CPU seconds per process, from /proc ------------------------------------------------

@@ -48,8 +48,6 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
-from billing_cli.layout import Layout
-from billing_cli.stack import Stack
 from billing_cli.stripe_sim import API_VERSION
 from billing_platform.db import Database, migrate_package
 from checkout.catalog import PACKAGES, Package
@@ -57,6 +55,7 @@ from ledger import journal
 from ledger.holds import REVENUE
 from metering.pricing import price
 from metering.rate_card import RateCard, load_rate_cards
+from pipeline import dev_postgres
 from reconciler.checks import Check
 from reconciler.findings import Finding, Schemas
 from reconciler.main import run_context
@@ -613,16 +612,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the schemas and PostgreSQL")
     args = parser.parse_args()
     data = dataset(parser, args)
-    postgres = Stack(Layout.dev()).postgres
-    postgres.install()
-    was_running = postgres.running()
-    postgres.start()
-    postgres.wait_ready(90)
-    try:
+    with dev_postgres(keep=args.keep) as postgres:
         code = asyncio.run(bench(postgres.dsn, data, args.keep))
-    finally:
-        if not (args.keep or was_running):
-            postgres.stop()
     sys.exit(code)
 
 

@@ -17,6 +17,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from billing_events.kafka import KafkaPublisher, ensure_topics
 from billing_events.topics import CONTRACT_TOPICS, STRIPE_EVENTS, Topics
 from billing_events.v1 import stripe_pb2
 from billing_platform.db import Database, SchemaAccess, migrate_package
+from metering.db_access import ledger_search_paths
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -105,6 +108,52 @@ async def migrated_db(stack: Stack) -> AsyncIterator[MigratedDb]:
     yield make
     for db in opened:
         await db.stop()
+
+
+@dataclass(frozen=True)
+class MeteringDbs:
+    """A ledger schema and a metering schema bound to it, as ``metering migrate`` binds
+    them: its admission and settlement call the ledger's hold functions by name."""
+
+    ledger: Database
+    metering: Database
+    ledger_schema: str
+
+
+@pytest.fixture
+async def metering_dbs(migrated_db: MigratedDb) -> MeteringDbs:
+    ledger_schema = f"t_{uuid.uuid4().hex[:12]}"
+    ledger = await migrated_db(ledger_schema, "ledger")
+    access = SchemaAccess(search_paths=ledger_search_paths(ledger_schema))
+    metering = await migrated_db(f"t_{uuid.uuid4().hex[:12]}", "metering", access)
+    return MeteringDbs(ledger, metering, ledger_schema)
+
+
+RecordCharge = Callable[..., Awaitable[None]]
+
+
+@pytest.fixture
+def record_charge() -> RecordCharge:
+    """``await record_charge(metering_db, user, amount, at, mode="charged")``: a usage record
+    made at ``at``, as the caps, the anomaly check and the totals read them."""
+
+    async def write(
+        db: Database, user: str, amount: int, at: datetime, mode: str = "charged"
+    ) -> None:
+        await db.pool.execute(
+            "INSERT INTO usage_records (usage_id, user_id, model, input_tokens, output_tokens,"
+            " charged_millicredits, cost_millicredits, rate_card_version, hold_id,"
+            " idempotency_key, mode, response_body, priced_millicredits, created_at)"
+            " VALUES ($1, $2, 'gpt-4o', 1, 1, $3, 0, 'v', 'h', $4, $5, '{}', $3, $6)",
+            uuid.uuid4(),
+            user,
+            amount,
+            f"k-{uuid.uuid4().hex}",
+            mode,
+            at,
+        )
+
+    return write
 
 
 # A pending starter purchase (9.99 USD, 9,990 credits) as checkout would have created it.

@@ -15,11 +15,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from billing_platform.db import Database, SchemaAccess
+from billing_platform.db import Database
 from billing_platform.ratelimit import Limit, Limited, retry_after_s, window_at
 from metering import guardrails
 from metering.admission import AdmissionRules, Admitted, PgAdmissions, Referred, Ticket
-from metering.db_access import ledger_search_paths
 from metering.guardrails import Caps, Spending
 from metering.ledger_client import InsufficientCredits
 from metering.usage_store import Taken
@@ -40,8 +39,8 @@ def rules(**changes: Any) -> AdmissionRules:
 
 
 class Dbs:
-    def __init__(self, ledger: Database, metering: Database, ledger_schema: str) -> None:
-        self.ledger, self.metering, self.ledger_schema = ledger, metering, ledger_schema
+    def __init__(self, ledger: Database, metering: Database, record_charge: Any) -> None:
+        self.ledger, self.metering, self.record_charge = ledger, metering, record_charge
 
     def admissions(self, **changes: Any) -> PgAdmissions:
         return PgAdmissions(self.metering, rules(**changes))
@@ -82,28 +81,12 @@ class Dbs:
 
     async def charge(self, user: str, amount: int, at: datetime) -> None:
         """A charged usage record made at ``at`` (what the caps count)."""
-        await self.metering.pool.execute(
-            "INSERT INTO usage_records (usage_id, user_id, model, input_tokens, output_tokens,"
-            " charged_millicredits, uncollected_millicredits, cost_millicredits,"
-            " rate_card_version, hold_id, idempotency_key, mode, correlation_id,"
-            " response_body, priced_millicredits, created_at)"
-            " VALUES ($1, $2, 'gpt-4o-mini', 1, 1, $3, 0, 0, 'v', 'h', $4, 'charged', 'c',"
-            " '{}', $3, $5)",
-            str(uuid.uuid4()),
-            user,
-            amount,
-            f"k-{uuid.uuid4().hex}",
-            at,
-        )
+        await self.record_charge(self.metering, user, amount, at)
 
 
 @pytest.fixture
-async def dbs(migrated_db: Any) -> Dbs:
-    ledger_schema = f"t_{uuid.uuid4().hex[:12]}"
-    ledger = await migrated_db(ledger_schema, "ledger")
-    access = SchemaAccess(search_paths=ledger_search_paths(ledger_schema))
-    metering = await migrated_db(f"t_{uuid.uuid4().hex[:12]}", "metering", access)
-    return Dbs(ledger, metering, ledger_schema)
+def dbs(metering_dbs: Any, record_charge: Any) -> Dbs:
+    return Dbs(metering_dbs.ledger, metering_dbs.metering, record_charge)
 
 
 def ticket(user: str, key: str | None = None, estimate: int = ESTIMATE) -> Ticket:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,27 +21,13 @@ NOW = datetime(2026, 11, 26, 14, 37, 21, 500_000, tzinfo=UTC)
 HOUR_START = NOW - guardrails.WINDOW
 DAY_START = guardrails.day_start(NOW)
 US = timedelta(microseconds=1)
+RecordCharge = Callable[..., Awaitable[None]]
 
 
 @pytest.fixture
 async def metering(migrated_db: Any) -> Database:
     db: Database = await migrated_db(f"t_{uuid.uuid4().hex[:12]}", "metering")
     return db
-
-
-async def charge(db: Database, user: str, amount: int, at: datetime, mode: str = "charged") -> None:
-    await db.pool.execute(
-        "INSERT INTO usage_records (usage_id, user_id, model, input_tokens, output_tokens,"
-        " charged_millicredits, cost_millicredits, rate_card_version, hold_id, idempotency_key,"
-        " mode, response_body, priced_millicredits, created_at)"
-        " VALUES ($1, $2, 'gpt-4o', 1, 1, $3, 0, 'v', 'h', $4, $5, '{}', $3, $6)",
-        uuid.uuid4(),
-        user,
-        amount,
-        f"k-{uuid.uuid4().hex}",
-        mode,
-        at,
-    )
 
 
 async def sums(db: Database, user: str) -> tuple[int, int]:
@@ -63,7 +50,9 @@ async def summed_over_records(db: Database, user: str) -> tuple[int, int]:
     return row["day"], row["hour"]
 
 
-async def test_the_sums_match_the_records_at_every_edge(metering: Database) -> None:
+async def test_the_sums_match_the_records_at_every_edge(
+    metering: Database, record_charge: RecordCharge
+) -> None:
     user = "edges"
     minute = HOUR_START.replace(second=0, microsecond=0)
     moments = {
@@ -79,8 +68,8 @@ async def test_the_sums_match_the_records_at_every_edge(metering: Database) -> N
         512: NOW,
     }
     for amount, at in moments.items():
-        await charge(metering, user, amount, at)
-    await charge(metering, user, 1024, NOW, mode="shadow")  # only charged records count
+        await record_charge(metering, user, amount, at)
+    await record_charge(metering, user, 1024, NOW, mode="shadow")  # only charged records count
 
     assert await sums(metering, user) == await summed_over_records(metering, user)
     today, hour = await sums(metering, user)
@@ -88,10 +77,12 @@ async def test_the_sums_match_the_records_at_every_edge(metering: Database) -> N
     assert hour == 16 + 64 + 128 + 256 + 512
 
 
-async def test_rows_no_check_reads_are_dropped_when_a_new_one_starts(metering: Database) -> None:
+async def test_rows_no_check_reads_are_dropped_when_a_new_one_starts(
+    metering: Database, record_charge: RecordCharge
+) -> None:
     user = "pruned"
     for at in (NOW - timedelta(days=3), NOW - timedelta(days=1), NOW - timedelta(hours=3), NOW):
-        await charge(metering, user, 10, at)
+        await record_charge(metering, user, 10, at)
 
     days = await metering.pool.fetch(
         "SELECT day FROM spend_days WHERE user_id = $1 ORDER BY day", user
@@ -104,12 +95,14 @@ async def test_rows_no_check_reads_are_dropped_when_a_new_one_starts(metering: D
     assert await sums(metering, user) == await summed_over_records(metering, user)
 
 
-async def test_concurrent_records_of_one_user_all_count(metering: Database) -> None:
+async def test_concurrent_records_of_one_user_all_count(
+    metering: Database, record_charge: RecordCharge
+) -> None:
     user = "busy"
 
     async def many(n: int) -> None:
         for _ in range(n):
-            await charge(metering, user, 3, datetime.now(UTC))
+            await record_charge(metering, user, 3, datetime.now(UTC))
 
     await asyncio.gather(*(many(25) for _ in range(4)))
 
@@ -121,7 +114,9 @@ async def test_concurrent_records_of_one_user_all_count(metering: Database) -> N
     assert (row["days"], row["minutes"]) == (300, 300)
 
 
-async def test_the_migration_counts_the_records_made_before_it(stack: Stack, schema: str) -> None:
+async def test_the_migration_counts_the_records_made_before_it(
+    stack: Stack, schema: str, record_charge: RecordCharge
+) -> None:
     conn = await asyncpg.connect(stack.postgres.dsn)
     try:
         before = [m for m in load_migrations("metering") if m.version < 7]
@@ -131,7 +126,7 @@ async def test_the_migration_counts_the_records_made_before_it(stack: Stack, sch
         try:
             now = datetime.now(UTC)
             for amount, at in [(5, now - timedelta(minutes=10)), (7, now - timedelta(hours=5))]:
-                await charge(db, "earlier", amount, at)
+                await record_charge(db, "earlier", amount, at)
             await migrate(conn, schema, load_migrations("metering"))
             totals = await db.pool.fetchrow(
                 "SELECT (SELECT sum(charged_millicredits) FROM spend_days) AS days,"

@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 from billing_events.topics import Topics
 from billing_events.v1 import alert_pb2, ledger_pb2, usage_pb2
-from billing_platform.db import Database, SchemaAccess
+from billing_platform.db import Database
 from billing_platform.money import credits_text
 from metering import bodies, guardrails, repository
-from metering.db_access import ledger_search_paths
 from metering.ledger_client import Balance, Hold
 from metering.model_client import TokenUsage
 from metering.records import CHARGED, SHADOW, UNBILLED, ShadowCharge, UsageRecord
@@ -37,8 +36,11 @@ class Relay:
 
 
 class Dbs:
-    def __init__(self, ledger: Database, metering: Database, ledger_schema: str) -> None:
+    def __init__(
+        self, ledger: Database, metering: Database, ledger_schema: str, record_charge: Any
+    ) -> None:
         self.ledger, self.metering, self.ledger_schema = ledger, metering, ledger_schema
+        self.record_charge = record_charge
         self.relay = Relay()
         self.store = PgUsageStore(metering, Topics(), self.relay, takeover_after_s=180)
 
@@ -84,28 +86,16 @@ class Dbs:
         return rows
 
     async def past_charges(self, user: str, amounts: list[int]) -> None:
+        now = datetime.now(UTC)
         for i, amount in enumerate(amounts):
-            await self.metering.pool.execute(
-                "INSERT INTO usage_records (usage_id, user_id, model, input_tokens,"
-                " output_tokens, charged_millicredits, cost_millicredits, rate_card_version,"
-                " hold_id, idempotency_key, mode, response_body, priced_millicredits,"
-                " created_at) VALUES ($1, $2, 'gpt-4o', 1, 1, $3, 0, 'v', 'h', $4, 'charged',"
-                " '{}', $3, $5)",
-                uuid.uuid4(),
-                user,
-                amount,
-                f"past-{uuid.uuid4().hex}",
-                datetime.now(UTC) - timedelta(minutes=10 + i),
-            )
+            await self.record_charge(self.metering, user, amount, now - timedelta(minutes=10 + i))
 
 
 @pytest.fixture
-async def dbs(migrated_db: Any) -> Dbs:
-    ledger_schema = f"t_{uuid.uuid4().hex[:12]}"
-    ledger = await migrated_db(ledger_schema, "ledger")
-    access = SchemaAccess(search_paths=ledger_search_paths(ledger_schema))
-    metering = await migrated_db(f"t_{uuid.uuid4().hex[:12]}", "metering", access)
-    return Dbs(ledger, metering, ledger_schema)
+def dbs(metering_dbs: Any, record_charge: Any) -> Dbs:
+    return Dbs(
+        metering_dbs.ledger, metering_dbs.metering, metering_dbs.ledger_schema, record_charge
+    )
 
 
 def new_user() -> str:
