@@ -193,6 +193,8 @@ class PgUsageStore:
             _deferred(hold, "refused", exc_info=True)
             stored = await self._write(write.uncaptured())
         if stored.record is None:
+            # Stored before under this key (a usage id derives from the user and the key, so
+            # there is no other way to collide): the earlier answer is the answer.
             return Recorded(stored.earlier or {}, None)
         self._relay.poke()
         if stored.flagged:
