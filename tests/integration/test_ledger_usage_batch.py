@@ -162,6 +162,31 @@ async def test_a_batch_with_a_hold_to_capture_is_refused_whole(
     assert [a for a, _ in await wallet_entries(ledger_db, user)] == [-1_000, -1_000]
 
 
+async def test_records_the_gateway_captured_are_answered_without_a_balance_lock(
+    namespace: Topics, ledger_db: Database
+) -> None:
+    user = f"cap-{uuid.uuid4().hex[:6]}"
+    await fund(ledger_db, **{user: 10_000})
+    captured = [holds.Usage(f"cap-{uuid.uuid4().hex[:8]}", 100, "gpt-4o-mini", 10, 5, "test")]
+    captured.append(holds.Usage(f"cap-{uuid.uuid4().hex[:8]}", 200, "gpt-4o-mini", 10, 5, "test"))
+    async with ledger_db.pool.acquire() as conn, conn.transaction():  # as the captures did
+        await repository.lock_balance(conn, user)
+        for usage in captured:
+            await holds.charge_usage(conn, namespace, user, usage, None)
+    batch = [
+        usage_message(namespace, user, u.amount_millicredits, usage_id=u.usage_id, hold_id="h")
+        for u in captured
+    ]
+
+    async with ledger_db.pool.acquire() as gateway, gateway.transaction():
+        await repository.lock_balance(gateway, user)  # a capture for this user, in flight
+        await asyncio.wait_for(usage_batch_handler(ledger_db, namespace)(batch), 10)
+
+    assert [a for a, _ in await wallet_entries(ledger_db, user)] == [-100, -200]
+    outcomes = await ledger_db.pool.fetch("SELECT outcome FROM inbox")
+    assert [r[0] for r in outcomes] == ["posted", "posted"]
+
+
 async def test_a_usage_id_charged_to_another_user_undoes_the_batch(
     namespace: Topics, ledger_db: Database
 ) -> None:

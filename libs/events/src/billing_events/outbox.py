@@ -204,11 +204,11 @@ class OutboxRelay:
         self._wakeup.set()
 
     async def _relay_until_stopped(self, conn: Any) -> None:
+        loop = asyncio.get_running_loop()
         cycles = 0
         while not self._stopping.is_set():
             self._wakeup.clear()
-            if self._linger_s:  # rows written just after this one join its produce batch
-                await self._sleep(self._linger_s)
+            started = loop.time()
             while await self.relay_once(conn) == self._batch_size:
                 pass
             cycles += 1
@@ -216,6 +216,10 @@ class OutboxRelay:
                 await self._prune(conn)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self._idle_poll_s)
+            # At most one cycle per linger: under load, rows written meanwhile share the next
+            # produce request (the broker's work is per request, not per record); after a
+            # quiet spell the first row goes at once.
+            await self._sleep(started + self._linger_s - loop.time())
 
     async def relay_once(self, conn: Any) -> int:
         """Publish one batch of unpublished rows in id order; returns how many."""
@@ -263,5 +267,7 @@ class OutboxRelay:
         )
 
     async def _sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)

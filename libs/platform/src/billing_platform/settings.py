@@ -78,8 +78,9 @@ class ServiceSettings(BaseSettings):
     # How long the broker may hold a fetch to fill it (Kafka's fetch.wait.max.ms): records
     # reach the consumer up to this much later, in fewer, larger batches. 0: at once.
     consumer_linger_ms: int = Field(default=0, ge=0, le=5000)
-    # How long the outbox relay waits after a new row before publishing, so that rows
-    # written meanwhile share its produce batch and its statements. 0: at once.
+    # The outbox relay publishes at most once per this interval: under load, the rows written
+    # meanwhile share one produce request and its statements (the broker's work is per
+    # request); a row written after a quiet spell goes at once. 0: every row at once.
     outbox_linger_ms: int = Field(default=0, ge=0, le=5000)
     infra: InfraSettings = Field(default_factory=InfraSettings)
 

@@ -15,9 +15,11 @@ class Settings(ServiceSettings):
     port: int = 8103
     db_schema: str = "ledger"
     # Postings are durable and spendable before they are published: batch their publishing.
-    outbox_linger_ms: int = Field(default=10, ge=0, le=5000)
-    # The consumer of usage and audit records (Stripe events have one of their own, at once).
-    usage_consumer_linger_ms: int = Field(default=100, ge=0, le=5000)
+    # (Checkout's purchase status reads them through a consumer that lingers as long.)
+    outbox_linger_ms: int = Field(default=100, ge=0, le=5000)
+    # The consumer of usage and audit records (Stripe events have one of their own, at once):
+    # most usage records were captured by the gateway already; the rest are charged late.
+    usage_consumer_linger_ms: int = Field(default=250, ge=0, le=5000)
     # The reconciler's runtime role: `migrate` lets it SELECT what reconciliation checks here.
     db_reconciler_role: str = ""
     # Metering's runtime role: `migrate` lets it EXECUTE the hold and capture functions only.

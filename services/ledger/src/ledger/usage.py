@@ -4,7 +4,8 @@ Per record the meaning is the one of the record-by-record path (``holds``): each
 posted once, for at most what its user has available (balance minus held), in the order the
 records came. Only the work is shared: the batch's balances are locked once (in user order,
 as every path locks them), its postings, entries, balance moves and outbox records are
-written in a handful of statements.
+written in a handful of statements. Records already posted (the gateway captured their
+hold) are answered from one look-up, without a lock.
 """
 
 from __future__ import annotations
@@ -41,9 +42,14 @@ async def post_usage_batch(
 ) -> dict[str, str]:
     """Post the batch's new charges; the outcome of each record by its inbox key."""
     outcomes = {r.key: "not_billed" for r in records if not r.charged}
-    charged = [r for r in records if r.charged]
-    balances = await repository.lock_balances(conn, sorted({r.user_id for r in charged}))
-    new = await _not_posted_yet(conn, charged, outcomes)
+    # Most records were captured by the gateway already: those need no balance lock (which
+    # would hold up the gateway's captures for the same users), only their outcome.
+    maybe_new = await _not_posted_yet(conn, [r for r in records if r.charged], outcomes)
+    if not maybe_new:
+        return outcomes
+    balances = await repository.lock_balances(conn, sorted({r.user_id for r in maybe_new}))
+    # Under the locks, no other path can post these users' usage: look again.
+    new = await _not_posted_yet(conn, maybe_new, outcomes)
     charges = _charges(new, balances)
     for record, charge in charges:
         outcomes[record.key] = "posted" if charge else "uncollected"
