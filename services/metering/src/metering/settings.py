@@ -18,7 +18,8 @@ class Settings(ServiceSettings):
     port: int = 8104
     db_schema: str = "metering"
     # Usage records wait for no one downstream (the capture is done): batch their publishing.
-    outbox_linger_ms: int = Field(default=100, ge=0, le=5000)
+    # One produce request per partition and cycle (six on the contract's topics).
+    outbox_linger_ms: int = Field(default=250, ge=0, le=5000)
     # The reconciler's runtime role: `migrate` lets it SELECT what reconciliation checks here.
     db_reconciler_role: str = ""
     # The ledger's schema: metering holds credits through its `create_hold` function there
