@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from billing_platform.db import Database
 from billing_platform.ratelimit import Limit, Limited, retry_after_s, window_at
-from metering import guardrails
+from metering import guardrails, repository
 from metering.admission import AdmissionRules, Admitted, PgAdmissions, Referred, Ticket
 from metering.guardrails import Caps, Spending
 from metering.ledger_client import InsufficientCredits
@@ -125,6 +125,29 @@ async def test_an_admitted_call_is_claimed_held_and_counted_in_flight(dbs: Dbs) 
     assert await dbs.claim(user, f"chat:{user}:k1") == ("in_progress", 1)
     assert await dbs.in_flight(user) == ESTIMATE
     assert await dbs.rate_hits(user) == 1
+
+
+async def test_the_admission_commits_without_waiting_and_the_session_keeps_waiting(
+    dbs: Dbs,
+) -> None:
+    """Only the admission's own transaction skips the wait for the WAL flush: the pooled
+    session, which the settlement may get next, commits durably again."""
+    user = new_user()
+    await dbs.fund(user, 100_000)
+    one = Database(dbs.metering.dsn, dbs.metering.schema, 1, 1)
+    await one.start()
+    try:
+        async with one.pool.acquire() as conn:
+            await conn.execute("SET synchronous_commit = on")  # the test cluster's is off
+            async with conn.transaction():
+                args = dbs.admissions()._args(ticket(user), now())
+                row = await repository.admit_charged_call(conn, args)
+                assert row["r_outcome"] == "admitted"
+                assert await conn.fetchval("SHOW synchronous_commit") == "off"
+            assert await conn.fetchval("SHOW synchronous_commit") == "on"
+    finally:
+        await one.stop()
+    assert await dbs.held(user) == ESTIMATE
 
 
 async def test_the_history_is_the_last_twenty_charged_calls(dbs: Dbs) -> None:

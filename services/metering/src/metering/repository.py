@@ -30,9 +30,18 @@ async def create_ledger_hold(
 async def admit_charged_call(conn: Any, args: tuple[Any, ...]) -> Any:
     """``admit_charged_call`` (migration 0004): claim, guardrails, rate limit, the ledger's
     hold and the in-flight row in one statement; the arguments as ``PgAdmissions`` orders
-    them, the r_* columns as the migration describes them."""
+    them, the r_* columns as the migration describes them.
+
+    Its transaction commits without waiting for the WAL flush. Nothing it writes is owed to
+    anyone: a crash that loses it loses a claim, a reservation and a hold of a call that
+    was not answered (no settlement can follow it, and a retry is admitted afresh), and the
+    settlement's own commit, which waits, flushes the WAL up to and past it."""
     placeholders = ", ".join(f"${i}" for i in range(1, len(args) + 1))
-    return await conn.fetchrow(f"SELECT * FROM admit_charged_call({placeholders})", *args)
+    return await conn.fetchrow(
+        f"SELECT a.* FROM admit_charged_call({placeholders}) a,"
+        " set_config('synchronous_commit', 'off', true)",
+        *args,
+    )
 
 
 async def claim_key(
