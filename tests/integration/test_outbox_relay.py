@@ -13,6 +13,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 from billing_events.kafka import KafkaPublisher
 from billing_events.outbox import OutboxRelay, write_outbox
 from billing_events.topics import Topics
@@ -26,8 +27,8 @@ async def _write(db: Database, relay: OutboxRelay, topic: str) -> int:
     return row_id
 
 
-async def _published(db: Database, ids: list[int]) -> list[object]:
-    deadline = time.monotonic() + 30
+async def _published(db: Database, ids: list[int], within_s: float = 30) -> list[object]:
+    deadline = time.monotonic() + within_s
     while True:
         rows = await db.pool.fetch(
             "SELECT published_at FROM outbox WHERE id = ANY($1::bigint[]) ORDER BY id", ids
@@ -69,3 +70,30 @@ async def test_a_row_after_a_quiet_spell_is_not_held_back(
     finally:
         await relay.stop()
     assert published_at - created_at < timedelta(seconds=3)  # type: ignore[operator]
+
+
+async def test_a_steady_stream_notifies_about_once_a_cycle_and_is_all_published(
+    namespace: Topics, migrated_db: Any, publisher: KafkaPublisher
+) -> None:
+    """Metering's outbox notifies only when no older row waits (``OUTBOX_QUIET_NOTIFY_DDL``).
+    With the idle poll out of reach, only the notifications and the relay's own look after
+    each linger can publish the rows."""
+    db = await migrated_db(f"t_{uuid.uuid4().hex[:12]}", "metering")
+    heard: list[str] = []
+    listener = await asyncpg.connect(db.dsn)
+    await listener.add_listener(f"{db.schema}.outbox", lambda *args: heard.append(args[2]))
+    relay = OutboxRelay(db, publisher, linger_s=0.3, idle_poll_s=60)
+    await relay.start()
+    try:
+        ids = []
+        for _ in range(15):
+            async with db.pool.acquire() as conn, conn.transaction():
+                ids.append(await write_outbox(conn, namespace.usage, "k", b"x"))
+            await asyncio.sleep(0.1)
+        published_at = await _published(db, ids, within_s=10)
+    finally:
+        await relay.stop()
+        await listener.close()
+    cycles = len(set(published_at))
+    assert cycles < len(ids)
+    assert 1 <= len(heard) <= cycles

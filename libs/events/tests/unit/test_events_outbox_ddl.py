@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from billing_events.outbox import OUTBOX_DDL
+from billing_events.outbox import OUTBOX_DDL, OUTBOX_QUIET_NOTIFY_DDL
 
 ROOT = Path(__file__).resolve().parents[4]
 
@@ -32,3 +32,12 @@ def test_the_services_that_publish_through_an_outbox_have_one() -> None:
 def test_each_copy_matches_the_relay_ddl() -> None:
     for migration in outbox_migrations():
         assert squeeze(OUTBOX_DDL) in squeeze(migration.read_text()), migration
+
+
+def test_the_outboxes_of_the_hot_paths_notify_only_when_quiet() -> None:
+    migrations = {
+        "metering": ROOT / "services/metering/src/metering/migrations/0008_outbox_quiet_notify.sql",
+        "ledger": ROOT / "services/ledger/src/ledger/migrations/0012_outbox_quiet_notify.sql",
+    }
+    for migration in migrations.values():
+        assert squeeze(OUTBOX_QUIET_NOTIFY_DDL) in squeeze(migration.read_text()), migration
