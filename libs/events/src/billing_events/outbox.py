@@ -237,8 +237,8 @@ class OutboxRelay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), self._idle_poll_s)
             # At most one cycle per linger: under load, rows written meanwhile share the next
-            # produce request (the broker's work is per request, not per record); after a
-            # quiet spell the first row goes at once.
+            # cycle's produce requests (one per partition; the broker's work is per request
+            # more than per record); after a quiet spell the first row goes at once.
             await self._sleep(started + self._linger_s - loop.time())
 
     async def _drain(self, conn: Any) -> int:
