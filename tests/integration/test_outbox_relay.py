@@ -8,16 +8,39 @@ Rows published by one cycle are marked by one statement, so they share its ``pub
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import asyncpg
+import pytest
 from billing_events.kafka import KafkaPublisher
 from billing_events.outbox import OutboxRelay, write_outbox
 from billing_events.topics import Topics
 from billing_platform.db import Database
+
+
+# Ask for ``namespace`` before this: it runs its own event loop to completion.
+@pytest.fixture
+async def db(migrated_db: Any) -> Database:
+    """A scratch schema with metering's migrations: its outbox notifies only when quiet."""
+    database: Database = await migrated_db(f"t_{uuid.uuid4().hex[:12]}", "metering")
+    return database
+
+
+@contextlib.asynccontextmanager
+async def relaying(
+    db: Database, publisher: KafkaPublisher, linger_s: float, idle_poll_s: float = 1.0
+) -> AsyncIterator[OutboxRelay]:
+    relay = OutboxRelay(db, publisher, linger_s=linger_s, idle_poll_s=idle_poll_s)
+    await relay.start()
+    try:
+        yield relay
+    finally:
+        await relay.stop()
 
 
 async def _write(db: Database, relay: OutboxRelay, topic: str) -> int:
@@ -40,59 +63,46 @@ async def _published(db: Database, ids: list[int], within_s: float = 30) -> list
 
 
 async def test_rows_written_during_a_linger_share_the_next_cycle(
-    namespace: Topics, migrated_db: Any, publisher: KafkaPublisher
+    namespace: Topics, db: Database, publisher: KafkaPublisher
 ) -> None:
-    db = await migrated_db(f"t_{uuid.uuid4().hex[:12]}", "metering")
-    relay = OutboxRelay(db, publisher, linger_s=1.0)
-    await relay.start()
-    try:
+    async with relaying(db, publisher, linger_s=1.0) as relay:
         first = await _write(db, relay, namespace.usage)
         (first_at,) = await _published(db, [first])
         rest = [await _write(db, relay, namespace.usage) for _ in range(5)]
         rest_at = await _published(db, rest)
-    finally:
-        await relay.stop()
     assert len(set(rest_at)) == 1, "the five rows took more than one cycle"
     assert rest_at[0] > first_at  # type: ignore[operator]
 
 
 async def test_a_row_after_a_quiet_spell_is_not_held_back(
-    namespace: Topics, migrated_db: Any, publisher: KafkaPublisher
+    namespace: Topics, db: Database, publisher: KafkaPublisher
 ) -> None:
-    db = await migrated_db(f"t_{uuid.uuid4().hex[:12]}", "metering")
-    relay = OutboxRelay(db, publisher, linger_s=3.0)
-    await relay.start()
-    try:
+    async with relaying(db, publisher, linger_s=3.0) as relay:
         await asyncio.sleep(3.5)  # longer than a linger since the relay's first cycle
         row = await _write(db, relay, namespace.usage)
         (published_at,) = await _published(db, [row])
         created_at = await db.pool.fetchval("SELECT created_at FROM outbox WHERE id = $1", row)
-    finally:
-        await relay.stop()
-    assert published_at - created_at < timedelta(seconds=3)  # type: ignore[operator]
+    assert published_at - created_at < timedelta(seconds=3)
 
 
 async def test_a_steady_stream_notifies_about_once_a_cycle_and_is_all_published(
-    namespace: Topics, migrated_db: Any, publisher: KafkaPublisher
+    namespace: Topics, db: Database, publisher: KafkaPublisher
 ) -> None:
     """Metering's outbox notifies only when no older row waits (``OUTBOX_QUIET_NOTIFY_DDL``).
     With the idle poll out of reach, only the notifications and the relay's own look after
     each linger can publish the rows."""
-    db = await migrated_db(f"t_{uuid.uuid4().hex[:12]}", "metering")
     heard: list[str] = []
     listener = await asyncpg.connect(db.dsn)
     await listener.add_listener(f"{db.schema}.outbox", lambda *args: heard.append(args[2]))
-    relay = OutboxRelay(db, publisher, linger_s=0.3, idle_poll_s=60)
-    await relay.start()
     try:
-        ids = []
-        for _ in range(15):
-            async with db.pool.acquire() as conn, conn.transaction():
-                ids.append(await write_outbox(conn, namespace.usage, "k", b"x"))
-            await asyncio.sleep(0.1)
-        published_at = await _published(db, ids, within_s=10)
+        async with relaying(db, publisher, linger_s=0.3, idle_poll_s=60):
+            ids = []
+            for _ in range(15):
+                async with db.pool.acquire() as conn, conn.transaction():
+                    ids.append(await write_outbox(conn, namespace.usage, "k", b"x"))
+                await asyncio.sleep(0.1)
+            published_at = await _published(db, ids, within_s=10)
     finally:
-        await relay.stop()
         await listener.close()
     cycles = len(set(published_at))
     assert cycles < len(ids)
