@@ -79,8 +79,8 @@ class ServiceSettings(BaseSettings):
     # reach the consumer up to this much later, in fewer, larger batches. 0: at once.
     consumer_linger_ms: int = Field(default=0, ge=0, le=5000)
     # The outbox relay publishes at most once per this interval: under load, the rows written
-    # meanwhile share one produce request and its statements (the broker's work is per
-    # request); a row written after a quiet spell goes at once. 0: every row at once.
+    # meanwhile share the next cycle's statements and produce requests (one per partition;
+    # the broker's work is per request); a row after a quiet spell goes at once. 0: no pause.
     outbox_linger_ms: int = Field(default=0, ge=0, le=5000)
     infra: InfraSettings = Field(default_factory=InfraSettings)
 
