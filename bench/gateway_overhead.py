@@ -13,6 +13,12 @@ the overhead (gateway minus direct at each percentile, same run), the answers th
 first call until the whole pipeline is quiet (outboxes published, consumers caught up), so
 the call's downstream work counts too. A rate whose gateway p99 passes 100 ms is marked.
 
+``--stream``: the same steps with ``"stream": true`` (the direct call asks for the usage
+chunk, as the gateway does). vegeta times a body to its end, so these loops run on
+``bench/ttfb`` (Go standard library only, built into ``.local/bin``), which times each answer
+to the first byte of its body and to its end. A gateway stream counts as 200 only if it
+ended with its ``billing`` event, a direct one with ``[DONE]``.
+
 ``--tracing``: the same run with traces on. A stand-in OTLP/HTTP collector in this process
 (127.0.0.1, answering 200 to ``POST /v1/traces``, counting requests, bytes and spans) is
 every service's ``BILLING_OTEL_EXPORTER_OTLP_ENDPOINT``, sampling ``--trace-ratio`` of new
@@ -22,7 +28,8 @@ collector's own work is the load generator's. Per rate it also prints the spans 
 exported per call, and at the end what the collector received in all.
 
 Run: ``./scripts/run python bench/gateway_overhead.py [--quick] [--json] [--rates 50,100,200,300]
-[--seconds 10] [--users 50] [--stack dev|test] [--keep] [--tracing [--trace-ratio 1.0]]``.
+[--seconds 10] [--users 50] [--stack dev|test] [--keep] [--stream]
+[--tracing [--trace-ratio 1.0]]``.
 """
 
 from __future__ import annotations
@@ -30,8 +37,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import gzip
 import json
+import os
+import subprocess
 import tempfile
 import threading
 import time
@@ -63,6 +73,13 @@ BODY = {
     ],
     "max_tokens": 20,
 }
+# --stream: the same call as Server-Sent Events, timed to the first byte of the body. The
+# gateway asks the model for the usage chunk itself; the direct call asks for it too.
+STREAM_BODY = {**BODY, "stream": True}
+DIRECT_STREAM_BODY = {**STREAM_BODY, "stream_options": {"include_usage": True}}
+# What a whole stream ends with: a stream without it broke or was not charged.
+STREAM_ENDS = {"direct": "data: [DONE]", "gateway": "event: billing"}
+TTFB_SOURCE = Path(__file__).parent / "ttfb"
 SLOW_P99_MS = 100.0
 PERCENTILES = ("50th", "90th", "99th", "max")
 # With --tracing: how often the services' exporters send (OpenTelemetry's default is 5 s),
@@ -181,13 +198,15 @@ class TraceSink:
 
 @dataclass(frozen=True)
 class Step:
-    """One vegeta run: latencies (ms), status counts and, for the gateway, CPU."""
+    """One open loop: latencies (ms), status counts and, for the gateway, CPU. Streamed:
+    latencies to the first byte, ``whole_ms`` to the end of the stream."""
 
     rate: int
     latency_ms: dict[str, float]
     codes: dict[str, int]
     errors: list[str]
     phase: Phase | None = None
+    whole_ms: dict[str, float] | None = None
 
     @property
     def ok(self) -> int:
@@ -205,19 +224,20 @@ def _target(method: str, url: str, headers: dict[str, str], body: bytes) -> str:
     )
 
 
-def direct_targets(stack: Stack, path: Path, count: int) -> None:
+def direct_targets(stack: Stack, path: Path, count: int, stream: bool) -> None:
     url = stack.env()["BILLING_OPENAI_BASE_URL"].rstrip("/") + "/chat/completions"
     headers = {
         "Authorization": f"Bearer {stack.secrets['openai_api_key']}",
         "Content-Type": "application/json",
     }
-    line = _target("POST", url, headers, json.dumps(BODY).encode())
+    body = json.dumps(DIRECT_STREAM_BODY if stream else BODY).encode()
+    line = _target("POST", url, headers, body)
     path.write_text((line + "\n") * count)
 
 
-def gateway_targets(stack: Stack, path: Path, count: int, tokens: list[str]) -> None:
+def gateway_targets(stack: Stack, path: Path, count: int, tokens: list[str], stream: bool) -> None:
     url = f"{stack.services['metering'].url}/api/ai/chat"
-    body = json.dumps(BODY).encode()
+    body = json.dumps(STREAM_BODY if stream else BODY).encode()
     with path.open("w") as out:
         for n in range(count):
             headers = {
@@ -244,10 +264,39 @@ async def attack(vegeta: Path, targets: Path, rate: int, seconds: int) -> dict[s
     return report
 
 
+async def first_bytes(
+    ttfb: Path, targets: Path, rate: int, seconds: int, ends_with: str
+) -> dict[str, Any]:
+    """An open loop timed to each answer's first body byte (vegeta times the whole body)."""
+    out = await run_tool(
+        [
+            str(ttfb),
+            *(f"-targets={targets}", f"-rate={rate}", f"-duration={seconds}s"),
+            *("-timeout=30s", f"-expect={ends_with}"),
+        ]
+    )
+    report: dict[str, Any] = json.loads(out)
+    return report
+
+
+def build_ttfb(layout: Layout) -> Path:
+    """The first-byte load generator, built from ``bench/ttfb`` (Go standard library only)."""
+    binary = layout.bin / "ttfb"
+    layout.bin.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["go", "build", "-o", str(binary), "."],
+        cwd=TTFB_SOURCE,
+        check=True,
+        env={**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"},
+    )
+    return binary
+
+
 def step(rate: int, report: dict[str, Any], phase: Phase | None = None) -> Step:
     latency = {k: report["latencies"][k] / 1e6 for k in PERCENTILES}
+    whole = {k: report["complete"][k] / 1e6 for k in PERCENTILES} if "complete" in report else None
     errors = report.get("errors") or []
-    return Step(rate, latency, report.get("status_codes") or {}, errors[:3], phase)
+    return Step(rate, latency, report.get("status_codes") or {}, errors[:3], phase, whole)
 
 
 @dataclass
@@ -259,21 +308,25 @@ class Run:
     tokens: list[str]
     seconds: int
     sink: TraceSink | None = None
+    ttfb: Path | None = None  # set: streamed calls, timed to the first byte
 
     async def direct(self, rate: int) -> Step:
         targets = self.workdir / f"direct-{rate}.json"
-        await asyncio.to_thread(direct_targets, self.stack, targets, rate * self.seconds)
-        return step(rate, await attack(self.vegeta, targets, rate, self.seconds))
+        count = rate * self.seconds
+        await asyncio.to_thread(direct_targets, self.stack, targets, count, self.streamed)
+        return step(rate, await self._load("direct", targets, rate))
 
     async def gateway(self, rate: int) -> Step:
         targets = self.workdir / f"gateway-{rate}.json"
         count = rate * self.seconds
-        await asyncio.to_thread(gateway_targets, self.stack, targets, count, self.tokens)
+        await asyncio.to_thread(
+            gateway_targets, self.stack, targets, count, self.tokens, self.streamed
+        )
         meter = Meter(self.stack)
         meter.start()
         before = self.sink.exported() if self.sink else Exported()
         began = time.perf_counter()
-        report = await attack(self.vegeta, targets, rate, self.seconds)
+        report = await self._load("gateway", targets, rate)
         await self.pipe.quiet()
         if self.sink is not None:
             await asyncio.sleep(EXPORT_WAIT_S)
@@ -284,9 +337,22 @@ class Run:
             phase.extra["exported"] = asdict(self.sink.exported().since(before))
         return step(rate, report, phase)
 
+    @property
+    def streamed(self) -> bool:
+        return self.ttfb is not None
+
+    async def _load(self, path: str, targets: Path, rate: int) -> dict[str, Any]:
+        if self.ttfb is None:
+            return await attack(self.vegeta, targets, rate, self.seconds)
+        return await first_bytes(self.ttfb, targets, rate, self.seconds, STREAM_ENDS[path])
+
 
 async def measure(
-    stack: Stack, vegeta: Path, opts: argparse.Namespace, sink: TraceSink | None = None
+    stack: Stack,
+    vegeta: Path,
+    opts: argparse.Namespace,
+    sink: TraceSink | None = None,
+    ttfb: Path | None = None,
 ) -> list[Step]:
     users = [f"bench-gw-{uuid.uuid4().hex[:8]}-{n:03d}" for n in range(opts.users)]
     progress(f"funding {len(users)} users")
@@ -297,7 +363,7 @@ async def measure(
     await pipe.start()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
-            run = Run(stack, vegeta, Path(tmp), pipe, tokens, opts.seconds, sink)
+            run = Run(stack, vegeta, Path(tmp), pipe, tokens, opts.seconds, sink, ttfb)
             return await _steps(run, opts.rates)
     finally:
         await pipe.stop()
@@ -306,7 +372,7 @@ async def measure(
 
 async def _steps(run: Run, rates: list[int]) -> list[Step]:
     progress("warm-up: 2 s of each path at the first rate")
-    warm = Run(run.stack, run.vegeta, run.workdir, run.pipe, run.tokens, 2, run.sink)
+    warm = dataclasses.replace(run, seconds=2)
     await warm.direct(rates[0])
     await warm.gateway(rates[0])
     steps: list[Step] = []
@@ -317,7 +383,9 @@ async def _steps(run: Run, rates: list[int]) -> list[Step]:
 
 
 def report_lines(steps: list[Step]) -> list[str]:
-    lines = [
+    streamed = any(s.whole_ms is not None for s in steps)
+    lines = ["Streamed: times to the first byte of the body; 'end': to the end of the stream"]
+    lines = (lines if streamed else []) + [
         f"{'rate':>6} {'path':8}{'ok':>7}{'other':>7}"
         + "".join(f"{p + ' ms':>10}" for p in PERCENTILES)
     ]
@@ -326,6 +394,9 @@ def report_lines(steps: list[Step]) -> list[str]:
             other = sum(n for code, n in s.codes.items() if code != "200")
             figures = "".join(f"{s.latency_ms[p]:10.1f}" for p in PERCENTILES)
             lines.append(f"{s.rate:6d} {name:8}{s.ok:7d}{other:7d}{figures}")
+            if s.whole_ms is not None:
+                ends = "".join(f"{s.whole_ms[p]:10.1f}" for p in PERCENTILES)
+                lines.append(f"{s.rate:6d} {name[:4] + ' end':8}{'':14}{ends}")
         added = "".join(
             f"{gateway.latency_ms[p] - direct.latency_ms[p]:10.1f}" for p in PERCENTILES
         )
@@ -406,6 +477,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--stack", choices=["dev", "test"], default="dev")
     parser.add_argument("--keep", action="store_true", help="leave the stack running")
     parser.add_argument(
+        "--stream", action="store_true", help="streamed calls, timed to the first byte"
+    )
+    parser.add_argument(
         "--tracing", action="store_true", help="traces on, exported to a local OTLP collector"
     )
     parser.add_argument(
@@ -426,6 +500,7 @@ def main() -> None:
     args = parse_args()
     layout = Layout.test() if args.stack == "test" else Layout.dev()
     vegeta = installers.ensure_vegeta(layout)
+    ttfb = build_ttfb(layout) if args.stream else None
     service_env = dict(LIFTED_CAPS)
     sink = TraceSink() if args.tracing else None
     if sink is not None:
@@ -440,7 +515,7 @@ def main() -> None:
     try:
         stack.up()
         try:
-            steps = asyncio.run(measure(stack, vegeta, args, sink))
+            steps = asyncio.run(measure(stack, vegeta, args, sink, ttfb))
         finally:
             if not args.keep:
                 stack.down()  # before the collector: the services flush on the way out

@@ -1,0 +1,3 @@
+module billing.local/bench/ttfb
+
+go 1.22
