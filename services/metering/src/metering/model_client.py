@@ -57,11 +57,18 @@ class Completion:
 
 @dataclass(frozen=True)
 class Chunk:
-    """One streamed chunk's JSON fields; the final one carries ``usage``."""
+    """One streamed chunk's JSON fields; the final one carries ``usage``. ``raw`` is its
+    JSON text as the provider sent it (one line), when there is one to pass on unchanged."""
 
     id: str
     fields: dict[str, Any]
     usage: TokenUsage | None
+    raw: str | None = None
+
+
+# The chunks of a stream that arrived together (one read of the socket): the relay writes
+# them to the client at once, rather than one write and one syscall per chunk.
+Chunks = list[Chunk]
 
 
 class ModelError(Exception):
@@ -75,7 +82,7 @@ class ModelTimeout(ModelError):
 class ModelClient(Protocol):
     async def complete(self, request: ModelRequest) -> Completion: ...
 
-    def stream(self, request: ModelRequest) -> AsyncGenerator[Chunk, None]: ...
+    def stream(self, request: ModelRequest) -> AsyncGenerator[Chunks, None]: ...
 
 
 class OpenAIModelClient:
@@ -110,15 +117,19 @@ class OpenAIModelClient:
             raw = await answer.read()
         return _completion(_object(raw))
 
-    async def stream(self, request: ModelRequest) -> AsyncGenerator[Chunk, None]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[Chunks, None]:
+        """The chunks in the groups they arrived in, until ``[DONE]`` or the end."""
         body = {**_params(request), "stream": True, "stream_options": {"include_usage": True}}
         async with self._post(body) as answer:
-            async for line in answer.content:
-                data = _sse_data(line.decode("utf-8", errors="replace"))
-                if data == "[DONE]":
+            lines = SseLines()
+            async for data in answer.content.iter_any():
+                chunks = lines.feed(data)
+                if chunks:
+                    yield chunks
+                if lines.done:
                     return
-                if data:
-                    yield _chunk(_object(data))
+            if chunks := lines.feed(b"\n"):  # a last line the provider left unterminated
+                yield chunks
 
     @asynccontextmanager
     async def _post(self, body: dict[str, Any]) -> AsyncIterator[aiohttp.ClientResponse]:
@@ -152,6 +163,27 @@ def _params(request: ModelRequest) -> dict[str, Any]:
         # older `max_tokens`), so the hold's output allowance is the true worst case.
         "max_completion_tokens": request.max_output_tokens,
     }
+
+
+class SseLines:
+    """Server-Sent Events bytes, fed as they come, to chunks (``data:`` lines) until the
+    ``[DONE]`` line; comments, blank lines and other fields are passed over."""
+
+    def __init__(self) -> None:
+        self._partial = b""
+        self.done = False
+
+    def feed(self, data: bytes) -> Chunks:
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        chunks: Chunks = []
+        for line in lines:
+            payload = _sse_data(line.decode("utf-8", errors="replace"))
+            if payload == "[DONE]":
+                self.done = True
+                break
+            if payload:
+                chunks.append(_chunk(_object(payload), payload))
+        return chunks
 
 
 def _sse_data(line: str) -> str:
@@ -196,5 +228,5 @@ def _completion(fields: dict[str, Any]) -> Completion:
     return Completion(str(fields.get("id", "")), fields, usage)
 
 
-def _chunk(fields: dict[str, Any]) -> Chunk:
-    return Chunk(str(fields.get("id", "")), fields, _usage(fields.get("usage")))
+def _chunk(fields: dict[str, Any], raw: str) -> Chunk:
+    return Chunk(str(fields.get("id", "")), fields, _usage(fields.get("usage")), raw)

@@ -52,7 +52,7 @@ from metering.guardrails import Pause
 from metering.ledger_client import Hold, InsufficientCredits, LedgerClient, LedgerError
 from metering.model_client import (
     ChatMessage,
-    Chunk,
+    Chunks,
     Completion,
     ModelClient,
     ModelError,
@@ -401,7 +401,7 @@ class Gateway:
         hold = started.hold
         async with self._abandoned_on_error(job, hold):
             chunks = self._model.stream(request)
-            first = await _first_chunk(request.model, chunks)
+            first = await _first_chunks(request.model, chunks)
 
         async def settle(usage: TokenUsage, provider_request_id: str) -> dict[str, Any]:
             body = {"id": provider_request_id, "model": request.model}
@@ -589,7 +589,7 @@ def _model_failed(model: str, exc: ModelError) -> ApiError:
     return ApiError(502, "model_error", "the model call failed; nothing was charged")
 
 
-async def _first_chunk(model: str, chunks: AsyncGenerator[Chunk, None]) -> Chunk:
+async def _first_chunks(model: str, chunks: AsyncGenerator[Chunks, None]) -> Chunks:
     try:
         with overhead.model_time():
             first = await anext(chunks, None)

@@ -1,5 +1,8 @@
 """A streamed chat: the model's chunks relayed as Server-Sent Events, then settled once.
 
+Chunks that arrived together from the model leave together, in one write: the first as soon
+as it is in, none held back waiting for more.
+
 The call is charged from the stream's final usage chunk. A stream that breaks before it
 charges nothing (the hold is released). A client that leaves early is not a reason to
 charge nothing: the model produced (and bills) the answer, so the rest of the stream is
@@ -16,7 +19,7 @@ from typing import Any
 import anyio
 
 from metering import metrics
-from metering.model_client import Chunk, ModelError, TokenUsage
+from metering.model_client import Chunks, ModelError, TokenUsage
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,13 @@ def data_event(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
+def chunk_events(chunks: Chunks) -> str:
+    """The chunks as ``data:`` events, each as the provider wrote it when it is known."""
+    return "".join(
+        f"data: {c.raw}\n\n" if c.raw is not None else data_event(c.fields) for c in chunks
+    )
+
+
 def named_event(name: str, payload: dict[str, Any]) -> str:
     return f"event: {name}\n{data_event(payload)}"
 
@@ -40,8 +50,8 @@ class StreamRelay:
     def __init__(
         self,
         model: str,
-        first: Chunk,
-        rest: AsyncGenerator[Chunk, None],
+        first: Chunks,
+        rest: AsyncGenerator[Chunks, None],
         settle: Settle,
         abandon: Abandon,
     ) -> None:
@@ -58,10 +68,10 @@ class StreamRelay:
     async def events(self) -> AsyncGenerator[str, None]:
         """Each model chunk as it comes, then ``event: billing`` and ``[DONE]`` (or an error)."""
         try:
-            chunk: Chunk | None = self._first
-            while chunk is not None:
-                yield data_event(self._seen(chunk).fields)
-                chunk = await self._next_chunk()
+            chunks: Chunks | None = self._first
+            while chunks is not None:
+                yield chunk_events(self._seen(chunks))
+                chunks = await self._next_chunks()
         except ModelError as exc:
             self._broken = True
             log.warning("model stream broke", extra={"model": self._model, "error": str(exc)})
@@ -76,25 +86,26 @@ class StreamRelay:
                 await self._drain()
             await self._end()
 
-    def _seen(self, chunk: Chunk) -> Chunk:
-        self._provider_request_id = self._provider_request_id or chunk.id
-        if chunk.usage is not None:
-            self._usage = chunk.usage
-        return chunk
+    def _seen(self, chunks: Chunks) -> Chunks:
+        for chunk in chunks:
+            self._provider_request_id = self._provider_request_id or chunk.id
+            if chunk.usage is not None:
+                self._usage = chunk.usage
+        return chunks
 
-    async def _next_chunk(self) -> Chunk | None:
+    async def _next_chunks(self) -> Chunks | None:
         # Shielded: a client going away cancels the request at its next step instead, so
         # the model stream itself stays readable and the call can still be settled.
-        chunk: Chunk | None = None
+        chunks: Chunks | None = None
         with anyio.CancelScope(shield=True):
-            chunk = await anext(self._rest, None)
-        return chunk
+            chunks = await anext(self._rest, None)
+        return chunks
 
     async def _drain(self) -> None:
         self._seen(self._first)
         try:
-            while (chunk := await self._next_chunk()) is not None:
-                self._seen(chunk)
+            while (chunks := await self._next_chunks()) is not None:
+                self._seen(chunks)
         except ModelError as exc:
             self._broken = True
             log.warning("model stream broke while draining", extra={"error": str(exc)})

@@ -34,6 +34,7 @@ from metering.ledger_client import Balance, Hold, InsufficientCredits, LedgerErr
 from metering.main import gateway_app
 from metering.model_client import (
     Chunk,
+    Chunks,
     Completion,
     ModelError,
     ModelRequest,
@@ -186,6 +187,7 @@ class FakeModel:
     delay_s: float = 0.0
     break_after: int | None = None
     send_usage: bool = True
+    group: int = 1  # chunks that arrive together
     requests: list[ModelRequest] = field(default_factory=list)
     streamed: list[int] = field(default_factory=list)
 
@@ -205,20 +207,26 @@ class FakeModel:
         }
         return Completion("chatcmpl-fake1", fields, self.usage)
 
-    async def stream(self, request: ModelRequest) -> AsyncGenerator[Chunk, None]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[Chunks, None]:
         self.requests.append(request)
         await asyncio.sleep(self.delay_s)
         if self.failure is not None:
             raise self.failure
+        pending: Chunks = []
         for i in range(self.words):
             if self.break_after is not None and i >= self.break_after:
                 raise ModelError("model call failed: RemoteProtocolError")
             self.streamed.append(i)
             delta = {"index": 0, "delta": {"content": f"w{i} "}, "finish_reason": None}
-            yield Chunk("chatcmpl-s1", {"id": "chatcmpl-s1", "choices": [delta]}, None)
+            pending.append(Chunk("chatcmpl-s1", {"id": "chatcmpl-s1", "choices": [delta]}, None))
+            if len(pending) == self.group:
+                yield pending
+                pending = []
         if self.send_usage:
             usage = {"prompt_tokens": self.usage.input_tokens}
-            yield Chunk("chatcmpl-s1", {"choices": [], "usage": usage}, self.usage)
+            pending.append(Chunk("chatcmpl-s1", {"choices": [], "usage": usage}, self.usage))
+        if pending:
+            yield pending
 
 
 # --- store -----------------------------------------------------------------------------

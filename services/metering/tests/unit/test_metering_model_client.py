@@ -20,6 +20,7 @@ from metering.model_client import (
     ModelRequest,
     ModelTimeout,
     OpenAIModelClient,
+    SseLines,
 )
 from opentelemetry import trace
 from pydantic import SecretStr
@@ -90,7 +91,7 @@ async def test_max_tokens_bounds_the_completion(devllm: OpenAIModelClient) -> No
 
 
 async def test_a_stream_ends_with_a_usage_chunk(devllm: OpenAIModelClient) -> None:
-    chunks = [c async for c in devllm.stream(ask("stream [[tokens=4]]"))]
+    chunks = [c async for batch in devllm.stream(ask("stream [[tokens=4]]")) for c in batch]
 
     assert [c.usage for c in chunks[:-1]] == [None] * (len(chunks) - 1)
     assert chunks[-1].usage is not None
@@ -189,7 +190,7 @@ async def test_a_stream_cut_off_midway_is_a_model_error() -> None:
 
     async with scripted(cut) as client:
         chunks = client.stream(ask("hi"))
-        assert (await anext(chunks)).fields["choices"][0]["delta"] == {"content": "x"}
+        assert (await anext(chunks))[0].fields["choices"][0]["delta"] == {"content": "x"}
         with pytest.raises(ModelError, match="model call failed"):
             await anext(chunks)
 
@@ -223,3 +224,48 @@ async def test_the_key_trace_and_correlation_go_in_the_headers() -> None:
     assert seen[0].headers["x-correlation-id"] == "corr-model"
     assert seen[0].headers["traceparent"].split("-")[1] == parent_trace
     assert seen[0].path == "/v1/chat/completions"
+
+
+async def test_chunks_that_arrive_together_come_as_one_group() -> None:
+    async def burst(request: web.Request) -> web.StreamResponse:
+        answer = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await answer.prepare(request)
+        first = {"id": "c1", "choices": [{"index": 0, "delta": {"content": "a"}}]}
+        await answer.write(f"data: {json.dumps(first)}\n\n".encode())
+        await asyncio.sleep(0.05)
+        rest = [{"id": "c1", "choices": [{"index": 0, "delta": {"content": w}}]} for w in "bcd"]
+        usage = {"id": "c1", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}
+        events = [f"data: {json.dumps(c)}\n\n" for c in [*rest, usage]]
+        await answer.write(("".join(events) + "data: [DONE]\n\n").encode())
+        return answer
+
+    async with scripted(burst) as client:
+        groups = [[c.fields["choices"] for c in g] async for g in client.stream(ask("hi"))]
+
+    deltas = [[g[0]["delta"]["content"] if g else "usage" for g in group] for group in groups]
+    assert deltas == [["a"], ["b", "c", "d", "usage"]]
+
+
+def test_sse_lines_split_anywhere_keep_the_provider_text() -> None:
+    text = 'data: {"id":"c1","choices":[]}\r\n\r\n: keep-alive\n\ndata:{"id": "c1"}\n\n'
+    lines = SseLines()
+
+    chunks = [c for n in range(len(text)) for c in lines.feed(text[n].encode())]
+
+    assert [c.raw for c in chunks] == ['{"id":"c1","choices":[]}', '{"id": "c1"}']
+    assert [c.id for c in chunks] == ["c1", "c1"]
+    assert not lines.done
+
+
+def test_sse_lines_stop_at_done() -> None:
+    lines = SseLines()
+
+    chunks = lines.feed(b'data: {"id":"a"}\n\ndata: [DONE]\n\ndata: {"id":"b"}\n\n')
+
+    assert [c.id for c in chunks] == ["a"]
+    assert lines.done
+
+
+def test_sse_lines_refuse_a_chunk_that_is_not_json() -> None:
+    with pytest.raises(ModelError, match="other than JSON"):
+        SseLines().feed(b"data: <html>\n")

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from billing_platform.errors import ApiError
 from metering import service
-from metering.model_client import ChatMessage, ModelError
+from metering.model_client import ChatMessage, Chunk, ModelError
+from metering.streaming import chunk_events
 
 
 def streamed_chat(**overrides: Any) -> service.ChatCall:
@@ -64,6 +65,27 @@ async def test_chunks_are_forwarded_then_billing_then_done(parts: Any) -> None:
         "billingMode": "charged",
     }
     assert all(e.endswith("\n\n") for e in events)
+
+
+async def test_chunks_that_arrived_together_leave_in_one_write(parts: Any) -> None:
+    parts.model.group = 2
+
+    events = await read_all(await opened(parts))
+
+    assert len(events) == 3
+    datas = [[json.loads(line[6:]) for line in e.splitlines() if line] for e in events[:2]]
+    assert [[d["choices"][0]["delta"]["content"] for d in datas[0]], datas[1][1]["usage"]] == [
+        ["w0 ", "w1 "],
+        {"prompt_tokens": 1000},
+    ]
+    assert events[2].startswith("event: billing\n")
+
+
+def test_a_chunk_goes_out_as_the_provider_wrote_it() -> None:
+    raw = '{"id": "c1",  "choices": []}'
+    chunks = [Chunk("c1", json.loads(raw), None, raw), Chunk("c1", {"id": "c1"}, None)]
+
+    assert chunk_events(chunks) == f'data: {raw}\n\ndata: {{"id":"c1"}}\n\n'
 
 
 async def test_the_charge_comes_from_the_final_usage_chunk(parts: Any) -> None:
