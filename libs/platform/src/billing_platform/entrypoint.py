@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 
 import uvicorn
+from uvicorn.importer import import_from_string
 
 from billing_platform.db import SchemaAccess, migrate_package
 from billing_platform.logging import configure_logging
@@ -36,11 +38,23 @@ def run(
         )
         print(json.dumps({"service": settings.service_name, "applied": applied}))
         return
+    app = import_from_string(app_factory)()
+    freeze_startup_heap()
     uvicorn.run(
-        app_factory,
-        factory=True,
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
         timeout_graceful_shutdown=10,
     )
+
+
+def freeze_startup_heap() -> None:
+    """Leave what start-up built (modules, the app) out of every later garbage collection.
+
+    A full collection walks every tracked object. With the start-up heap in it, one took 45
+    to 230 ms of a CPU in the middle of a load test (``bench/gateway_overhead.py`` at 300
+    calls/s), with the event loop stopped and every request in flight waiting. Frozen objects
+    are never freed, which suits a heap built once for the life of the process."""
+    gc.collect()
+    gc.freeze()
