@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import asyncpg
+import pytest
 from billing_cli.stack import Stack
 from billing_platform.db import Database
 
@@ -20,22 +21,18 @@ async def _backends(dsn: str, schema: str) -> int:
         await conn.close()
 
 
-async def test_the_pool_opens_its_minimum_at_start(stack: Stack) -> None:
+@pytest.mark.parametrize(
+    ("min_size", "max_size", "opened"),
+    [(3, 5, 3), (10, 4, 4)],  # a minimum above the maximum opens the maximum
+)
+async def test_the_pool_opens_its_minimum_at_start(
+    stack: Stack, min_size: int, max_size: int, opened: int
+) -> None:
     schema = f"pool_{uuid.uuid4().hex[:8]}"  # only names the connections here
-    db = Database(stack.postgres.dsn, schema, 3, 5)
+    db = Database(stack.postgres.dsn, schema, min_size, max_size)
     await db.start()
     try:
-        assert await _backends(stack.postgres.dsn, schema) == 3
+        assert await _backends(stack.postgres.dsn, schema) == opened
     finally:
         await db.stop()
     assert await _backends(stack.postgres.dsn, schema) == 0
-
-
-async def test_a_minimum_above_the_maximum_opens_the_maximum(stack: Stack) -> None:
-    schema = f"pool_{uuid.uuid4().hex[:8]}"
-    db = Database(stack.postgres.dsn, schema, 10, 4)
-    await db.start()
-    try:
-        assert await _backends(stack.postgres.dsn, schema) == 4
-    finally:
-        await db.stop()
