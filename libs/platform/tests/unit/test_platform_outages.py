@@ -24,6 +24,9 @@ def asyncpg_error(name: str, message: str) -> Exception:
         DatabaseStartingUp("the database system is starting up"),
         asyncpg_error("CannotConnectNowError", "the database system is starting up"),
         asyncpg_error("ConnectionDoesNotExistError", "connection was closed"),
+        asyncpg.exceptions._base.InternalClientError(
+            "cannot switch to state 12; another operation (2) is in progress"
+        ),
         asyncpg_error("TooManyConnectionsError", "too many clients"),
         ConnectionRefusedError(111, "Connection refused"),
         DependencyUnavailable("broker down"),
@@ -48,6 +51,10 @@ def test_an_error_raised_from_an_outage_is_an_infrastructure_error() -> None:
         asyncpg_error("NumericValueOutOfRangeError", "bigint out of range"),
         RuntimeError("cannot decode"),
         asyncpg_error("QueryCanceledError", "canceling statement due to statement timeout"),
+        asyncpg.exceptions._base.InterfaceError(
+            "cannot perform operation: another operation is in progress"
+        ),
+        asyncpg.exceptions._base.InternalClientError("unexpected codec state"),
     ],
 )
 def test_errors_of_the_record_are_not_infrastructure_errors(error: Exception) -> None:
