@@ -25,6 +25,8 @@ from pydantic import SecretStr
 
 # Streams hold a connection each for as long as the model writes.
 MAX_CONNECTIONS = 1000
+# A stream's line longer than this is refused rather than buffered without end.
+MAX_SSE_LINE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,8 @@ class SseLines:
 
     def feed(self, data: bytes) -> Chunks:
         *lines, self._partial = (self._partial + data).split(b"\n")
+        if len(self._partial) > MAX_SSE_LINE_BYTES:
+            raise ModelError("the model stream sent a line over 1 MiB")
         chunks: Chunks = []
         for line in lines:
             payload = _sse_data(line.decode("utf-8", errors="replace"))

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestServer
 from billing_platform import context, tracing
 from devllm.app import create_app as devllm_app
 from metering.model_client import (
+    MAX_SSE_LINE_BYTES,
     ChatMessage,
     ModelError,
     ModelRequest,
@@ -269,3 +270,11 @@ def test_sse_lines_stop_at_done() -> None:
 def test_sse_lines_refuse_a_chunk_that_is_not_json() -> None:
     with pytest.raises(ModelError, match="other than JSON"):
         SseLines().feed(b"data: <html>\n")
+
+
+def test_sse_lines_refuse_a_line_without_end() -> None:
+    lines = SseLines()
+    lines.feed(b"data: " + b"x" * (MAX_SSE_LINE_BYTES - 100))
+
+    with pytest.raises(ModelError, match="over 1 MiB"):
+        lines.feed(b"x" * 200)
