@@ -94,7 +94,7 @@ async def create_pool(dsn: str, schema: str, min_size: int = 2, max_size: int = 
         # asyncpg closes a connection idle for 5 minutes by default. Its next use then pays
         # for a new backend and for planning every statement again (about 22 ms on an idle
         # machine, several times that under load), and a burst of traffic pays it on
-        # several connections at once: one such burst stalled the gateway for 150-230 ms.
+        # several connections at once: one such burst stalled the gateway for 129-230 ms.
         max_inactive_connection_lifetime=0,
     )
 
