@@ -40,13 +40,15 @@ def is_outage(error: BaseException) -> bool:
 # an error: seen at the moment PostgreSQL was killed under load (a chaos run), on
 # connections the server was closing. A retry gets another connection. (Using one connection
 # from two tasks at once is an InterfaceError instead, and stays the request's own failure.)
-_DYING_CONNECTION = ("InternalClientError", "cannot switch to state")
+def _is_dying_connection(error: BaseException) -> bool:
+    name, message = type(error).__name__, str(error)
+    return name == "InternalClientError" and message.startswith("cannot switch to state")
 
 
 def _is_outage(error: BaseException) -> bool:
     if isinstance(error, DependencyUnavailable | OSError | TimeoutError):
         return True
-    if type(error).__name__ == _DYING_CONNECTION[0] and str(error).startswith(_DYING_CONNECTION[1]):
+    if _is_dying_connection(error):
         return True
     sqlstate = getattr(error, "sqlstate", None)
     if isinstance(sqlstate, str) and (sqlstate[:2] in _SQLSTATE_CLASSES or sqlstate in _SQLSTATES):
