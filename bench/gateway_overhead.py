@@ -27,8 +27,12 @@ after the pipeline is quiet, so encoding and sending a step's spans count in its
 collector's own work is the load generator's. Per rate it also prints the spans and bytes
 exported per call, and at the end what the collector received in all.
 
+``--warm-up S``: S seconds of gateway calls before the first cell (default 2, at the first
+rate; a longer one runs at the top rate). A fresh broker compiles its hot paths for minutes:
+``--warm-up 180`` measures a broker past that.
+
 Run: ``./scripts/run python bench/gateway_overhead.py [--quick] [--json] [--rates 50,100,200,300]
-[--seconds 10] [--users 50] [--stack dev|test] [--keep] [--stream]
+[--seconds 10] [--users 50] [--warm-up 2] [--stack dev|test] [--keep] [--stream]
 [--tracing [--trace-ratio 1.0]]``.
 """
 
@@ -364,17 +368,25 @@ async def measure(
     try:
         with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
             run = Run(stack, vegeta, Path(tmp), pipe, tokens, opts.seconds, sink, ttfb)
-            return await _steps(run, opts.rates)
+            return await _steps(run, opts.rates, opts.warm_up)
     finally:
         await pipe.stop()
         await db.close()
 
 
-async def _steps(run: Run, rates: list[int]) -> list[Step]:
-    progress("warm-up: 2 s of each path at the first rate")
-    warm = dataclasses.replace(run, seconds=2)
-    await warm.direct(rates[0])
-    await warm.gateway(rates[0])
+DEFAULT_WARM_UP_S = 2
+
+
+async def _steps(run: Run, rates: list[int], warm_up: int) -> list[Step]:
+    # A broker just started is still compiling its hot paths: after 2 s, or 30 s, of
+    # warm-up its JIT threads burned 0.3-0.7 ms per call in the 50 and 100/s cells; after
+    # 180 s at 300/s, 0.02-0.09. `--warm-up 180` measures that steady state, on a database
+    # that has taken some 50,000 calls by then (see the README for what that costs).
+    # A longer warm-up than the default runs at the top rate, to get through that sooner.
+    warm_rate = rates[0] if warm_up <= DEFAULT_WARM_UP_S else max(rates)
+    progress(f"warm-up: 2 s of the direct path, {warm_up} s of the gateway at {warm_rate}/s")
+    await dataclasses.replace(run, seconds=2).direct(rates[0])
+    await dataclasses.replace(run, seconds=warm_up).gateway(warm_rate)
     steps: list[Step] = []
     for rate in rates:
         progress(f"{rate}/s: direct, then gateway, {run.seconds} s each")
@@ -474,6 +486,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rates", help="calls per second, comma-separated")
     parser.add_argument("--seconds", type=int)
     parser.add_argument("--users", type=int, default=50)
+    parser.add_argument(
+        "--warm-up",
+        type=int,
+        default=DEFAULT_WARM_UP_S,
+        help="seconds of gateway calls first (2: at the first rate; longer: at the top rate)",
+    )
     parser.add_argument("--stack", choices=["dev", "test"], default="dev")
     parser.add_argument("--keep", action="store_true", help="leave the stack running")
     parser.add_argument(
@@ -493,6 +511,8 @@ def parse_args() -> argparse.Namespace:
     rates = args.rates or ("20,50" if args.quick else "50,100,200,300")
     args.rates = [int(r) for r in rates.split(",")]
     args.seconds = args.seconds or (5 if args.quick else 10)
+    if args.warm_up < 1:
+        parser.error("--warm-up must be at least 1 second")
     return args
 
 
