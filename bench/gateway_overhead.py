@@ -378,10 +378,11 @@ DEFAULT_WARM_UP_S = 2
 
 
 async def _steps(run: Run, rates: list[int], warm_up: int) -> list[Step]:
-    # A broker just started is still compiling its hot paths: after 2 s, or 30 s, of
-    # warm-up its JIT threads burned 0.3-0.7 ms per call in the 50 and 100/s cells; after
-    # 180 s at 300/s, 0.02-0.09. `--warm-up 180` measures that steady state, on a database
-    # that has taken some 50,000 calls by then (see the README for what that costs).
+    # A broker just started is still compiling its hot paths. Its JIT threads burned, per
+    # call, 1.5-1.8 ms in the 50/s cell and 0.4-0.5 in the 100/s one after the default
+    # warm-up; 0.5-0.7 and 0.3-0.5 after 30 s at 300/s; under 0.1 after 180 s at 300/s.
+    # `--warm-up 180` measures that steady state, on a database that has taken some 50,000
+    # calls by then (see the README for what that costs).
     # A longer warm-up than the default runs at the top rate, to get through that sooner.
     warm_rate = rates[0] if warm_up <= DEFAULT_WARM_UP_S else max(rates)
     progress(f"warm-up: 2 s of the direct path, {warm_up} s of the gateway at {warm_rate}/s")
