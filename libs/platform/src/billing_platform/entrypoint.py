@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
+import sys
+from types import FrameType
 
 import uvicorn
 from uvicorn.importer import import_from_string
+from uvicorn.main import STARTUP_FAILURE
 
 from billing_platform.db import SchemaAccess, migrate_package
 from billing_platform.logging import configure_logging
@@ -40,13 +44,38 @@ def run(
         return
     app = import_from_string(app_factory)()
     freeze_startup_heap()
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        timeout_graceful_shutdown=10,
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=10
     )
+    server = QuietServer(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)  # as uvicorn.run does
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn's server, woken once a second while it serves instead of ten times.
+
+    uvicorn looks for a stop signal every 0.1 s. Each look wakes the event loop, some ten
+    wake-ups a second in each service doing nothing. Here the loop sleeps a second at a time
+    (the resolution of the Date header it refreshes) and a signal wakes it at once."""
+
+    _stop_now: asyncio.Event | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    async def main_loop(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_now = asyncio.Event()
+        while not await self.on_tick(0):  # tick 0 refreshes the Date header
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._stop_now.wait()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self._loop is not None and self._stop_now is not None:
+            self._loop.call_soon_threadsafe(self._stop_now.set)
 
 
 def freeze_startup_heap() -> None:
