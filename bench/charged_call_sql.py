@@ -1,27 +1,32 @@
 """CPU of a charged call's database work: its admission and its settlement, as the gateway
-makes them now, against the statements of the last release (f329260), in the same run on
-the same PostgreSQL.
+makes them now, against the statements of earlier releases, in the same run on the same
+PostgreSQL.
 
 - **after**: ``admit_charged_call`` (metering's migration 0006: the ledger's ``create_hold``
   called by name; 0007: the caps read running totals), then ``settle_charged_call``
   (0005: the ledger's ``capture_hold`` and the usage record in one statement), through
-  metering's own ``PgAdmissions`` and ``PgUsageStore``;
-- **before**: the admission of migration 0004 (``create_hold`` through ``EXECUTE``, the caps
-  summing the user's records of the day and of the hour), then
-  ``capture_hold`` as a statement of its own with the posting-event encoder of ledger
-  migration 0010, then the usage record in a second statement. These definitions are
-  re-created, from the migration files, in the before schemas only.
+  metering's own ``PgAdmissions`` and ``PgUsageStore``, with the ledger's ``capture_hold``
+  of migration 0013 (the balance row moved once per capture);
+- **e821c73**: the same calls with ``capture_hold`` as migration 0009 defined it (the
+  balance row moved twice, read three times);
+- **f329260**: the admission of migration 0004 (``create_hold`` through ``EXECUTE``, the
+  caps summing the user's records of the day and of the hour), then ``capture_hold`` of
+  0009 as a statement of its own with the posting-event encoder of ledger migration 0010,
+  then the usage record in a second statement.
+
+The earlier definitions are re-created, from the migration files, in their own schemas
+only.
 
 Uses the dev stack's PostgreSQL only (port 15432, durable commits), started if it is not
-running and stopped afterwards unless it was running already. Two pairs of fresh schemas
-(ledger and metering) get the migrations; ``--users`` users are funded in each. The rounds
-alternate the two ways, so a slow minute of the machine weighs on both. Each round runs
-``--calls`` calls from ``--workers`` connections at once. Per way it prints the medians
-over rounds of PostgreSQL's CPU (every process of the cluster) and the client's (asyncpg,
-encoding) per call, and the calls per second.
+running and stopped afterwards unless it was running already. A pair of fresh schemas
+(ledger and metering) per way gets the migrations; ``--users`` users are funded in each.
+The rounds alternate the ways, so a slow minute of the machine weighs on all. Each round
+runs ``--calls`` calls from ``--workers`` connections at once. Per way it prints the
+medians over rounds of PostgreSQL's CPU (every process of the cluster) and the client's
+(asyncpg, encoding) per call, and the calls per second.
 
-``--history N`` gives each user N charged calls made earlier in the day (before: the caps sum
-the day's records; after: metering's migration 0007 keeps running totals).
+``--history N`` gives each user N charged calls made earlier in the day (f329260: the caps
+sum the day's records; later: metering's migration 0007 keeps running totals).
 
 Run: ``./scripts/run python bench/charged_call_sql.py [--calls 2000] [--rounds 5]
 [--history 0] [--json]``.
@@ -92,7 +97,7 @@ def usage(user: str, key: str, usage_id: str, hold_id: str) -> UsageRecord:
     )
 
 
-# --- the statements of f329260 -------------------------------------------------------------
+# --- the statements of earlier releases ---------------------------------------------------
 
 
 def _definition(package: str, migration: str, name: str) -> str:
@@ -103,9 +108,16 @@ def _definition(package: str, migration: str, name: str) -> str:
     return sql[start : sql.index("END $$;", start) + len("END $$;")]
 
 
+def two_update_capture() -> str:
+    """The ledger's ``capture_hold`` as migration 0009 defined it (until e821c73)."""
+    capture = _definition("ledger", "0009_capture_function.sql", "capture_hold")
+    return capture.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+
+
 def previous_definitions() -> tuple[str, str]:
     """(ledger's, metering's) SQL re-creating the functions as f329260 had them."""
     event = _definition("ledger", "0010_posting_event_cost.sql", "usage_posted_event")
+    event = f"{event}\n{two_update_capture()}"
     admit = _definition("metering", "0004_admission.sql", "admit_charged_call")
     guard = _definition("metering", "0004_admission.sql", "guard_state")
     admit = admit.replace("FUNCTION admit_", "FUNCTION previous_admit_", 1)
@@ -274,16 +286,19 @@ def postmaster_pid() -> int:
 async def bench(dsn: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     tag = uuid.uuid4().hex[:8]
     old_db, old_ledger, users = await schemas(dsn, f"{tag}_b", args.users, args.history)
+    landed_db, landed_ledger, _ = await schemas(dsn, f"{tag}_l", args.users, args.history)
     new_db, _, _ = await schemas(dsn, f"{tag}_a", args.users, args.history)
     event, admit = previous_definitions()
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(f'SET search_path = "{old_ledger}"; {event}')
         await conn.execute(f'SET search_path = "{old_db.schema}"; {admit}')
-        for db in (old_db, new_db):
+        await conn.execute(f'SET search_path = "{landed_ledger}"; {two_update_capture()}')
+        for db in (old_db, landed_db, new_db):
             await db.start()
         ways: dict[str, Call] = {
-            "before (f329260)": Before(old_db, old_ledger).call,
+            "f329260": Before(old_db, old_ledger).call,
+            "e821c73": After(landed_db).call,
             "after": After(new_db).call,
         }
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in ways}
@@ -295,9 +310,9 @@ async def bench(dsn: str, args: argparse.Namespace) -> dict[str, dict[str, float
             n: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for n, rs in rounds.items()
         }
     finally:
-        for db in (old_db, new_db):
+        for db in (old_db, landed_db, new_db):
             await db.stop()
-        for schema in (f"bench_{tag}_b", f"bench_{tag}_a"):
+        for schema in (f"bench_{tag}_b", f"bench_{tag}_l", f"bench_{tag}_a"):
             await conn.execute(
                 f'DROP SCHEMA "{schema}_ledger" CASCADE; DROP SCHEMA "{schema}_metering" CASCADE'
             )
