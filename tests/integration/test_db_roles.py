@@ -152,8 +152,8 @@ async def test_reconciler_reads_what_it_checks_and_writes_only_its_own_schema(
         for relation in RECONCILED:
             await conn.fetchval(f"SELECT count(*) FROM {relation}")
         await conn.execute(
-            "INSERT INTO reconciler.inbox (message_key, topic, kafka_partition, kafka_offset)"
-            " VALUES ('test-db-roles', 't', 0, 0)"
+            "INSERT INTO reconciler.forwarded_alerts (alert_id, kind)"
+            " VALUES ('test-db-roles', 'test')"
         )
     for relation in RECONCILED:
         name = relation.split(".")[1]

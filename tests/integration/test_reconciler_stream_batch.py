@@ -12,6 +12,7 @@ from billing_events.kafka import InboundMessage
 from billing_events.topics import Topics
 from billing_events.v1 import ledger_pb2, stripe_pb2, usage_pb2
 from billing_platform.db import Database
+from prometheus_client import REGISTRY
 from reconciler.handlers import batch_handlers, handlers
 
 Offsets = iter(range(10**9))
@@ -61,6 +62,14 @@ def ledger_posting(topics: Topics) -> InboundMessage:
     return inbound(topics.ledger, posted.SerializeToString())
 
 
+def stream_messages(topic: str) -> dict[str, float | None]:
+    name = "reconciler_stream_messages_total"
+    return {
+        outcome: REGISTRY.get_sample_value(name, {"topic": topic, "outcome": outcome})
+        for outcome in ("new", "duplicate")
+    }
+
+
 @pytest.fixture
 async def read_model(migrated_db: Any, schema: str) -> Database:
     db: Database = await migrated_db(schema, "reconciler")
@@ -85,7 +94,8 @@ async def test_each_topic_is_taken_a_batch_at_a_time_and_once(
         for table in ("seen_stripe_events", "seen_usage_records", "seen_ledger_transactions")
     }
     assert counts == dict.fromkeys(counts, 3)
-    assert await read_model.pool.fetchval("SELECT count(*) FROM inbox") == 9
+    for topic in (namespace.stripe_events, namespace.usage, namespace.ledger):
+        assert stream_messages(topic) == {"new": 3, "duplicate": 4}
     row = await read_model.pool.fetchrow(
         "SELECT amount, amount_refunded, payload -> 'data' -> 'object' ->> 'id' AS object"
         " FROM seen_stripe_events LIMIT 1"
@@ -128,4 +138,4 @@ async def test_an_undecodable_record_fails_the_whole_batch(
     with pytest.raises(Exception, match="decode"):
         await together([usage_record(namespace), inbound(namespace.usage, b"\xff\xfe garbage")])
 
-    assert await read_model.pool.fetchval("SELECT count(*) FROM inbox") == 0
+    assert await read_model.pool.fetchval("SELECT count(*) FROM seen_usage_records") == 0

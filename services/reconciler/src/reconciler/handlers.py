@@ -1,103 +1,62 @@
 """Kafka consumers of the reconciler's read model; each is idempotent by natural key.
 
-The inbox claim and the row share one transaction: a redelivery finds the claim and
-changes nothing; a failed attempt leaves no claim behind, so the retry starts clean.
+A read-model row is written once by its natural key (its table's primary key, ``ON
+CONFLICT DO NOTHING``), in the transaction that saves the partition's position: a
+redelivery changes nothing, and a failed attempt leaves nothing behind, so the retry starts
+clean. No separate inbox claim is needed for that; until e821c73 one was written per
+record, two rows per AI call that nothing read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
-from billing_events.inbox import first_claimed
 from billing_events.kafka import BatchHandler, Handler, InboundMessage, PermanentError
 from billing_events.offsets import unit_of_work
 from billing_events.topics import Topics
 from billing_events.v1 import alert_pb2, ledger_pb2, stripe_pb2, usage_pb2
 
-from reconciler import metrics, repository, service, stream
+from reconciler import metrics, repository, stream
 from reconciler.alerts import AlertForwarder, alert_key
 from reconciler.service import HasPool
-
-Write = Callable[[Any], Awaitable[None]]
-
-
-async def _remember(db: HasPool, message: InboundMessage, key: str, write: Write) -> None:
-    async with unit_of_work(db) as conn:
-        new = await service.remember(conn, key, message, write)
-    metrics.STREAM_MESSAGES.labels(message.topic, "new" if new else "duplicate").inc()
 
 
 def _received(message: InboundMessage) -> datetime:
     return datetime.fromtimestamp(message.timestamp_ms / 1000, UTC)
 
 
-def stripe_events_handler(db: HasPool) -> Handler:
-    async def handle(message: InboundMessage) -> None:
-        seen = stream.seen_stripe_event(message.decode(stripe_pb2.StripeEventReceived))
-        write = partial(repository.insert_stripe_event, seen=seen)
-        await _remember(db, message, f"stripe:{seen.event_id}", write)
-
-    return handle
+Seen = Callable[[InboundMessage], Any]
 
 
-def usage_handler(db: HasPool) -> Handler:
-    async def handle(message: InboundMessage) -> None:
-        record = message.decode(usage_pb2.UsageRecorded)
-        seen = stream.seen_usage(record, _received(message))
-        write = partial(repository.insert_usage, seen=seen)
-        await _remember(db, message, f"usage:{seen.usage_id}", write)
-
-    return handle
+def _stripe_seen(message: InboundMessage) -> stream.SeenStripeEvent:
+    return stream.seen_stripe_event(message.decode(stripe_pb2.StripeEventReceived))
 
 
-def ledger_handler(db: HasPool) -> Handler:
-    async def handle(message: InboundMessage) -> None:
-        posted = message.decode(ledger_pb2.LedgerTransactionPosted)
-        seen = stream.seen_ledger_transaction(posted, _received(message))
-        write = partial(repository.insert_ledger_transaction, seen=seen)
-        await _remember(db, message, f"ledger:{seen.transaction_id}", write)
-
-    return handle
+def _usage_seen(message: InboundMessage) -> stream.SeenUsage:
+    return stream.seen_usage(message.decode(usage_pb2.UsageRecorded), _received(message))
 
 
-Seen = Callable[[InboundMessage], tuple[str, Any]]
-
-
-def _stripe_seen(message: InboundMessage) -> tuple[str, Any]:
-    seen = stream.seen_stripe_event(message.decode(stripe_pb2.StripeEventReceived))
-    return f"stripe:{seen.event_id}", seen
-
-
-def _usage_seen(message: InboundMessage) -> tuple[str, Any]:
-    seen = stream.seen_usage(message.decode(usage_pb2.UsageRecorded), _received(message))
-    return f"usage:{seen.usage_id}", seen
-
-
-def _ledger_seen(message: InboundMessage) -> tuple[str, Any]:
+def _ledger_seen(message: InboundMessage) -> stream.SeenLedgerTransaction:
     posted = message.decode(ledger_pb2.LedgerTransactionPosted)
-    seen = stream.seen_ledger_transaction(posted, _received(message))
-    return f"ledger:{seen.transaction_id}", seen
+    return stream.seen_ledger_transaction(posted, _received(message))
 
 
 def batch_handler(db: HasPool, seen_of: Seen, table: repository.SeenTable) -> BatchHandler:
-    """A partition's fetched records into the read model in one transaction, claims first.
+    """A partition's fetched records into the read model in one transaction.
 
     A record that does not decode fails the batch; the consumer then takes the records one
-    by one (through ``handlers``), which dead-letters that one alone.
+    by one (``handlers``), which dead-letters that one alone.
     """
 
     async def handle(messages: Sequence[InboundMessage]) -> None:
-        seen = [(*seen_of(m), m) for m in messages]
+        rows = [seen_of(m) for m in messages]
         async with unit_of_work(db) as conn:
-            new = await repository.claim_messages(conn, [(key, m) for key, _, m in seen])
-            rows = [row for _, row, _ in first_claimed(seen, lambda s: s[0], new)]
-            await repository.insert_seen(conn, table, rows)
+            new = await repository.insert_seen(conn, table, rows)
         topic = messages[0].topic
-        metrics.STREAM_MESSAGES.labels(topic, "new").inc(len(rows))
-        metrics.STREAM_MESSAGES.labels(topic, "duplicate").inc(len(messages) - len(rows))
+        metrics.STREAM_MESSAGES.labels(topic, "new").inc(new)
+        metrics.STREAM_MESSAGES.labels(topic, "duplicate").inc(len(messages) - new)
 
     return handle
 
@@ -108,6 +67,13 @@ def batch_handlers(db: HasPool, topics: Topics) -> dict[str, BatchHandler]:
         topics.usage: batch_handler(db, _usage_seen, repository.SEEN_USAGE_RECORDS),
         topics.ledger: batch_handler(db, _ledger_seen, repository.SEEN_LEDGER_TRANSACTIONS),
     }
+
+
+def _one_at_a_time(handle_batch: BatchHandler) -> Handler:
+    async def handle(message: InboundMessage) -> None:
+        await handle_batch([message])
+
+    return handle
 
 
 def alerts_handler(db: HasPool, forwarder: AlertForwarder) -> Handler:
@@ -131,8 +97,5 @@ def alerts_handler(db: HasPool, forwarder: AlertForwarder) -> Handler:
 
 
 def handlers(db: HasPool, topics: Topics) -> dict[str, Handler]:
-    return {
-        topics.stripe_events: stripe_events_handler(db),
-        topics.usage: usage_handler(db),
-        topics.ledger: ledger_handler(db),
-    }
+    """The same writes a record at a time: the consumer's fallback from a failed batch."""
+    return {topic: _one_at_a_time(h) for topic, h in batch_handlers(db, topics).items()}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from billing_events.kafka import CORRELATION_HEADER, InboundMessage
+from billing_events.kafka import CORRELATION_HEADER
 from billing_platform import tracing
 from billing_platform.db import session_lock
 
@@ -22,7 +22,6 @@ from reconciler import chain
 from reconciler.findings import Finding, Schemas
 from reconciler.period import Period
 from reconciler.runs import ChainHead, CheckCount, RunRecord, RunRequest
-from reconciler.stream import SeenLedgerTransaction, SeenStripeEvent, SeenUsage
 
 # Waiting for another run, or extending the chain over a large journal, outlasts the pool's
 # per-request command timeout.
@@ -30,33 +29,6 @@ LONG_TIMEOUT_S = 3600.0
 
 
 # --- read model ----------------------------------------------------------------------
-
-
-async def claim_message(conn: Any, message_key: str, message: InboundMessage) -> bool:
-    """Record a message as handled; False when it already was (a redelivery)."""
-    inserted = await conn.fetchval(
-        "INSERT INTO inbox (message_key, topic, kafka_partition, kafka_offset)"
-        " VALUES ($1, $2, $3, $4) ON CONFLICT (message_key) DO NOTHING RETURNING true",
-        message_key,
-        message.topic,
-        message.partition,
-        message.offset,
-    )
-    return bool(inserted)
-
-
-async def claim_messages(conn: Any, claims: Sequence[tuple[str, InboundMessage]]) -> set[str]:
-    """Record a batch's messages as handled; the keys that were new (the rest: redeliveries)."""
-    rows = await conn.fetch(
-        "INSERT INTO inbox (message_key, topic, kafka_partition, kafka_offset)"
-        " SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[])"
-        " ON CONFLICT (message_key) DO NOTHING RETURNING message_key",
-        [key for key, _ in claims],
-        [m.topic for _, m in claims],
-        [m.partition for _, m in claims],
-        [m.offset for _, m in claims],
-    )
-    return {r["message_key"] for r in rows}
 
 
 @dataclass(frozen=True)
@@ -121,57 +93,14 @@ SEEN_LEDGER_TRANSACTIONS = SeenTable(
 )
 
 
-async def insert_seen(conn: Any, table: SeenTable, rows: Sequence[Any]) -> None:
-    """Rows (dataclasses whose fields are the table's columns, in order) in one statement."""
+async def insert_seen(conn: Any, table: SeenTable, rows: Sequence[Any]) -> int:
+    """Rows (dataclasses whose fields are the table's columns, in order) in one statement;
+    how many were new (a row whose key is there already, or earlier in ``rows``, is not)."""
     if not rows:
-        return
+        return 0
     columns = [[getattr(r, c) for r in rows] for c, _ in table.columns]
-    await conn.execute(table.insert_sql(), *columns)
-
-
-async def insert_stripe_event(conn: Any, seen: SeenStripeEvent) -> None:
-    await conn.execute(
-        "INSERT INTO seen_stripe_events (event_id, type, object_id, purchase_id, amount,"
-        " amount_refunded, created, payload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)"
-        " ON CONFLICT (event_id) DO NOTHING",
-        seen.event_id,
-        seen.type,
-        seen.object_id,
-        seen.purchase_id,
-        seen.amount,
-        seen.amount_refunded,
-        seen.created,
-        seen.payload,
-    )
-
-
-async def insert_usage(conn: Any, seen: SeenUsage) -> None:
-    await conn.execute(
-        "INSERT INTO seen_usage_records (usage_id, user_id, model, mode, charged_millicredits,"
-        " cost_millicredits, created) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-        " ON CONFLICT (usage_id) DO NOTHING",
-        seen.usage_id,
-        seen.user_id,
-        seen.model,
-        seen.mode,
-        seen.charged_millicredits,
-        seen.cost_millicredits,
-        seen.created,
-    )
-
-
-async def insert_ledger_transaction(conn: Any, seen: SeenLedgerTransaction) -> None:
-    await conn.execute(
-        "INSERT INTO seen_ledger_transactions (transaction_id, kind, user_id, reference_id,"
-        " wallet_delta_millicredits, posted_at) VALUES ($1, $2, $3, $4, $5, $6)"
-        " ON CONFLICT (transaction_id) DO NOTHING",
-        seen.transaction_id,
-        seen.kind,
-        seen.user_id,
-        seen.reference_id,
-        seen.wallet_delta_millicredits,
-        seen.posted_at,
-    )
+    status = await conn.execute(table.insert_sql(), *columns)
+    return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <rows>"
 
 
 # --- runs ----------------------------------------------------------------------------

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
 from billing_events.audit import RECONCILIATION_RUN, AdminAction, AuditTrail
 from billing_events.audit import target as audit_target
-from billing_events.kafka import InboundMessage
 from billing_events.topics import Topics
 from billing_platform import context
 from billing_platform.errors import ApiError
@@ -50,19 +49,6 @@ class SessionCounter(Protocol):
 
 class GaugeSink(Protocol):
     async def refresh(self, day: date | None = None) -> None: ...
-
-
-# --- read model ----------------------------------------------------------------------
-
-
-async def remember(
-    conn: Any, key: str, message: InboundMessage, write: Callable[[Any], Awaitable[None]]
-) -> bool:
-    """Claim the message by its natural key and write its row; False for a redelivery."""
-    if not await repository.claim_message(conn, key, message):
-        return False
-    await write(conn)
-    return True
 
 
 # --- runs ----------------------------------------------------------------------------

@@ -72,6 +72,7 @@ def test_migrations_are_found_in_the_package() -> None:
         "0003_journal_chain.sql",
         "0004_outbox.sql",
         "0005_forwarded_alerts.sql",
+        "0006_no_inbox.sql",
     ]
 
 
