@@ -160,25 +160,43 @@ def usage_handler(db: Database, topics: Topics) -> Handler:
 def usage_batch_handler(db: Database, topics: Topics) -> BatchHandler:
     """A partition's fetched usage records in one transaction (``usage.post_usage_batch``).
 
-    Any failure (a record that does not decode, a hold still to capture, a conflict) undoes
-    the whole batch, and the consumer hands its records to ``usage_handler`` one by one.
+    Records with nothing to do (not billed, or posted already) are answered from one look-up
+    and not claimed; the rest are claimed in the inbox and posted. Any failure (a record
+    that does not decode, a hold still to capture, a conflict) undoes the whole batch, and
+    the consumer hands its records to ``usage_handler`` one by one.
     """
 
     async def handle(messages: Sequence[InboundMessage]) -> None:
         records = [_usage_record(m) for m in messages]
         async with unit_of_work(db) as conn:
-            claims = [
-                repository.Claim(r.key, "usage", m) for r, m in zip(records, messages, strict=True)
-            ]
-            new = await repository.claim_messages(conn, claims, tracing.current_trace_id())
-            fresh = first_claimed(records, lambda r: r.key, new)
-            outcomes = await usage.post_usage_batch(conn, topics, fresh)
-            await repository.set_outcomes(conn, outcomes)
-        USAGE_RECEIVED.labels("duplicate").inc(len(records) - len(fresh))
-        for outcome in outcomes.values():
+            settled = await usage.settled_already(conn, records)
+            todo = [(r, m) for r, m in zip(records, messages, strict=True) if r.key not in settled]
+            outcomes = await _claim_and_post(conn, topics, todo)
+        USAGE_RECEIVED.labels("duplicate").inc(len(todo) - len(outcomes))
+        for outcome in [*outcomes.values(), *_each(records, settled)]:
             USAGE_RECEIVED.labels(outcome).inc()
 
     return handle
+
+
+async def _claim_and_post(
+    conn: object, topics: Topics, todo: Sequence[tuple[usage.UsageRecord, InboundMessage]]
+) -> dict[str, str]:
+    if not todo:
+        return {}
+    claims = [repository.Claim(r.key, "usage", m) for r, m in todo]
+    new = await repository.claim_messages(conn, claims, tracing.current_trace_id())
+    fresh = first_claimed([r for r, _ in todo], lambda r: r.key, new)
+    if not fresh:
+        return {}
+    outcomes = await usage.post_usage_batch(conn, topics, fresh)
+    await repository.set_outcomes(conn, outcomes)
+    return outcomes
+
+
+def _each(records: Sequence[usage.UsageRecord], settled: dict[str, str]) -> list[str]:
+    """The settled outcome of each record (a record twice in the batch counts twice)."""
+    return [settled[r.key] for r in records if r.key in settled]
 
 
 def _usage_record(message: InboundMessage) -> usage.UsageRecord:

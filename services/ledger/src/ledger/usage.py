@@ -37,6 +37,26 @@ class UsageConflict(Exception):
     """A usage id was already posted to another user."""
 
 
+async def settled_already(conn: Any, records: Sequence[UsageRecord]) -> dict[str, str]:
+    """The outcomes of the records there is nothing to do for, by inbox key: not billed, or
+    posted already (most: the gateway captured their hold in the transaction that wrote
+    them, and a posting is never undone). Neither changes anything whenever it is handled,
+    so neither is claimed in the inbox: that was two more row writes per AI call. A usage
+    id posted to another user raises, as ``post_usage_batch`` does."""
+    outcomes = {r.key: "not_billed" for r in records if not r.charged}
+    charged = [r for r in records if r.charged]
+    if not charged:
+        return outcomes
+    posted_to = await repository.usage_postings(conn, [r.usage.usage_id for r in charged])
+    for record in charged:
+        owner = posted_to.get(record.usage.usage_id)
+        if owner is not None and owner != record.user_id:
+            raise UsageConflict(f"usage {record.usage.usage_id} was charged to another user")
+        if owner is not None:
+            outcomes[record.key] = "posted"
+    return outcomes
+
+
 async def post_usage_batch(
     conn: Any, topics: Topics, records: Sequence[UsageRecord]
 ) -> dict[str, str]:
