@@ -1,8 +1,8 @@
 -- A capture moves the user's balance row once instead of twice. The version of 0009
 -- released the hold's amount in one UPDATE, read the balance again to size the charge,
 -- debited it in a second UPDATE, and read the row a third time for its answer: two new row
--- versions (two index-free but full heap tuples and their WAL) and three more statements
--- per AI call. Here the row is read once, as it is locked (the lock came first before, too:
+-- versions (heap-only, but each a whole tuple with its WAL) and three more statements per
+-- AI call. Here the row is read once, as it is locked (the lock came first before, too:
 -- the user's balance row, then the hold), the charge is sized from those values, and one
 -- UPDATE releases and debits together; its RETURNING is the answer. What is charged, when,
 -- and to whom is unchanged (the ledger's capture tests run against this definition).
