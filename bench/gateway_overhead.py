@@ -12,6 +12,10 @@ the overhead (gateway minus direct at each percentile, same run), the answers th
 200, and the CPU ms per call of every process for the gateway step, measured from the
 first call until the whole pipeline is quiet (outboxes published, consumers caught up), so
 the call's downstream work counts too. A rate whose gateway p99 passes 100 ms is marked.
+The platform's CPU is also given as a multiple of the model server's per call in the same
+cell (``platform/devllm``): the model server's work per call is the same in every commit,
+and this machine's speed moves by a third within an hour, so runs of two commits made in
+different minutes compare on that figure.
 
 ``--stream``: the same steps with ``"stream": true`` (the direct call asks for the usage
 chunk, as the gateway does). vegeta times a body to its end, so these loops run on
@@ -431,6 +435,13 @@ def cpu_lines(steps: list[Step]) -> list[str]:
         row["total"] - row.get("load generator", 0.0) - row.get("devllm", 0.0) for row in rows
     ]
     lines.append(f"{'platform only':16}" + "".join(f"{v:10.3f}" for v in platform))
+    # This machine's speed moves by a third within an hour; the model server does the same
+    # work per call whatever the commit, so its CPU is a yardstick measured in the same cell.
+    yardstick = [row.get("devllm", 0.0) for row in rows]
+    ratios = [
+        f"{p / d:10.1f}" if d else f"{'-':>10}" for p, d in zip(platform, yardstick, strict=True)
+    ]
+    lines.append(f"{'platform/devllm':16}" + "".join(ratios))
     errors = [e for s in steps for e in s.errors]
     return lines + ([f"error samples: {errors[:3]}"] if errors else [])
 
