@@ -117,13 +117,13 @@ def two_update_capture() -> str:
 def previous_definitions() -> tuple[str, str]:
     """(ledger's, metering's) SQL re-creating the functions as f329260 had them."""
     event = _definition("ledger", "0010_posting_event_cost.sql", "usage_posted_event")
-    event = f"{event}\n{two_update_capture()}"
+    ledger = f"{event}\n{two_update_capture()}"
     admit = _definition("metering", "0004_admission.sql", "admit_charged_call")
     guard = _definition("metering", "0004_admission.sql", "guard_state")
     admit = admit.replace("FUNCTION admit_", "FUNCTION previous_admit_", 1)
     admit = admit.replace("FROM guard_state(", "FROM previous_guard_state(")
     guard = guard.replace("FUNCTION guard_state(", "FUNCTION previous_guard_state(", 1)
-    return event, f"{guard}\n{admit}"
+    return ledger, f"{guard}\n{admit}"
 
 
 # The usage record's statement of f329260 (repository.store_usage then).
@@ -288,11 +288,11 @@ async def bench(dsn: str, args: argparse.Namespace) -> dict[str, dict[str, float
     old_db, old_ledger, users = await schemas(dsn, f"{tag}_b", args.users, args.history)
     landed_db, landed_ledger, _ = await schemas(dsn, f"{tag}_l", args.users, args.history)
     new_db, _, _ = await schemas(dsn, f"{tag}_a", args.users, args.history)
-    event, admit = previous_definitions()
+    ledger_sql, metering_sql = previous_definitions()
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(f'SET search_path = "{old_ledger}"; {event}')
-        await conn.execute(f'SET search_path = "{old_db.schema}"; {admit}')
+        await conn.execute(f'SET search_path = "{old_ledger}"; {ledger_sql}')
+        await conn.execute(f'SET search_path = "{old_db.schema}"; {metering_sql}')
         await conn.execute(f'SET search_path = "{landed_ledger}"; {two_update_capture()}')
         for db in (old_db, landed_db, new_db):
             await db.start()

@@ -5,7 +5,7 @@ posted once, for at most what its user has available (balance minus held), in th
 records came. Only the work is shared: the batch's balances are locked once (in user order,
 as every path locks them), its postings, entries, balance moves and outbox records are
 written in a handful of statements. Records already posted (the gateway captured their
-hold) are answered from one look-up, without a lock.
+hold) are answered from one look-up, without a lock (``settled_already``).
 """
 
 from __future__ import annotations
@@ -41,35 +41,26 @@ async def settled_already(conn: Any, records: Sequence[UsageRecord]) -> dict[str
     """The outcomes of the records there is nothing to do for, by inbox key: not billed, or
     posted already (most: the gateway captured their hold in the transaction that wrote
     them, and a posting is never undone). Neither changes anything whenever it is handled,
-    so neither is claimed in the inbox: that was two more row writes per AI call. A usage
-    id posted to another user raises, as ``post_usage_batch`` does."""
+    so neither is claimed in the inbox: that was two more row writes per AI call. One
+    look-up, without a lock (a lock would hold up the gateway's captures for the same
+    users). A usage id posted to another user raises."""
     outcomes = {r.key: "not_billed" for r in records if not r.charged}
-    charged = [r for r in records if r.charged]
-    if not charged:
-        return outcomes
-    posted_to = await repository.usage_postings(conn, [r.usage.usage_id for r in charged])
-    for record in charged:
-        owner = posted_to.get(record.usage.usage_id)
-        if owner is not None and owner != record.user_id:
-            raise UsageConflict(f"usage {record.usage.usage_id} was charged to another user")
-        if owner is not None:
-            outcomes[record.key] = "posted"
+    await _not_posted_yet(conn, [r for r in records if r.charged], outcomes)
     return outcomes
 
 
 async def post_usage_batch(
     conn: Any, topics: Topics, records: Sequence[UsageRecord]
 ) -> dict[str, str]:
-    """Post the batch's new charges; the outcome of each record by its inbox key."""
-    outcomes = {r.key: "not_billed" for r in records if not r.charged}
-    # Most records were captured by the gateway already: those need no balance lock (which
-    # would hold up the gateway's captures for the same users), only their outcome.
-    maybe_new = await _not_posted_yet(conn, [r for r in records if r.charged], outcomes)
-    if not maybe_new:
-        return outcomes
-    balances = await repository.lock_balances(conn, sorted({r.user_id for r in maybe_new}))
+    """Post the charges of records ``settled_already`` left (charged, not posted when it
+    looked); the outcome of each record by its inbox key."""
+    for record in records:
+        if record.hold_id:
+            raise NeedsOneByOne(f"usage {record.usage.usage_id} has a hold to capture")
+    outcomes: dict[str, str] = {}
+    balances = await repository.lock_balances(conn, sorted({r.user_id for r in records}))
     # Under the locks, no other path can post these users' usage: look again.
-    new = await _not_posted_yet(conn, maybe_new, outcomes)
+    new = await _not_posted_yet(conn, records, outcomes)
     charges = _charges(new, balances)
     for record, charge in charges:
         outcomes[record.key] = "posted" if charge else "uncollected"
@@ -85,12 +76,13 @@ async def post_usage_batch(
 async def _not_posted_yet(
     conn: Any, records: Sequence[UsageRecord], outcomes: dict[str, str]
 ) -> list[UsageRecord]:
+    """The records not posted yet; each posted one gets its outcome."""
+    if not records:
+        return []
     posted_to = await repository.usage_postings(conn, [r.usage.usage_id for r in records])
     new = []
     for record in records:
         owner = posted_to.get(record.usage.usage_id)
-        if owner is None and record.hold_id:
-            raise NeedsOneByOne(f"usage {record.usage.usage_id} has a hold to capture")
         if owner is not None and owner != record.user_id:
             raise UsageConflict(f"usage {record.usage.usage_id} was charged to another user")
         if owner is None:
