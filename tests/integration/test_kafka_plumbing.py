@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import confluent_kafka
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -337,6 +338,63 @@ async def test_consumer_lag_rises_while_the_handler_is_blocked_and_falls_once_re
         released.set()
         await runner.stop()
     assert lag() is None, "a stopped consumer still reports lag"
+
+
+async def test_a_membership_that_does_not_settle_gets_a_new_client_which_then_consumes(
+    stack: Stack, namespace: Topics, publisher: KafkaPublisher
+) -> None:
+    group = f"{namespace.namespace}.settle-test"
+    handled: list[InboundMessage] = []
+
+    async def handler(message: InboundMessage) -> None:
+        handled.append(message)
+
+    def rebuilds() -> float:
+        labels = {"group": group, "client": group}
+        return REGISTRY.get_sample_value("kafka_consumer_rebuilds_total", labels) or 0.0
+
+    # A member that stops polling holds the group's next rebalance until its poll interval
+    # runs out (its rebalance callbacks are served by polls): the runner joining meanwhile
+    # stays unsettled for some 20 s.
+    frozen = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": stack.kafka.bootstrap,
+            "group.id": group,
+            "session.timeout.ms": 6000,
+            "max.poll.interval.ms": 20_000,
+            "log_level": 0,
+        }
+    )
+    frozen.subscribe(
+        [namespace.stripe_events],
+        on_assign=lambda c, parts: c.assign(parts),
+        on_revoke=lambda c, _: c.unassign(),
+    )
+    assert wait_until(lambda: (frozen.poll(0.2), frozen.assignment())[1], 30)
+    runner = ConsumerRunner(
+        bootstrap=stack.kafka.bootstrap,
+        group_id=group,
+        handlers={namespace.stripe_events: handler},
+        publisher=publisher,
+        settle_deadline_s=4,
+    )
+    await publisher.publish(namespace.stripe_events, "cs_settle", b"while unsettled")
+    await runner.start()
+    try:
+        deadline = time.monotonic() + 15
+        while rebuilds() < 1:
+            assert time.monotonic() < deadline, "the unsettled client was never replaced"
+            await asyncio.sleep(0.2)
+        assert not handled, "the runner consumed before its group settled"
+        deadline = time.monotonic() + 60
+        while not handled:
+            assert time.monotonic() < deadline, "the new client never consumed"
+            await asyncio.sleep(0.2)
+        await runner.check()  # ready again
+    finally:
+        await runner.stop()
+        frozen.close()
+    assert [m.value for m in handled] == [b"while unsettled"]
 
 
 class CuttableProxy:

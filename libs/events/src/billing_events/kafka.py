@@ -40,6 +40,7 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.trace import SpanKind
 
+from billing_events.membership import Membership, group_state
 from billing_events.offsets import OffsetScope, OffsetStore, enter_scope
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ M = TypeVar("M", bound=Message)
 
 class PermanentError(Exception):
     """A failure that retrying cannot fix (e.g. an undecodable record): dead-letter at once."""
+
+
+class _Unsettled(Exception):
+    """The client's group membership has not settled within the deadline."""
 
 
 class _Interrupted(Exception):
@@ -361,6 +366,10 @@ POSITION_FLUSH_S = 0.2
 # How often the lag gauge is refreshed, from the client's cache (no broker round trip):
 # well within a scrape interval; each refresh is a hop to the client's thread and back.
 LAG_EVERY_S = 1.0
+# A group membership not settled this long, with the broker answering, gets a new client.
+SETTLE_DEADLINE_S = 60.0
+# How long a client may take to copy its last positions and leave its group.
+CLOSE_DEADLINE_S = 10.0
 
 
 def consumer_lags(
@@ -384,7 +393,9 @@ class ConsumerRunner:
     retries until the dependency is back (``check`` fails meanwhile, for readiness); only
     failures of the record itself count towards its dead letter. The client reconnects to
     the broker by itself; if the loop fails (the dead-letter publish, saving a position),
-    the consumer is rebuilt and what was not saved comes back.
+    the consumer is rebuilt and what was not saved comes back. So is a client whose group
+    membership has not settled within ``settle_deadline_s`` while the broker answers
+    (``billing_events.membership``).
 
     With ``offsets`` the positions live in the service's database (see
     ``billing_events.offsets``) and are copied to Kafka every ``POSITION_FLUSH_S``, for lag
@@ -405,6 +416,7 @@ class ConsumerRunner:
         max_records: int = 500,
         wanted: Mapping[str, Wanted] | None = None,
         linger_ms: int = 0,
+        settle_deadline_s: float = SETTLE_DEADLINE_S,
     ) -> None:
         self._bootstrap = bootstrap
         self.group_id = group_id
@@ -417,6 +429,10 @@ class ConsumerRunner:
         self._max_records = max_records
         self._wanted = dict(wanted or {})
         self._linger_ms = linger_ms
+        self._settle_deadline_s = settle_deadline_s
+        self._membership = Membership(time.monotonic())
+        # From zero, so the alert's increase() counts the first replacement too.
+        metrics.KAFKA_CONSUMER_REBUILDS.labels(group_id, self._client_id)
         self._tracer = tracing.tracer("billing.kafka")
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -458,7 +474,11 @@ class ConsumerRunner:
             except Exception as exc:
                 # E.g. the positions could not be read on assignment: not ready till it works.
                 self._failing = exc
-                log.exception("consumer loop failed; reconnecting", extra={"group": self.group_id})
+                log.error(
+                    "consumer loop failed; reconnecting",
+                    extra={"group": self.group_id, "client": self._client_id},
+                    exc_info=not isinstance(exc, _Unsettled),  # its message says it all
+                )
                 await self._sleep_unless_stopping(pause)
                 pause = min(pause * 2, 10.0)
 
@@ -482,7 +502,20 @@ class ConsumerRunner:
             "heartbeat.interval.ms": 3_000,
             "error_cb": _on_client_error,
             "logger": _librdkafka_logger(),
+            # Six looks per deadline, at most one every 10 s: the group state is all it reads.
+            "statistics.interval.ms": int(min(10_000, max(500, self._settle_deadline_s * 167))),
+            "stats_cb": self._on_statistics,
         }
+
+    def _on_statistics(self, statistics: str) -> None:
+        """Runs on the client's thread, within a poll."""
+        try:
+            group = group_state(statistics)
+        except (ValueError, IndexError):  # not worth losing the consumer over
+            log.warning("unreadable client statistics", extra={"group": self.group_id})
+            return
+        if group is not None:
+            self._membership.seen(group, time.monotonic())
 
     async def _in_thread(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """The client is driven from one thread; the loop waits for it without blocking."""
@@ -491,6 +524,7 @@ class ConsumerRunner:
 
     async def _consume_until_stopped(self) -> None:
         consumer = confluent_kafka.Consumer(self._config())
+        self._membership.restart(time.monotonic())
         # Its own task, not the loop's: a handler that hangs must not freeze the gauge.
         lag = asyncio.create_task(self._report_lag(consumer))
         try:
@@ -505,13 +539,51 @@ class ConsumerRunner:
                 self._failing = None
                 if records:
                     await self._handle_fetched(consumer, records)
-                await self._flush_positions(consumer, force=False)
+                await self._flush_positions(consumer)
+                await self._check_settled()
         finally:
             lag.cancel()
             with contextlib.suppress(Exception):
-                await self._flush_positions(consumer, force=True)
-            await self._in_thread(consumer.close)
+                await self._save_unsaved()
+            await self._close(consumer)
             self._forget(list(self._positions))
+
+    async def _check_settled(self) -> None:
+        """Give up on the client if its membership has not settled within the deadline
+        while the broker answers (were the broker down, a new client would wait the same)."""
+        now = time.monotonic()
+        waited = self._membership.unsettled_for(now)
+        if waited < self._settle_deadline_s:
+            return
+        try:
+            await probe(self._bootstrap)
+        except Exception:
+            self._membership.restart(now)  # the broker is down: look again a deadline later
+            return
+        metrics.KAFKA_CONSUMER_REBUILDS.labels(self.group_id, self._client_id).inc()
+        raise _Unsettled(f"group membership {self._membership.last} for {waited:.0f} s, broker up")
+
+    async def _close(self, consumer: confluent_kafka.Consumer) -> None:
+        """Copy the last positions to Kafka and leave the group, on a thread of its own: a
+        client whose membership never settled may never finish, and is left behind after
+        ``CLOSE_DEADLINE_S`` (the broker drops it when its session times out)."""
+        await self._in_thread(lambda: None)  # the client's thread has nothing left running
+        offsets = self._take_to_commit()
+
+        def close() -> None:
+            with contextlib.suppress(confluent_kafka.KafkaException):
+                if offsets:
+                    consumer.commit(offsets=offsets, asynchronous=False)
+            consumer.close()
+
+        closing = threading.Thread(target=close, name=f"kafka-close:{self._client_id}", daemon=True)
+        closing.start()
+        await asyncio.to_thread(closing.join, CLOSE_DEADLINE_S)
+        if closing.is_alive():
+            log.error(
+                "consumer client did not close in time; left behind",
+                extra={"group": self.group_id, "client": self._client_id},
+            )
 
     def _fetch(self, consumer: confluent_kafka.Consumer) -> list[confluent_kafka.Message]:
         """Wait for one record (at most half a second), then take what else is buffered."""
@@ -536,6 +608,7 @@ class ConsumerRunner:
                 "partitions assigned",
                 extra={
                     "group": self.group_id,
+                    "client": self._client_id,
                     "resume_from": {f"{t}[{p}]": o for (t, p), o in stored.items()},
                 },
             )
@@ -642,25 +715,31 @@ class ConsumerRunner:
         offsets = [confluent_kafka.TopicPartition(t, p, o) for (t, p), o in reached.items()]
         await self._in_thread(consumer.commit, offsets=offsets, asynchronous=False)
 
-    async def _flush_positions(self, consumer: confluent_kafka.Consumer, force: bool) -> None:
+    async def _flush_positions(self, consumer: confluent_kafka.Consumer) -> None:
         """Every few tenths of a second: the lazy positions to the database, and a copy of
         all to Kafka for lag tooling (the database's stays the one that counts)."""
-        if not force and time.monotonic() - self._flushed_at < POSITION_FLUSH_S:
+        if time.monotonic() - self._flushed_at < POSITION_FLUSH_S:
             return
         self._flushed_at = time.monotonic()
-        if self._unsaved and self._offsets is not None:
-            unsaved, self._unsaved = self._unsaved, {}
-            try:
-                await self._offsets.store(self.group_id, unsaved)
-            except Exception as exc:
-                if not is_outage(exc):
-                    raise
-                self._unsaved = {**unsaved, **self._unsaved}  # next time, then
-        if not self._to_commit:
+        await self._save_unsaved()
+        offsets = self._take_to_commit()
+        if offsets:
+            await self._in_thread(consumer.commit, offsets=offsets, asynchronous=True)
+
+    async def _save_unsaved(self) -> None:
+        if not self._unsaved or self._offsets is None:
             return
+        unsaved, self._unsaved = self._unsaved, {}
+        try:
+            await self._offsets.store(self.group_id, unsaved)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            self._unsaved = {**unsaved, **self._unsaved}  # next time, then
+
+    def _take_to_commit(self) -> list[confluent_kafka.TopicPartition]:
         reached, self._to_commit = self._to_commit, {}
-        offsets = [confluent_kafka.TopicPartition(t, p, o) for (t, p), o in reached.items()]
-        await self._in_thread(consumer.commit, offsets=offsets, asynchronous=not force)
+        return [confluent_kafka.TopicPartition(t, p, o) for (t, p), o in reached.items()]
 
     async def handle_batch(
         self, batch_handler: BatchHandler, messages: Sequence[InboundMessage]

@@ -25,6 +25,11 @@ KAFKA_HANDLER_RETRIES = Counter(
 KAFKA_ASSIGNED = Gauge(
     "kafka_assigned_partitions", "Partitions this consumer owns now", ["group", "client"]
 )
+KAFKA_CONSUMER_REBUILDS = Counter(
+    "kafka_consumer_rebuilds_total",
+    "Consumer clients replaced because their group membership did not settle",
+    ["group", "client"],
+)
 KAFKA_LAG = Gauge(
     "kafka_consumer_lag",
     "Records between where this consumer's handled records reached and the high watermark",
