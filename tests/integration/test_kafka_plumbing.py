@@ -370,7 +370,12 @@ async def test_a_membership_that_does_not_settle_gets_a_new_client_which_then_co
         on_assign=lambda c, parts: c.assign(parts),
         on_revoke=lambda c, _: c.unassign(),
     )
-    assert wait_until(lambda: (frozen.poll(0.2), frozen.assignment())[1], 30)
+
+    def frozen_assigned() -> bool:
+        frozen.poll(0.2)
+        return bool(frozen.assignment())
+
+    assert wait_until(frozen_assigned, 30)
     runner = ConsumerRunner(
         bootstrap=stack.kafka.bootstrap,
         group_id=group,
