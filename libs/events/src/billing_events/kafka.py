@@ -472,6 +472,8 @@ class ConsumerRunner:
             except _Interrupted:
                 return  # stopping mid-outage: the unsaved records come back on restart
             except Exception as exc:
+                if self._failing is None:  # that client had worked: start the backoff afresh
+                    pause = 0.5
                 # E.g. the positions could not be read on assignment: not ready till it works.
                 self._failing = exc
                 log.error(

@@ -497,3 +497,30 @@ def test_records_a_consumer_does_not_want_are_passed_over_but_still_move_the_pos
         (TOPIC, 0): [b"purchase-1"]
     }
     assert reached == {(TOPIC, 0): 13, (TOPIC, 1): 5}
+
+
+async def test_the_rebuild_backoff_starts_afresh_after_a_client_that_worked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runner = _runner(FakePublisher(), CountingHandler(fail_times=0))
+    # Each entry is one client's life: whether it fetched before its loop failed.
+    lives = iter([False, False, True, False])
+    pauses: list[float] = []
+
+    async def one_client() -> None:
+        worked = next(lives, None)
+        if worked is None:
+            runner._stopping.set()
+            return
+        if worked:
+            runner._failing = None  # what a successful fetch does
+        raise RuntimeError("client loop failed")
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    monkeypatch.setattr(runner, "_consume_until_stopped", one_client)
+    monkeypatch.setattr(runner, "_sleep_unless_stopping", sleep)
+    await runner._run_forever()
+
+    assert pauses == [0.5, 1.0, 0.5, 1.0]
