@@ -3,7 +3,9 @@
 One kill at a time: the component is killed, stays down for a seeded while, is started with
 the launcher's own ``start`` and waited for until ready, and only then does the next
 countdown begin. Kafka, PostgreSQL and one service come first (in a seeded order), so every
-run kills both pieces of infrastructure at least once.
+run kills both pieces of infrastructure at least once. That first Kafka kill keeps the broker
+down past the consumers' session timeout, so every run also has each group's session expire
+and rejoin (a path a short outage never takes).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from billing_cli.stack import Stack
 INFRASTRUCTURE = ["kafka", "postgres"]
 TARGETS = [*INFRASTRUCTURE, *SERVICES]
 READY_TIMEOUT_S = 120.0
+# The consumers' session.timeout.ms (10 s) and a heartbeat interval (3 s) more.
+OUTLASTS_SESSIONS_S = 13.0
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,10 @@ def schedule(rng: random.Random, seconds: float) -> list[Kill]:
     rng.shuffle(first)
     extra = max(0, int(seconds / 10) - len(first))
     targets = first + [rng.choice(TARGETS) for _ in range(extra)]
-    return [Kill(t, rng.uniform(1.0, 4.0), rng.uniform(0.5, 3.0)) for t in targets]
+    plan = [Kill(t, rng.uniform(1.0, 4.0), rng.uniform(0.5, 3.0)) for t in targets]
+    at = targets.index("kafka")
+    plan[at] = Kill("kafka", plan[at].wait_s, OUTLASTS_SESSIONS_S)
+    return plan
 
 
 def component(stack: Stack, target: str) -> Component:
