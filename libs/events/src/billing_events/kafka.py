@@ -504,10 +504,13 @@ class ConsumerRunner:
             "heartbeat.interval.ms": 3_000,
             "error_cb": _on_client_error,
             "logger": _librdkafka_logger(),
-            # Six looks per deadline, at most one every 10 s: the group state is all it reads.
-            "statistics.interval.ms": int(min(10_000, max(500, self._settle_deadline_s * 167))),
+            "statistics.interval.ms": self._statistics_interval_ms(),
             "stats_cb": self._on_statistics,
         }
+
+    def _statistics_interval_ms(self) -> int:
+        """Six looks per deadline, at most one every 10 s: the group state is all it reads."""
+        return int(min(10_000, max(500, self._settle_deadline_s * 1000 / 6)))
 
     def _on_statistics(self, statistics: str) -> None:
         """Runs on the client's thread, within a poll."""
