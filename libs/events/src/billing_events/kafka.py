@@ -571,7 +571,8 @@ class ConsumerRunner:
     async def _close(self, consumer: confluent_kafka.Consumer) -> None:
         """Copy the last positions to Kafka and leave the group, on a thread of its own: a
         client whose membership never settled may never finish, and is left behind after
-        ``CLOSE_DEADLINE_S`` (the broker drops it when its session times out)."""
+        ``CLOSE_DEADLINE_S`` (the broker drops it once its session times out, or a
+        rebalance has waited its poll interval for it)."""
         await self._in_thread(lambda: None)  # the client's thread has nothing left running
         offsets = self._take_to_commit()
 
