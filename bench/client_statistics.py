@@ -20,6 +20,8 @@ import statistics
 import time
 import timeit
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import confluent_kafka
@@ -33,16 +35,18 @@ FAST_INTERVAL_MS = 100
 DEFAULT_INTERVAL_S = 10.0
 
 
-def consume_idle(bootstrap: str, topic: str, seconds: float, stats: bool) -> tuple[float, int]:
-    """Process CPU seconds and statistics documents over ``seconds`` of polling an idle
-    topic, as a runner does (poll 0.5 s), once the group has settled."""
-    documents: list[str] = []
+@contextmanager
+def settled_consumer(
+    bootstrap: str, topic: str, documents: list[str] | None
+) -> Iterator[confluent_kafka.Consumer]:
+    """A consumer of the topic in a group of its own, once it has its partitions; with
+    ``documents``, its statistics are appended there every ``FAST_INTERVAL_MS``."""
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
         "group.id": f"{topic}.{uuid.uuid4().hex[:6]}",
         "log_level": 0,
     }
-    if stats:
+    if documents is not None:
         config |= {"statistics.interval.ms": FAST_INTERVAL_MS, "stats_cb": documents.append}
     consumer = confluent_kafka.Consumer(config)
     try:
@@ -50,15 +54,25 @@ def consume_idle(bootstrap: str, topic: str, seconds: float, stats: bool) -> tup
         deadline = time.monotonic() + 30
         while not consumer.assignment() and time.monotonic() < deadline:
             consumer.poll(0.5)
+        yield consumer
+    finally:
+        consumer.close()
+
+
+def consume_idle(bootstrap: str, topic: str, seconds: float, stats: bool) -> tuple[float, int]:
+    """Process CPU seconds and statistics documents over ``seconds`` of polling an idle
+    topic, as a runner does (poll 0.5 s), once the group has settled."""
+    documents: list[str] = []
+    with settled_consumer(bootstrap, topic, documents if stats else None) as consumer:
         documents.clear()
+        read = 0
         started, cpu = time.monotonic(), time.process_time()
         while time.monotonic() - started < seconds:
             consumer.poll(0.5)
-            for document in documents:  # what the runner's callback does with each
+            for document in documents[read:]:  # what the runner's callback does with each
                 group_state(document)
+            read = len(documents)
         return time.process_time() - cpu, len(documents)
-    finally:
-        consumer.close()
 
 
 def main() -> None:
@@ -106,26 +120,11 @@ def report(bootstrap: str, topic: str, rounds: int, seconds: float) -> None:
 def capture_one(bootstrap: str, topic: str) -> str:
     """One statistics document of a settled consumer of the topic."""
     documents: list[str] = []
-    consumer = confluent_kafka.Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"{topic}.sample",
-            "log_level": 0,
-            "statistics.interval.ms": FAST_INTERVAL_MS,
-            "stats_cb": documents.append,
-        }
-    )
-    try:
-        consumer.subscribe([topic])
-        deadline = time.monotonic() + 30
-        while (not consumer.assignment() or not documents) and time.monotonic() < deadline:
-            consumer.poll(0.2)
+    with settled_consumer(bootstrap, topic, documents) as consumer:
         documents.clear()
         while not documents:
             consumer.poll(0.2)
         return documents[-1]
-    finally:
-        consumer.close()
 
 
 if __name__ == "__main__":

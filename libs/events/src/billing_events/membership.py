@@ -49,8 +49,9 @@ class Membership:
     thread (statistics callback), read on the event loop."""
 
     def __init__(self, now: float) -> None:
-        self.last = GroupState("init", "init")
-        self._unsettled_since: float | None = now
+        self.last: GroupState
+        self._unsettled_since: float | None
+        self.restart(now)
 
     def restart(self, now: float) -> None:
         """A new client, or a look that found the broker down: the clock starts again."""
