@@ -33,9 +33,15 @@ async def db(migrated_db: Any) -> Database:
 
 @contextlib.asynccontextmanager
 async def relaying(
-    db: Database, publisher: KafkaPublisher, linger_s: float, idle_poll_s: float = 1.0
+    db: Database,
+    publisher: KafkaPublisher,
+    linger_s: float,
+    idle_poll_s: float = 1.0,
+    linger_rows: int = 1,
 ) -> AsyncIterator[OutboxRelay]:
-    relay = OutboxRelay(db, publisher, linger_s=linger_s, idle_poll_s=idle_poll_s)
+    relay = OutboxRelay(
+        db, publisher, linger_s=linger_s, idle_poll_s=idle_poll_s, linger_rows=linger_rows
+    )
     await relay.start()
     try:
         yield relay
@@ -43,11 +49,21 @@ async def relaying(
         await relay.stop()
 
 
-async def _write(db: Database, relay: OutboxRelay, topic: str) -> int:
+async def _write(db: Database, relay: OutboxRelay, topic: str, rows: int = 1) -> int:
+    """``rows`` rows in one transaction; the id of the last."""
     async with db.pool.acquire() as conn, conn.transaction():
-        row_id = await write_outbox(conn, topic, "k", uuid.uuid4().bytes)
+        for _ in range(rows):
+            row_id = await write_outbox(conn, topic, "k", uuid.uuid4().bytes)
     relay.poke()
     return row_id
+
+
+async def _delay(db: Database, row: int) -> timedelta:
+    """How long the row waited between its transaction and its publishing."""
+    (published_at,) = await _published(db, [row])
+    created_at = await db.pool.fetchval("SELECT created_at FROM outbox WHERE id = $1", row)
+    delay: timedelta = published_at - created_at
+    return delay
 
 
 async def _published(db: Database, ids: list[int], within_s: float = 30) -> list[object]:
@@ -107,3 +123,16 @@ async def test_a_steady_stream_notifies_about_once_a_cycle_and_is_all_published(
     cycles = len(set(published_at))
     assert cycles < len(ids)
     assert 1 <= len(heard) <= cycles
+
+
+async def test_only_a_busy_cycle_is_followed_by_the_linger(
+    namespace: Topics, db: Database, publisher: KafkaPublisher
+) -> None:
+    """With ``linger_rows`` 3, cycles of one row do not hold the next row back; a cycle of
+    three does."""
+    async with relaying(db, publisher, linger_s=2.0, linger_rows=3) as relay:
+        lone = [await _delay(db, await _write(db, relay, namespace.usage)) for _ in range(3)]
+        await _delay(db, await _write(db, relay, namespace.usage, rows=3))
+        after_busy = await _delay(db, await _write(db, relay, namespace.usage))
+    assert max(lone) < timedelta(seconds=1)
+    assert after_busy > timedelta(seconds=1)

@@ -129,8 +129,9 @@ class InboundMessage(NamedTuple):
 Handler = Callable[[InboundMessage], Awaitable[None]]
 # Whether a consumer needs a record at all; records it does not are passed over undecoded.
 Wanted = Callable[[InboundMessage], bool]
-# Applies a partition's fetched records together (one transaction); it must be all or
-# nothing, since a failed batch is handled again record by record.
+# Applies a topic's fetched records together in one transaction (one or more partitions,
+# each in order); it must be all or nothing, since a failed batch is handled again, each
+# partition on its own and then record by record.
 BatchHandler = Callable[[Sequence[InboundMessage]], Awaitable[None]]
 
 
@@ -388,14 +389,17 @@ class ConsumerRunner:
     """Consumes topics with one handler each; moves only past what was handled or
     dead-lettered.
 
-    Partitions of a fetched batch are handled concurrently, records within a partition in
-    order. A handler failing because its database or broker is down holds its partition and
-    retries until the dependency is back (``check`` fails meanwhile, for readiness); only
-    failures of the record itself count towards its dead letter. The client reconnects to
-    the broker by itself; if the loop fails (the dead-letter publish, saving a position),
-    the consumer is rebuilt and what was not saved comes back. So is a client whose group
-    membership has not settled within ``settle_deadline_s`` while the broker answers
-    (``billing_events.membership``).
+    A fetched batch is handled topic by topic, the topics concurrently. A topic with a batch
+    handler takes all its fetched partitions in one call, so in one unit of work that saves
+    each partition's position; if that fails for any reason but an outage, each partition
+    is handled on its own (its records as one batch, then one by one), concurrently.
+    Records within a partition keep their order. A handler failing because its database or
+    broker is down holds its partitions and retries until the dependency is back (``check``
+    fails meanwhile, for readiness); only failures of the record itself count towards its
+    dead letter. The client reconnects to the broker by itself; if the loop fails (the
+    dead-letter publish, saving a position), the consumer is rebuilt and what was not saved
+    comes back. So is a client whose group membership has not settled within
+    ``settle_deadline_s`` while the broker answers (``billing_events.membership``).
 
     With ``offsets`` the positions live in the service's database (see
     ``billing_events.offsets``) and are copied to Kafka every ``POSITION_FLUSH_S``, for lag
@@ -657,12 +661,16 @@ class ConsumerRunner:
         self, consumer: confluent_kafka.Consumer, records: Sequence[confluent_kafka.Message]
     ) -> None:
         by_partition, reached = self._sorted(records)
-        done = await asyncio.gather(*(self._handle_partition(m) for m in by_partition.values()))
+        by_topic: dict[str, list[list[InboundMessage]]] = {}
+        for messages in by_partition.values():
+            by_topic.setdefault(messages[0].topic, []).append(messages)
+        done = await asyncio.gather(*(self._handle_topic(p) for p in by_topic.values()))
         self._positions.update(reached)
         if self._offsets is None:
             await self._commit_to_kafka(consumer, reached)
             return
-        saved = {tp for tp, offset, was_saved in done if was_saved and offset == reached[tp]}
+        handled = [result for results in done for result in results]
+        saved = {tp for tp, offset, was_saved in handled if was_saved and offset == reached[tp]}
         # Positions no unit of work saved (records passed over, dead-lettered, or with no
         # database effect) are saved lazily: replaying those records changes nothing.
         self._unsaved.update({tp: o for tp, o in reached.items() if tp not in saved})
@@ -690,6 +698,23 @@ class ConsumerRunner:
             else:
                 metrics.KAFKA_CONSUMED.labels(message.topic, self.group_id, "passed_over").inc()
         return by_partition, reached
+
+    async def _handle_topic(
+        self, partitions: Sequence[Sequence[InboundMessage]]
+    ) -> list[tuple[Any, int, bool]]:
+        """A topic's fetched partitions: in one batch when there are several (one
+        transaction and one commit instead of one each), else, or if that failed, each on
+        its own; the position each reaches and whether a unit of work saved it."""
+        together = self._batch_handlers.get(partitions[0][0].topic)
+        if together is not None and len(partitions) > 1:
+            lasts = [self._scope(messages[-1]) for messages in partitions]
+            enter_scope([s for s in lasts if s is not None])
+            if await self.handle_batch(together, [m for ms in partitions for m in ms]):
+                return [
+                    ((ms[0].topic, ms[0].partition), ms[-1].offset + 1, s is not None and s.saved)
+                    for ms, s in zip(partitions, lasts, strict=True)
+                ]
+        return list(await asyncio.gather(*(self._handle_partition(m) for m in partitions)))
 
     async def _handle_partition(self, messages: Sequence[InboundMessage]) -> tuple[Any, int, bool]:
         """Handle a partition's records; returns its position and whether a unit of work
@@ -759,6 +784,7 @@ class ConsumerRunner:
         context.correlation_id_var.set(first.correlation_id or context.new_id())
         parent = tracing.extract_context(first.headers)
         name = f"{first.topic} process batch"
+        held = {(m.topic, m.partition) for m in messages}
         with self._tracer.start_as_current_span(name, context=parent, kind=SpanKind.CONSUMER):
             outages = 0
             while True:
@@ -768,14 +794,19 @@ class ConsumerRunner:
                 except Exception as exc:
                     if not is_outage(exc):
                         log.warning(
-                            "batch failed; handling its records one by one",
-                            extra={"topic": first.topic, "records": len(messages)},
+                            "batch failed; handling its records on their own",
+                            extra={
+                                "topic": first.topic,
+                                "partitions": len(held),
+                                "records": len(messages),
+                            },
                             exc_info=exc,
                         )
                         return False
                     outages += 1
+                    self._stalled.update(held)
                     await self._wait_out_outage(first, exc, outages)
-        self._stalled.discard((first.topic, first.partition))
+        self._stalled.difference_update(held)
         metrics.KAFKA_CONSUMED.labels(first.topic, self.group_id, "ok").inc(len(messages))
         return True
 

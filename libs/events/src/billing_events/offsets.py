@@ -1,9 +1,10 @@
 """Consumer positions kept in the service's own database, beside the effects they cover.
 
-A consumer's handler applies a record (or a partition's batch) in one transaction, the
-*unit of work* of that message scope; the same transaction stores the partition's next
-offset in ``consumer_offsets``. So the effect and the position commit together: no crash
-can separate them, and no broker round trip is spent on an offset commit per batch.
+A consumer's handler applies a record (or a fetched batch of one topic, across its
+partitions) in one transaction, the *unit of work* of that message scope; the same
+transaction stores the next offset of each partition it covers in ``consumer_offsets``.
+So the effect and the position commit together: no crash can separate them, and no broker
+round trip is spent on an offset commit per batch.
 
 When partitions are assigned, the consumer resumes from these rows; a partition without
 one starts from the earliest record Kafka retains, never from the group's offset in Kafka
@@ -18,7 +19,7 @@ The table is bookkeeping created in every service schema by the migration runner
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ class OffsetScope:
     saved: bool = False
 
 
-_scope: ContextVar[OffsetScope | None] = ContextVar("offset_scope", default=None)
+_scopes: ContextVar[tuple[OffsetScope, ...]] = ContextVar("offset_scopes", default=())
 
 _UPSERT = (
     "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)"
@@ -50,9 +51,13 @@ _UPSERT = (
 )
 
 
-def enter_scope(scope: OffsetScope | None) -> None:
-    """Set the scope of the message (or batch) the current task is about to handle."""
-    _scope.set(scope)
+def enter_scope(scope: OffsetScope | Sequence[OffsetScope] | None) -> None:
+    """Set the scope of the message (or batch) the current task is about to handle: one
+    position, or one per partition of a batch that spans several."""
+    if scope is None:
+        _scopes.set(())
+    else:
+        _scopes.set((scope,) if isinstance(scope, OffsetScope) else tuple(scope))
 
 
 @asynccontextmanager
@@ -63,13 +68,12 @@ async def unit_of_work(db: HasPool) -> AsyncIterator[Any]:
     of work per message scope: with two, the first would save the position before the
     second's effect is durable.
     """
-    scope = _scope.get()
+    scopes = _scopes.get()
     async with db.pool.acquire() as conn:
         async with conn.transaction():
             yield conn
-            if scope is not None:
-                await save(conn, [scope])
-        if scope is not None:
+            await save(conn, scopes)
+        for scope in scopes:
             scope.saved = True
 
 

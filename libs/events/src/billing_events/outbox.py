@@ -166,9 +166,11 @@ class OutboxRelay:
         idle_poll_s: float = 1.0,
         retention_days: int = 7,
         linger_s: float = 0.0,
+        linger_rows: int = 1,
     ) -> None:
         self._db = db
         self._linger_s = linger_s
+        self._linger_rows = linger_rows
         self._counted_at = 0.0
         self._publisher = publisher
         self._batch_size = batch_size
@@ -233,12 +235,16 @@ class OutboxRelay:
             cycles += 1
             if cycles % 600 == 0:
                 await self._prune(conn)
-            if not published:  # quiet: the next writer notifies (or pokes)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self._idle_poll_s)
-            # At most one cycle per linger: under load, rows written meanwhile share the next
+            if published < self._linger_rows:
+                # Not busy: the next row goes as soon as it is there (a quiet outbox's next
+                # writer notifies, or pokes).
+                if not published:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), self._idle_poll_s)
+                continue
+            # Busy: at most one cycle per linger, so the rows written meanwhile share the next
             # cycle's produce requests (one per partition; the broker's work is per request
-            # more than per record); after a quiet spell the first row goes at once.
+            # more than per record).
             await self._sleep(started + self._linger_s - loop.time())
 
     async def _drain(self, conn: Any) -> int:

@@ -34,7 +34,12 @@ def publisher_for(settings: ServiceSettings) -> KafkaPublisher:
 
 
 def relay_for(settings: ServiceSettings, db: Database, publisher: KafkaPublisher) -> OutboxRelay:
-    return OutboxRelay(db, publisher, linger_s=settings.outbox_linger_ms / 1000)
+    return OutboxRelay(
+        db,
+        publisher,
+        linger_s=settings.outbox_linger_ms / 1000,
+        linger_rows=settings.outbox_linger_rows,
+    )
 
 
 def consumer_for(

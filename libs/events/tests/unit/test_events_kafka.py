@@ -460,6 +460,70 @@ async def test_a_partition_reports_the_position_its_records_reached() -> None:
     assert position == ((TOPIC, 3), 3, False)
 
 
+# --- a topic's fetched partitions handled together ---------------------------------------
+
+
+def _partition(partition: int, *values: bytes) -> list[InboundMessage]:
+    return [
+        InboundMessage(TOPIC, partition, offset, b"user-1", value, (), 0)
+        for offset, value in enumerate(values, start=10)
+    ]
+
+
+async def test_a_topics_fetched_partitions_go_to_the_batch_handler_in_one_call() -> None:
+    one, together = CountingHandler(fail_times=0), BatchHandler()
+    fetched = [_partition(0, b"a", b"b"), _partition(4, b"c")]
+
+    positions = await _batch_runner(one, together)._handle_topic(fetched)
+
+    assert together.batches == [[b"a", b"b", b"c"]]
+    assert one.calls == 0
+    assert positions == [((TOPIC, 0), 12, False), ((TOPIC, 4), 11, False)]
+
+
+async def test_a_failed_topic_batch_is_handled_again_partition_by_partition() -> None:
+    one = CountingHandler(fail_times=0)
+    together = BatchHandler([ValueError("poison inside"), ValueError("poison here too")])
+    fetched = [_partition(0, b"a", b"b"), _partition(1, b"c", b"d"), _partition(2, b"e")]
+
+    positions = await _batch_runner(one, together)._handle_topic(fetched)
+
+    # The topic's batch, then each partition of several records as a batch of its own (one
+    # of them failing again, so record by record); a lone record takes the record path.
+    assert together.batches[0] == [b"a", b"b", b"c", b"d", b"e"]
+    assert sorted(map(tuple, together.batches[1:])) == [(b"a", b"b"), (b"c", b"d")]
+    assert one.calls == 2 + 1
+    assert [p[:2] for p in positions] == [((TOPIC, 0), 12), ((TOPIC, 1), 12), ((TOPIC, 2), 11)]
+
+
+async def test_an_outage_during_a_topic_batch_holds_each_of_its_partitions() -> None:
+    release = asyncio.Event()
+    batches: list[int] = []
+
+    async def together(messages: Sequence[InboundMessage]) -> None:
+        batches.append(len(messages))
+        if not release.is_set():
+            raise DatabaseStartingUp("down")
+
+    runner = _batch_runner(CountingHandler(fail_times=0), together)  # type: ignore[arg-type]
+    held: list[str] = []
+
+    async def observe() -> None:
+        await asyncio.sleep(0.02)
+        with pytest.raises(Exception, match="waiting for a dependency") as failed:
+            await runner.check()
+        held.append(str(failed.value))
+        release.set()
+
+    fetched = [_partition(0, b"a"), _partition(5, b"b")]
+    await asyncio.gather(runner._handle_topic(fetched), observe())
+
+    assert held == [f"waiting for a dependency on {TOPIC}[0], {TOPIC}[5]"]
+    assert len(batches) > 1  # waited out,
+    assert set(batches) == {2}  # never split
+    await runner.check()  # both released once it went through
+
+
 def test_first_claimed_keeps_newly_claimed_items_once_in_order() -> None:
     items = ["a1", "b1", "a2", "c1", "b2"]
 

@@ -82,6 +82,9 @@ class ServiceSettings(BaseSettings):
     # meanwhile share the next cycle's statements and produce requests (one per partition;
     # the broker's work is per request); a row after a quiet spell goes at once. 0: no pause.
     outbox_linger_ms: int = Field(default=0, ge=0, le=5000)
+    # Only a cycle that published at least this many rows is followed by the linger: below,
+    # the relay is not busy, and the next row goes as soon as it is written.
+    outbox_linger_rows: int = Field(default=1, ge=1)
     infra: InfraSettings = Field(default_factory=InfraSettings)
 
     @property

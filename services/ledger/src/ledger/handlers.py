@@ -81,7 +81,7 @@ async def _apply(
 
 
 def stripe_events_batch_handler(db: Database, ctx: service.LedgerContext) -> BatchHandler:
-    """A partition's fetched Stripe events in one transaction.
+    """A fetched batch of Stripe events (one or more partitions) in one transaction.
 
     One bulk claim covers the batch; most events are of types the ledger ignores and cost
     nothing more. The paid and refunded ones are applied in order inside it, each under its
@@ -158,7 +158,8 @@ def usage_handler(db: Database, topics: Topics) -> Handler:
 
 
 def usage_batch_handler(db: Database, topics: Topics) -> BatchHandler:
-    """A partition's fetched usage records in one transaction (``usage.post_usage_batch``).
+    """A fetched batch of usage records (one or more partitions) in one transaction
+    (``usage.post_usage_batch``).
 
     Records with nothing to do (not billed, or posted already) are answered from one look-up
     and not claimed; the rest are claimed in the inbox and posted. Any failure (a record

@@ -1,7 +1,7 @@
 """Kafka consumers of the reconciler's read model; each is idempotent by natural key.
 
 A read-model row is written once by its natural key (its table's primary key, ``ON
-CONFLICT DO NOTHING``), in the transaction that saves the partition's position: a
+CONFLICT DO NOTHING``), in the transaction that saves the partitions' positions: a
 redelivery changes nothing, and a failed attempt leaves nothing behind, so the retry starts
 clean. No separate inbox claim is needed for that; until e821c73 one was written per
 record, two rows per AI call that nothing read.
@@ -44,7 +44,8 @@ def _ledger_seen(message: InboundMessage) -> stream.SeenLedgerTransaction:
 
 
 def batch_handler(db: HasPool, seen_of: Seen, table: repository.SeenTable) -> BatchHandler:
-    """A partition's fetched records into the read model in one transaction.
+    """A fetched batch of records (one or more partitions) into the read model in one
+    transaction.
 
     A record that does not decode fails the batch; the consumer then takes the records one
     by one (``handlers``), which dead-letters that one alone.

@@ -30,7 +30,8 @@ RESTORED = Counter(
 
 
 def stored_events_batch_handler(db: HasPool) -> BatchHandler:
-    """A partition's fetched events: the missing ones inserted, in one statement."""
+    """A fetched batch of events (one or more partitions): the missing ones inserted, in
+    one statement."""
 
     async def handle(messages: Sequence[InboundMessage]) -> None:
         # Distinct ids: a replayed event is on the topic twice, and one statement may not

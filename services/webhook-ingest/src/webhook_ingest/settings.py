@@ -31,6 +31,13 @@ class Settings(ServiceSettings):
     # How long the writer waits for more deliveries when fewer than a batch are queued;
     # 0: none (the previous commit is wait enough).
     group_commit_max_wait_s: float = Field(default=0.0, ge=0.0, le=1.0)
+    # Stored events are relayed at once unless the relay is busy (a cycle of 8 rows or more,
+    # some 400 deliveries a second): then at most every 100 ms, so a burst's events share
+    # produce requests, and the consumers downstream fetch them in fewer, larger batches. A
+    # delivery's answer never waits for the relay; a grant does, by up to the linger, and
+    # only in a busy spell.
+    outbox_linger_ms: int = Field(default=100, ge=0, le=5000)
+    outbox_linger_rows: int = Field(default=8, ge=1)
     # The consumer of its own topic only heals the store after a restore (handlers.py):
     # it answers no one, so it waits for large batches.
     consumer_linger_ms: int = Field(default=500, ge=0, le=5000)
