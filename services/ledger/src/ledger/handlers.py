@@ -22,7 +22,7 @@ from billing_platform.errors import ApiError
 from prometheus_client import Counter
 
 from ledger import holds, repository, service, usage
-from ledger.stripe_events import UnreadableEvent, interpret
+from ledger.stripe_events import LedgerEvent, UnreadableEvent, interpret
 
 log = logging.getLogger(__name__)
 
@@ -83,28 +83,32 @@ async def _apply(
 def stripe_events_batch_handler(db: Database, ctx: service.LedgerContext) -> BatchHandler:
     """A fetched batch of Stripe events (one or more partitions) in one transaction.
 
-    One bulk claim covers the batch; most events are of types the ledger ignores and cost
-    nothing more. The paid and refunded ones are applied in order inside it, each under its
-    own correlation id. Any failure (an undecodable event, a purchase not visible yet)
-    undoes the batch, and the consumer hands its records to ``stripe_event_handler``.
+    One bulk claim covers the batch; most events are of types the ledger ignores, claimed
+    with that outcome, and cost nothing more. The paid and refunded ones are applied in order
+    inside it, each under its own correlation id. Any failure (an undecodable event, a
+    purchase not visible yet) undoes the batch, and the consumer hands its records to
+    ``stripe_event_handler``.
     """
 
     async def handle(messages: Sequence[InboundMessage]) -> None:
         events = [stripe_event(m) for m in messages]
+        meanings = [_meaning(e) for e in events]
         outcomes: dict[str, service.Outcome] = {}
         async with unit_of_work(db) as conn:
             claims = [
-                repository.Claim(f"stripe:{e.stripe_event_id}", e.type, m)
-                for e, m in zip(events, messages, strict=True)
+                repository.Claim(f"stripe:{e.stripe_event_id}", e.type, m, _ignored(meaning))
+                for e, m, meaning in zip(events, messages, meanings, strict=True)
             ]
             new = await repository.claim_messages(conn, claims, tracing.current_trace_id())
-            pairs = list(zip(claims, events, strict=True))
-            for claim, event in first_claimed(pairs, lambda c: c[0].message_key, new):
+            pairs = list(zip(claims, meanings, strict=True))
+            for claim, meaning in first_claimed(pairs, lambda c: c[0].message_key, new):
+                if meaning is None:
+                    outcomes[claim.message_key] = service.Outcome("ignored")
+                    continue
                 context.correlation_id_var.set(claim.message.correlation_id or context.new_id())
-                outcomes[claim.message_key] = await _outcome(conn, ctx, event)
-            await repository.set_outcomes(
-                conn, {k: (o.name, o.detail) for k, o in outcomes.items()}
-            )
+                outcomes[claim.message_key] = await service.apply_stripe_event(conn, ctx, meaning)
+            applied = {k: (o.name, o.detail) for k, o in outcomes.items() if o.name != "ignored"}
+            await repository.set_outcomes(conn, applied)
         for event in events:
             outcome = outcomes.pop(f"stripe:{event.stripe_event_id}", None)
             _count(event.type, outcome or service.Outcome("duplicate"))
@@ -115,13 +119,21 @@ def stripe_events_batch_handler(db: Database, ctx: service.LedgerContext) -> Bat
 async def _outcome(
     conn: object, ctx: service.LedgerContext, event: stripe_pb2.StripeEventReceived
 ) -> service.Outcome:
-    try:
-        meaning = interpret(event.payload)
-    except UnreadableEvent as exc:
-        raise PermanentError(str(exc)) from exc
+    meaning = _meaning(event)
     if meaning is None:
         return service.Outcome("ignored")
     return await service.apply_stripe_event(conn, ctx, meaning)
+
+
+def _meaning(event: stripe_pb2.StripeEventReceived) -> LedgerEvent | None:
+    try:
+        return interpret(event.payload)
+    except UnreadableEvent as exc:
+        raise PermanentError(str(exc)) from exc
+
+
+def _ignored(meaning: LedgerEvent | None) -> str | None:
+    return "ignored" if meaning is None else None
 
 
 def _count(event_type: str, outcome: service.Outcome) -> None:

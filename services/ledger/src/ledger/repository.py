@@ -470,6 +470,8 @@ class Claim:
     message_key: str
     kind: str
     message: InboundMessage
+    # Known before the claim (an event the ledger ignores): written with it, not after.
+    outcome: str | None = None
 
 
 async def claim_messages(conn: Any, claims: Sequence[Claim], trace_id: str | None) -> set[str]:
@@ -478,10 +480,10 @@ async def claim_messages(conn: Any, claims: Sequence[Claim], trace_id: str | Non
     Each row keeps the trace its record carries (``trace_id``, the batch's, when none)."""
     rows = await conn.fetch(
         "INSERT INTO inbox (message_key, kind, topic, kafka_partition, kafka_offset,"
-        " correlation_id, trace_id)"
-        " SELECT k, kind, topic, p, o, c, coalesce(t, $7) FROM unnest($1::text[], $2::text[],"
-        " $3::text[], $4::int[], $5::bigint[], $6::text[], $8::text[])"
-        " AS m(k, kind, topic, p, o, c, t)"
+        " correlation_id, trace_id, outcome)"
+        " SELECT k, kind, topic, p, o, c, coalesce(t, $7), r FROM unnest($1::text[],"
+        " $2::text[], $3::text[], $4::int[], $5::bigint[], $6::text[], $8::text[], $9::text[])"
+        " AS m(k, kind, topic, p, o, c, t, r)"
         " ON CONFLICT (message_key) DO NOTHING RETURNING message_key",
         [c.message_key for c in claims],
         [c.kind for c in claims],
@@ -491,12 +493,15 @@ async def claim_messages(conn: Any, claims: Sequence[Claim], trace_id: str | Non
         [c.message.correlation_id for c in claims],
         trace_id,
         [c.message.trace_id for c in claims],
+        [c.outcome for c in claims],
     )
     return {r["message_key"] for r in rows}
 
 
 async def set_outcomes(conn: Any, outcomes: Mapping[str, str | tuple[str, str | None]]) -> None:
     """Each message's outcome, optionally with its detail: key -> outcome | (outcome, detail)."""
+    if not outcomes:
+        return
     pairs = [o if isinstance(o, tuple) else (o, None) for o in outcomes.values()]
     await conn.execute(
         "UPDATE inbox SET outcome = o.outcome, detail = o.detail"
