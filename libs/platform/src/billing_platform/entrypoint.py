@@ -20,6 +20,7 @@ from uvicorn.importer import import_from_string
 from uvicorn.main import STARTUP_FAILURE
 
 from billing_platform.db import SchemaAccess, migrate_package
+from billing_platform.http_protocol import OneWriteHttpProtocol
 from billing_platform.logging import configure_logging
 from billing_platform.settings import ServiceSettings
 
@@ -45,7 +46,12 @@ def run(
     app = import_from_string(app_factory)()
     freeze_startup_heap()
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=10
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+        http=OneWriteHttpProtocol,
     )
     server = QuietServer(config)
     with contextlib.suppress(KeyboardInterrupt):
