@@ -116,7 +116,7 @@ async def test_a_topics_partitions_commit_in_one_transaction_with_each_position(
     fetched = await paid_partitions(namespace, checkout, pending_purchase, 3)
     runner = ledger_runner(stack, namespace, ledger, f"{schema}_co", publisher)
 
-    handled = await runner._handle_topic(fetched)
+    handled = await runner._handle_partitions(fetched)
 
     assert handled == [((namespace.stripe_events, p), o, True) for p, o in reached(fetched)]
     [(xid, partitions)] = (await transactions_of(ledger)).items()
@@ -142,7 +142,7 @@ async def test_a_poison_record_leaves_the_other_partitions_to_commit_on_their_ow
     fetched[1].append(poison)
     runner = ledger_runner(stack, namespace, ledger, f"{schema}_co", publisher)
 
-    handled = await runner._handle_topic(fetched)
+    handled = await runner._handle_partitions(fetched)
 
     # Partitions 0 and 2 went as batches of their own; partition 1's good records one by
     # one, and its position past the poison is saved later (no unit of work covered it).

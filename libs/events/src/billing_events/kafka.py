@@ -362,6 +362,11 @@ class _Failure:
         self.error = error
 
 
+# A topic's fetched partitions go to its batch handler together, in groups of at least this
+# many records: a steady flow's fetch is one transaction instead of one per partition, and
+# a backlog's fetches of hundreds of records still run as several transactions at once
+# (the service's work on one overlapping the database's on another).
+GROUP_RECORDS = 100
 # How often positions that no unit of work saved reach the database, and all reach Kafka.
 POSITION_FLUSH_S = 0.2
 # How often the lag gauge is refreshed, from the client's cache (no broker round trip):
@@ -371,6 +376,27 @@ LAG_EVERY_S = 1.0
 SETTLE_DEADLINE_S = 60.0
 # How long a client may take to copy its last positions and leave its group.
 CLOSE_DEADLINE_S = 10.0
+
+
+def batch_groups(
+    partitions: Sequence[Sequence[InboundMessage]], at_least: int
+) -> list[list[Sequence[InboundMessage]]]:
+    """The partitions in groups of at least ``at_least`` records each, in order; what is
+    left at the end joins the last group."""
+    groups: list[list[Sequence[InboundMessage]]] = []
+    current: list[Sequence[InboundMessage]] = []
+    count = 0
+    for messages in partitions:
+        current.append(messages)
+        count += len(messages)
+        if count >= at_least:
+            groups.append(current)
+            current, count = [], 0
+    if current and groups:
+        groups[-1].extend(current)
+    elif current:
+        groups.append(current)
+    return groups
 
 
 def consumer_lags(
@@ -390,9 +416,11 @@ class ConsumerRunner:
     dead-lettered.
 
     A fetched batch is handled topic by topic, the topics concurrently. A topic with a batch
-    handler takes all its fetched partitions in one call, so in one unit of work that saves
-    each partition's position; if that fails for any reason but an outage, each partition
-    is handled on its own (its records as one batch, then one by one), concurrently.
+    handler takes its fetched partitions in one call, so in one unit of work that saves each
+    partition's position (in several, concurrently, for a fetch of more than
+    ``GROUP_RECORDS`` records: ``batch_groups``); if that fails for any reason but an
+    outage, each partition is handled on its own (its records as one batch, then one by
+    one), concurrently.
     Records within a partition keep their order. A handler failing because its database or
     broker is down holds its partitions and retries until the dependency is back (``check``
     fails meanwhile, for readiness); only failures of the record itself count towards its
@@ -664,7 +692,8 @@ class ConsumerRunner:
         by_topic: dict[str, list[list[InboundMessage]]] = {}
         for messages in by_partition.values():
             by_topic.setdefault(messages[0].topic, []).append(messages)
-        done = await asyncio.gather(*(self._handle_topic(p) for p in by_topic.values()))
+        groups = [g for parts in by_topic.values() for g in batch_groups(parts, GROUP_RECORDS)]
+        done = await asyncio.gather(*(self._handle_partitions(g) for g in groups))
         self._positions.update(reached)
         if self._offsets is None:
             await self._commit_to_kafka(consumer, reached)
@@ -699,10 +728,10 @@ class ConsumerRunner:
                 metrics.KAFKA_CONSUMED.labels(message.topic, self.group_id, "passed_over").inc()
         return by_partition, reached
 
-    async def _handle_topic(
+    async def _handle_partitions(
         self, partitions: Sequence[Sequence[InboundMessage]]
     ) -> list[tuple[Any, int, bool]]:
-        """A topic's fetched partitions: in one batch when there are several (one
+        """Fetched partitions of one topic: in one batch when there are several (one
         transaction and one commit instead of one each), else, or if that failed, each on
         its own; the position each reaches and whether a unit of work saved it."""
         together = self._batch_handlers.get(partitions[0][0].topic)

@@ -18,6 +18,7 @@ from billing_events.kafka import (
     InboundMessage,
     PermanentError,
     RetryPolicy,
+    batch_groups,
     dead_letter_topic,
 )
 from billing_events.topics import (
@@ -474,11 +475,22 @@ async def test_a_topics_fetched_partitions_go_to_the_batch_handler_in_one_call()
     one, together = CountingHandler(fail_times=0), BatchHandler()
     fetched = [_partition(0, b"a", b"b"), _partition(4, b"c")]
 
-    positions = await _batch_runner(one, together)._handle_topic(fetched)
+    positions = await _batch_runner(one, together)._handle_partitions(fetched)
 
     assert together.batches == [[b"a", b"b", b"c"]]
     assert one.calls == 0
     assert positions == [((TOPIC, 0), 12, False), ((TOPIC, 4), 11, False)]
+
+
+def test_partitions_are_grouped_by_at_least_so_many_records_the_rest_joining_the_last() -> None:
+    sizes = [60, 50, 10, 80, 30, 5]
+    partitions = [_partition(p, *[b"x"] * n) for p, n in enumerate(sizes)]
+
+    groups = batch_groups(partitions, 100)
+
+    assert [[ms[0].partition for ms in g] for g in groups] == [[0, 1], [2, 3, 4, 5]]
+    assert batch_groups(partitions[:3], 1000) == [partitions[:3]]
+    assert batch_groups([], 100) == []
 
 
 async def test_a_failed_topic_batch_is_handled_again_partition_by_partition() -> None:
@@ -486,7 +498,7 @@ async def test_a_failed_topic_batch_is_handled_again_partition_by_partition() ->
     together = BatchHandler([ValueError("poison inside"), ValueError("poison here too")])
     fetched = [_partition(0, b"a", b"b"), _partition(1, b"c", b"d"), _partition(2, b"e")]
 
-    positions = await _batch_runner(one, together)._handle_topic(fetched)
+    positions = await _batch_runner(one, together)._handle_partitions(fetched)
 
     # The topic's batch, then each partition of several records as a batch of its own (one
     # of them failing again, so record by record); a lone record takes the record path.
@@ -516,7 +528,7 @@ async def test_an_outage_during_a_topic_batch_holds_each_of_its_partitions() -> 
         release.set()
 
     fetched = [_partition(0, b"a"), _partition(5, b"b")]
-    await asyncio.gather(runner._handle_topic(fetched), observe())
+    await asyncio.gather(runner._handle_partitions(fetched), observe())
 
     assert held == [f"waiting for a dependency on {TOPIC}[0], {TOPIC}[5]"]
     assert len(batches) > 1  # waited out,
