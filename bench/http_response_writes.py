@@ -135,11 +135,8 @@ def main() -> None:
         print(json.dumps(rows, indent=2))
         return
     print(f"{opts.rate}/s for {opts.seconds} s per round")
-    print(
-        f"{'variant':<10} {'ok':>7} {'server us/req':>14} {'vegeta us/req':>14} {'p50 ms':>7}",
-        end="",
-    )
-    print(f" {'p99 ms':>7}")
+    header = ("variant", "ok", "server us/req", "vegeta us/req", "p50 ms", "p99 ms")
+    print("{:<10} {:>7} {:>14} {:>14} {:>7} {:>7}".format(*header))
     for r in rows:
         print(
             f"{r['variant']:<10} {r['ok']:>7} {r['server_us_per_request']:>14.1f}"

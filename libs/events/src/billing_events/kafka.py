@@ -363,10 +363,9 @@ class _Failure:
 
 
 # A topic's fetched partitions go to its batch handler together, in groups of at least this
-# many records: a steady flow's fetch is one transaction instead of one per partition, and
-# a backlog's fetches of hundreds of records still run as several transactions at once
-# (the service's work on one overlapping the database's on another): a backlog's fetch of
-# 500 records over six partitions goes as six transactions at once, as before.
+# many records. A steady flow's fetch is one transaction instead of one per partition; a
+# backlog's fetch of 500 records over six partitions still goes as six transactions at
+# once, the service preparing one while the database applies another.
 GROUP_RECORDS = 50
 # How often positions that no unit of work saved reach the database, and all reach Kafka.
 POSITION_FLUSH_S = 0.2
@@ -418,17 +417,18 @@ class ConsumerRunner:
 
     A fetched batch is handled topic by topic, the topics concurrently. A topic with a batch
     handler takes its fetched partitions in one call, so in one unit of work that saves each
-    partition's position (in several, concurrently, for a fetch of more than
-    ``GROUP_RECORDS`` records: ``batch_groups``); if that fails for any reason but an
+    partition's position (several calls, concurrently, when their records make more than
+    one group of ``GROUP_RECORDS``: ``batch_groups``); if that fails for any reason but an
     outage, each partition is handled on its own (its records as one batch, then one by
-    one), concurrently.
-    Records within a partition keep their order. A handler failing because its database or
-    broker is down holds its partitions and retries until the dependency is back (``check``
-    fails meanwhile, for readiness); only failures of the record itself count towards its
-    dead letter. The client reconnects to the broker by itself; if the loop fails (the
-    dead-letter publish, saving a position), the consumer is rebuilt and what was not saved
-    comes back. So is a client whose group membership has not settled within
-    ``settle_deadline_s`` while the broker answers (``billing_events.membership``).
+    one), concurrently. Records within a partition keep their order.
+
+    A handler failing because its database or broker is down holds its partitions and
+    retries until the dependency is back (``check`` fails meanwhile, for readiness); only
+    failures of the record itself count towards its dead letter. The client reconnects to
+    the broker by itself; if the loop fails (the dead-letter publish, saving a position),
+    the consumer is rebuilt and what was not saved comes back. So is a client whose group
+    membership has not settled within ``settle_deadline_s`` while the broker answers
+    (``billing_events.membership``).
 
     With ``offsets`` the positions live in the service's database (see
     ``billing_events.offsets``) and are copied to Kafka every ``POSITION_FLUSH_S``, for lag

@@ -94,6 +94,7 @@ def stripe_events_batch_handler(db: Database, ctx: service.LedgerContext) -> Bat
         events = [stripe_event(m) for m in messages]
         meanings = [_meaning(e) for e in events]
         outcomes: dict[str, service.Outcome] = {}
+        applied: dict[str, tuple[str, str | None]] = {}
         async with unit_of_work(db) as conn:
             claims = [
                 repository.Claim(f"stripe:{e.stripe_event_id}", e.type, m, _ignored(meaning))
@@ -102,18 +103,28 @@ def stripe_events_batch_handler(db: Database, ctx: service.LedgerContext) -> Bat
             new = await repository.claim_messages(conn, claims, tracing.current_trace_id())
             pairs = list(zip(claims, meanings, strict=True))
             for claim, meaning in first_claimed(pairs, lambda c: c[0].message_key, new):
-                if meaning is None:
-                    outcomes[claim.message_key] = service.Outcome("ignored")
-                    continue
-                context.correlation_id_var.set(claim.message.correlation_id or context.new_id())
-                outcomes[claim.message_key] = await service.apply_stripe_event(conn, ctx, meaning)
-            applied = {k: (o.name, o.detail) for k, o in outcomes.items() if o.name != "ignored"}
+                came_to = outcomes[claim.message_key] = await _claimed(conn, ctx, claim, meaning)
+                if claim.outcome is None:  # not written with the claim
+                    applied[claim.message_key] = (came_to.name, came_to.detail)
             await repository.set_outcomes(conn, applied)
         for event in events:
             outcome = outcomes.pop(f"stripe:{event.stripe_event_id}", None)
             _count(event.type, outcome or service.Outcome("duplicate"))
 
     return handle
+
+
+async def _claimed(
+    conn: object,
+    ctx: service.LedgerContext,
+    claim: repository.Claim,
+    meaning: LedgerEvent | None,
+) -> service.Outcome:
+    """What a newly claimed event of a batch came to, applied under its own correlation."""
+    if meaning is None:
+        return service.Outcome("ignored")
+    context.correlation_id_var.set(claim.message.correlation_id or context.new_id())
+    return await service.apply_stripe_event(conn, ctx, meaning)
 
 
 async def _outcome(
