@@ -539,7 +539,17 @@ class ConsumerRunner:
             "logger": _librdkafka_logger(),
             "statistics.interval.ms": self._statistics_interval_ms(),
             "stats_cb": self._on_statistics,
+            "on_commit": self._on_commit,
         }
+
+    def _on_commit(self, error: confluent_kafka.KafkaError | None, partitions: list[Any]) -> None:
+        """A copy of the positions that did not reach Kafka goes again with the next flush,
+        unless a newer one waits (runs on the client's thread, within a poll)."""
+        if error is None:
+            return
+        for p in partitions:
+            if p.offset >= 0:
+                self._to_commit.setdefault((p.topic, p.partition), p.offset)
 
     def _statistics_interval_ms(self) -> int:
         """Six looks per deadline, at most one every 10 s: the group state is all it reads."""
@@ -643,6 +653,9 @@ class ConsumerRunner:
             # to before it did), so everything Kafka retains is replayed; inboxes absorb it.
             for p in partitions:
                 p.offset = stored.get((p.topic, p.partition), confluent_kafka.OFFSET_BEGINNING)
+            # Kafka's copy may be behind what the database holds (a copy lost to an outage or
+            # a rebalance); the next flush refreshes it even if no record comes.
+            self._to_commit.update(stored)
             log.info(
                 "partitions assigned",
                 extra={
@@ -665,6 +678,7 @@ class ConsumerRunner:
         """Drop the lag of partitions no longer owned: their new owner reports it."""
         for topic, partition in partitions:
             self._positions.pop((topic, partition), None)
+            self._to_commit.pop((topic, partition), None)  # its new owner copies it
             with contextlib.suppress(KeyError):  # never measured
                 metrics.KAFKA_LAG.remove(self.group_id, topic, str(partition))
 

@@ -575,6 +575,17 @@ def test_records_a_consumer_does_not_want_are_passed_over_but_still_move_the_pos
     assert reached == {(TOPIC, 0): 13, (TOPIC, 1): 5}
 
 
+def test_a_copy_of_positions_that_did_not_reach_kafka_goes_again_unless_a_newer_waits() -> None:
+    runner = _runner(FakePublisher(), CountingHandler(fail_times=0))
+    failed = confluent_kafka.KafkaError(confluent_kafka.KafkaError.REBALANCE_IN_PROGRESS)
+    runner._to_commit = {(TOPIC, 1): 9}
+
+    runner._on_commit(failed, [confluent_kafka.TopicPartition(TOPIC, p, 5) for p in (0, 1)])
+    runner._on_commit(None, [confluent_kafka.TopicPartition(TOPIC, 2, 7)])
+
+    assert runner._to_commit == {(TOPIC, 0): 5, (TOPIC, 1): 9}
+
+
 async def test_the_rebuild_backoff_starts_afresh_after_a_client_that_worked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
