@@ -475,6 +475,7 @@ class ConsumerRunner:
         self._unsaved: dict[tuple[str, int], int] = {}
         self._to_commit: dict[tuple[str, int], int] = {}
         self._positions: dict[tuple[str, int], int] = {}  # for the lag gauge
+        self._owned: set[tuple[str, int]] = set()  # touched on the client's thread only
         self._flushed_at = 0.0
         self._failing: Exception | None = None
 
@@ -544,11 +545,12 @@ class ConsumerRunner:
 
     def _on_commit(self, error: confluent_kafka.KafkaError | None, partitions: list[Any]) -> None:
         """A copy of the positions that did not reach Kafka goes again with the next flush,
-        unless a newer one waits (runs on the client's thread, within a poll)."""
+        unless a newer one waits or the partition has gone to another member (runs on the
+        client's thread, within a poll)."""
         if error is None:
             return
         for p in partitions:
-            if p.offset >= 0:
+            if p.offset >= 0 and (p.topic, p.partition) in self._owned:
                 self._to_commit.setdefault((p.topic, p.partition), p.offset)
 
     def _statistics_interval_ms(self) -> int:
@@ -665,12 +667,14 @@ class ConsumerRunner:
                 },
             )
         consumer.assign(partitions)
+        self._owned = {(p.topic, p.partition) for p in partitions}
         metrics.KAFKA_ASSIGNED.labels(self.group_id, self._client_id).set(len(partitions))
 
     def _on_revoke(
         self, consumer: confluent_kafka.Consumer, partitions: list[confluent_kafka.TopicPartition]
     ) -> None:
         consumer.unassign()
+        self._owned = set()
         metrics.KAFKA_ASSIGNED.labels(self.group_id, self._client_id).set(0)
         self._forget([(p.topic, p.partition) for p in partitions])
 

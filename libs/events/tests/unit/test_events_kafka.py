@@ -579,8 +579,9 @@ def test_a_copy_of_positions_that_did_not_reach_kafka_goes_again_unless_a_newer_
     runner = _runner(FakePublisher(), CountingHandler(fail_times=0))
     failed = confluent_kafka.KafkaError(confluent_kafka.KafkaError.REBALANCE_IN_PROGRESS)
     runner._to_commit = {(TOPIC, 1): 9}
+    runner._owned = {(TOPIC, 0), (TOPIC, 1), (TOPIC, 2)}  # not 3: it went to another member
 
-    runner._on_commit(failed, [confluent_kafka.TopicPartition(TOPIC, p, 5) for p in (0, 1)])
+    runner._on_commit(failed, [confluent_kafka.TopicPartition(TOPIC, p, 5) for p in (0, 1, 3)])
     runner._on_commit(None, [confluent_kafka.TopicPartition(TOPIC, 2, 7)])
 
     assert runner._to_commit == {(TOPIC, 0): 5, (TOPIC, 1): 9}
