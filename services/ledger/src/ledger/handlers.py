@@ -75,7 +75,7 @@ async def _apply(
         trace_id = tracing.current_trace_id()
         if not await repository.claim_message(conn, key, event.type, message, trace_id):
             return service.Outcome("duplicate")
-        outcome = await _outcome(conn, ctx, event)
+        outcome = await _outcome(conn, ctx, _meaning(event))
         await repository.set_outcome(conn, key, outcome.name, outcome.detail)
         return outcome
 
@@ -103,7 +103,8 @@ def stripe_events_batch_handler(db: Database, ctx: service.LedgerContext) -> Bat
             new = await repository.claim_messages(conn, claims, tracing.current_trace_id())
             pairs = list(zip(claims, meanings, strict=True))
             for claim, meaning in first_claimed(pairs, lambda c: c[0].message_key, new):
-                came_to = outcomes[claim.message_key] = await _claimed(conn, ctx, claim, meaning)
+                context.correlation_id_var.set(claim.message.correlation_id or context.new_id())
+                came_to = outcomes[claim.message_key] = await _outcome(conn, ctx, meaning)
                 if claim.outcome is None:  # not written with the claim
                     applied[claim.message_key] = (came_to.name, came_to.detail)
             await repository.set_outcomes(conn, applied)
@@ -114,23 +115,9 @@ def stripe_events_batch_handler(db: Database, ctx: service.LedgerContext) -> Bat
     return handle
 
 
-async def _claimed(
-    conn: object,
-    ctx: service.LedgerContext,
-    claim: repository.Claim,
-    meaning: LedgerEvent | None,
-) -> service.Outcome:
-    """What a newly claimed event of a batch came to, applied under its own correlation."""
-    if meaning is None:
-        return service.Outcome("ignored")
-    context.correlation_id_var.set(claim.message.correlation_id or context.new_id())
-    return await service.apply_stripe_event(conn, ctx, meaning)
-
-
 async def _outcome(
-    conn: object, ctx: service.LedgerContext, event: stripe_pb2.StripeEventReceived
+    conn: object, ctx: service.LedgerContext, meaning: LedgerEvent | None
 ) -> service.Outcome:
-    meaning = _meaning(event)
     if meaning is None:
         return service.Outcome("ignored")
     return await service.apply_stripe_event(conn, ctx, meaning)
