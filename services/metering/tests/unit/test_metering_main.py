@@ -115,6 +115,7 @@ def test_the_migrations_are_in_order() -> None:
         "0006_admission_static_hold.sql",
         "0007_spend_totals.sql",
         "0008_outbox_quiet_notify.sql",
+        "0009_generic_plans.sql",
     ]
 
 
