@@ -8,8 +8,9 @@ PostgreSQL.
   metering's own ``PgAdmissions`` and ``PgUsageStore``, with the ledger's ``capture_hold``
   of migration 0013 (the balance row moved once per capture);
 - **efa3b7c**: the same calls with the two functions metering's migration 0009 gives
-  reusable plans (``record_usage``, ``recent_charges``) planned again on every call, as
-  before that migration;
+  reusable plans (``record_usage``, ``recent_charges``) planned again on every call, and
+  without the ledger's index of 0014 (each user's active holds by expiry), as before
+  those migrations;
 - **f329260**: the admission of migration 0004 (``create_hold`` through ``EXECUTE``, the
   caps summing the user's records of the day and of the hour), then ``capture_hold`` of
   0009 as a statement of its own with the posting-event encoder of ledger migration 0010,
@@ -27,7 +28,8 @@ medians over rounds of PostgreSQL's CPU (every process of the cluster) and the c
 (asyncpg, encoding) per call, and the calls per second.
 
 ``--history N`` gives each user N charged calls made earlier in the day (f329260: the caps
-sum the day's records; later: metering's migration 0007 keeps running totals).
+sum the day's records; later: metering's migration 0007 keeps running totals), and their
+holds, captured since and not yet vacuumed away.
 
 Run: ``./scripts/run python bench/charged_call_sql.py [--calls 2000] [--rounds 5]
 [--history 0] [--json]``.
@@ -119,6 +121,10 @@ def planned_per_call() -> str:
     """Metering's migration 0009 undone: its functions choose their plans again per call."""
     sql = next(m.sql for m in load_migrations("metering") if m.name == "0009_generic_plans.sql")
     return sql.replace("SET plan_cache_mode = force_generic_plan", "RESET plan_cache_mode")
+
+
+# The ledger's migration 0014 undone: holds expire through the index of every user's.
+WITHOUT_USER_EXPIRY_INDEX = "DROP INDEX holds_user_expiring"
 
 
 def previous_definitions() -> tuple[str, str]:
@@ -262,11 +268,32 @@ async def schemas(dsn: str, tag: str, users: int, history: int) -> tuple[Databas
             users,
             history,
         )
+        await _earlier_holds(conn, ledger, users, history)
         # Statistics as a live database has them: the plan cache weighs its choices on them.
-        await conn.execute(f'ANALYZE "{metering}".usage_records')
+        await conn.execute(f'ANALYZE "{metering}".usage_records, "{ledger}".holds')
     finally:
         await conn.close()
     return Database(dsn, metering, 1, 8), ledger, [f"bench-{i}" for i in range(1, users + 1)]
+
+
+async def _earlier_holds(conn: asyncpg.Connection, ledger: str, users: int, history: int) -> None:
+    """The holds of the earlier calls, made active and captured since (their expiry time
+    passed), as a live table has them between two vacuums: their entries in the indexes of
+    active holds are dead, not gone. Autovacuum is off for this table, so every round
+    meets the same state."""
+    await conn.execute(f'ALTER TABLE "{ledger}".holds SET (autovacuum_enabled = false)')
+    await conn.execute(
+        f'INSERT INTO "{ledger}".holds (id, user_id, amount_millicredits, idempotency_key,'
+        " expires_at, created_at) SELECT gen_random_uuid(), 'bench-' || u, 4000,"
+        " 'past-' || u || '-' || n, now() - make_interval(secs => n), now() - make_interval("
+        "secs => n + 120) FROM generate_series(1, $1) u, generate_series(1, $2) n",
+        users,
+        history,
+    )
+    await conn.execute(
+        f"UPDATE \"{ledger}\".holds SET status = 'captured', settled_at = now()"
+        " WHERE idempotency_key LIKE 'past-%'"
+    )
 
 
 async def round_of(call: Call, users: list[str], args: argparse.Namespace) -> dict[str, float]:
@@ -295,7 +322,7 @@ def postmaster_pid() -> int:
 async def bench(dsn: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     tag = uuid.uuid4().hex[:8]
     old_db, old_ledger, users = await schemas(dsn, f"{tag}_b", args.users, args.history)
-    landed_db, _, _ = await schemas(dsn, f"{tag}_l", args.users, args.history)
+    landed_db, landed_ledger, _ = await schemas(dsn, f"{tag}_l", args.users, args.history)
     new_db, _, _ = await schemas(dsn, f"{tag}_a", args.users, args.history)
     ledger_sql, metering_sql = previous_definitions()
     conn = await asyncpg.connect(dsn)
@@ -303,6 +330,8 @@ async def bench(dsn: str, args: argparse.Namespace) -> dict[str, dict[str, float
         await conn.execute(f'SET search_path = "{old_ledger}"; {ledger_sql}')
         await conn.execute(f'SET search_path = "{old_db.schema}"; {metering_sql}')
         await conn.execute(f'SET search_path = "{landed_db.schema}"; {planned_per_call()}')
+        for ledger in (old_ledger, landed_ledger):
+            await conn.execute(f'SET search_path = "{ledger}"; {WITHOUT_USER_EXPIRY_INDEX}')
         for db in (old_db, landed_db, new_db):
             await db.start()
         ways: dict[str, Call] = {

@@ -1,11 +1,15 @@
-"""The plans of a charged call's look-back at the user's last calls (metering's migration
-0009), on the real PostgreSQL.
+"""The plans of a charged call's statements that read a user's history, on the real
+PostgreSQL.
 
-PostgreSQL's plan cache planned the usage record's statement and the anomaly check's
-look-back again on every call: their look-back size is a parameter, and a plan made for
-its value looked cheaper than a reusable one. The two functions now always take the
-reusable (generic) plan. That is only a saving if the generic plan is still the index
-scan of the user's latest charged calls, which is what these tests hold.
+- The look-back at the user's last calls (metering's migration 0009): PostgreSQL's plan
+  cache planned the usage record's statement and the anomaly check's look-back again on
+  every call, since their look-back size is a parameter and a plan made for its value
+  looked cheaper than a reusable one. The two functions now always take the reusable
+  (generic) plan; that is only a saving if it is still the index scan of the user's latest
+  charged calls.
+- The expiry of a user's due holds, which every hold does first (the ledger's migration
+  0014): it read every user's holds past their expiry time, a range that grows with all
+  the calls since the last vacuum; it now reads the user's own active holds by expiry.
 """
 
 from __future__ import annotations
@@ -84,3 +88,41 @@ async def _calls(db: Database, user: str, count: int) -> None:
         user,
         count,
     )
+
+
+async def test_a_hold_expires_the_users_due_holds_by_the_users_own_index(
+    migrated_db: Any,
+) -> None:
+    db: Database = await migrated_db(f"t_{uuid.uuid4().hex[:12]}", "ledger")
+    await db.pool.execute(
+        "INSERT INTO holds (id, user_id, amount_millicredits, idempotency_key, status,"
+        " expires_at) SELECT gen_random_uuid(), 'user-' || u, 5, 'k-' || n,"
+        " CASE WHEN n % 50 = 0 THEN 'active' ELSE 'captured' END,"
+        " now() - make_interval(secs => n) FROM generate_series(1, 40) u,"
+        " generate_series(1, 500) n"
+    )
+    expiry = await _expiry_sql(db)
+    async with db.pool.acquire() as conn, conn.transaction():
+        await conn.execute("ANALYZE holds")
+        await conn.execute(f"PREPARE expire_due(text) AS {expiry}")
+        try:
+            plan = "\n".join(
+                row[0] for row in await conn.fetch("EXPLAIN EXECUTE expire_due('user-7')")
+            )
+        finally:
+            await conn.execute("DEALLOCATE expire_due")
+    assert "holds_user_expiring" in plan, plan
+
+
+async def _expiry_sql(db: Database) -> str:
+    """create_hold's expiry of the user's due holds, the user as $1."""
+    source = await db.pool.fetchval(
+        "SELECT prosrc FROM pg_proc WHERE proname = 'create_hold'"
+        " AND pronamespace = $1::regnamespace",
+        db.schema,
+    )
+    found = re.search(
+        r"(UPDATE holds SET status = 'expired'.*?RETURNING amount_millicredits)", source, re.S
+    )
+    assert found is not None, source
+    return found.group(1).replace("p_user_id", "$1")
