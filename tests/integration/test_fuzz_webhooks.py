@@ -229,16 +229,15 @@ def deliveries(secret: str) -> list[Delivery]:
 
 
 async def stored_event_ids(dsn: str, schema: str) -> tuple[set[str], int, int]:
-    """Stored event ids, outbox rows, and outbox rows not yet published."""
+    """Stored event ids, outbox rows (waiting or published), and outbox rows waiting."""
     conn = await asyncpg.connect(dsn)
     try:
         ids = {
             r["event_id"] for r in await conn.fetch(f"SELECT event_id FROM {schema}.stripe_events")
         }
-        outbox = await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox")
-        pending = await conn.fetchval(
-            f"SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL"
-        )
+        pending = await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox")
+        published = await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox_published")
+        outbox = pending + published
         return ids, outbox, pending
     finally:
         await conn.close()

@@ -108,7 +108,10 @@ async def test_a_capture_publishes_its_posting_encoded_by_the_database(
     try:
         row = await conn.fetchrow(
             "SELECT o.payload, o.headers, t.created_at, t.correlation_id"
-            " FROM ledger.outbox o JOIN ledger.journal_transactions t ON t.reference_id = $1"
+            " FROM (SELECT id, topic, message_key, payload, headers FROM ledger.outbox"
+            " UNION ALL SELECT id, topic, message_key, payload, headers"
+            " FROM ledger.outbox_published) o"
+            " JOIN ledger.journal_transactions t ON t.reference_id = $1"
             " WHERE o.topic = $2 AND o.message_key = convert_to($3, 'UTF8')"
             " ORDER BY o.id DESC LIMIT 1",
             usage_id,

@@ -2,7 +2,8 @@
 per linger, so rows written during a cycle's linger share the next produce request, and a
 row written after a quiet spell is not held back.
 
-Rows published by one cycle are marked by one statement, so they share its ``published_at``.
+Rows published by one cycle are moved to ``outbox_published`` by one statement, so they
+share its ``published_at``.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ async def _write(db: Database, relay: OutboxRelay, topic: str, rows: int = 1) ->
 async def _delay(db: Database, row: int) -> timedelta:
     """How long the row waited between its transaction and its publishing."""
     (published_at,) = await _published(db, [row])
-    created_at = await db.pool.fetchval("SELECT created_at FROM outbox WHERE id = $1", row)
+    created_at = await db.pool.fetchval(
+        "SELECT created_at FROM outbox_published WHERE id = $1", row
+    )
     delay: timedelta = published_at - created_at
     return delay
 
@@ -70,9 +73,10 @@ async def _published(db: Database, ids: list[int], within_s: float = 30) -> list
     deadline = time.monotonic() + within_s
     while True:
         rows = await db.pool.fetch(
-            "SELECT published_at FROM outbox WHERE id = ANY($1::bigint[]) ORDER BY id", ids
+            "SELECT published_at FROM outbox_published WHERE id = ANY($1::bigint[]) ORDER BY id",
+            ids,
         )
-        if all(r["published_at"] is not None for r in rows):
+        if len(rows) == len(ids):
             return [r["published_at"] for r in rows]
         assert time.monotonic() < deadline, "the relay never published the rows"
         await asyncio.sleep(0.05)
@@ -97,7 +101,9 @@ async def test_a_row_after_a_quiet_spell_is_not_held_back(
         await asyncio.sleep(3.5)  # longer than a linger since the relay's first cycle
         row = await _write(db, relay, namespace.usage)
         (published_at,) = await _published(db, [row])
-        created_at = await db.pool.fetchval("SELECT created_at FROM outbox WHERE id = $1", row)
+        created_at = await db.pool.fetchval(
+            "SELECT created_at FROM outbox_published WHERE id = $1", row
+        )
     assert published_at - created_at < timedelta(seconds=3)
 
 
@@ -136,3 +142,28 @@ async def test_only_a_busy_cycle_is_followed_by_the_linger(
         after_busy = await _delay(db, await _write(db, relay, namespace.usage))
     assert max(lone) < timedelta(seconds=1)
     assert after_busy > timedelta(seconds=1)
+
+
+async def test_published_rows_leave_the_outbox_and_the_retention_drops_them(
+    namespace: Topics, db: Database, publisher: KafkaPublisher
+) -> None:
+    """A published row leaves the outbox (so its index of waiting rows holds no dead entries
+    of it), rows an earlier release marked in place move at the next prune with their mark,
+    and published rows past the retention go."""
+    async with relaying(db, publisher, linger_s=0.0) as relay:
+        relayed = await _write(db, relay, namespace.usage)
+        await _published(db, [relayed])
+    async with db.pool.acquire() as conn:
+        marked = await write_outbox(conn, namespace.usage, "k", b"marked")
+        await conn.execute(
+            "UPDATE outbox SET published_at = now() - interval '8 days' WHERE id = $1", marked
+        )
+        recent = await write_outbox(conn, namespace.usage, "k", b"recent")
+        await conn.execute("UPDATE outbox SET published_at = now() WHERE id = $1", recent)
+        waiting = await write_outbox(conn, namespace.usage, "k", b"waiting")
+        await OutboxRelay(db, publisher, retention_days=7).prune(conn)
+        left = [r["id"] for r in await conn.fetch("SELECT id FROM outbox ORDER BY id")]
+        kept = [r["id"] for r in await conn.fetch("SELECT id FROM outbox_published ORDER BY id")]
+    assert relayed not in left
+    assert left == [waiting]
+    assert kept == [relayed, recent]  # the one marked 8 days ago is past the retention

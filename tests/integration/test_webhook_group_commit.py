@@ -40,15 +40,19 @@ async def deliver_all(url: str, secret: str, events: list[dict[str, Any]]) -> li
 
 
 async def stored(dsn: str, schema: str) -> tuple[list[str], list[str], int]:
-    """Stored event ids, the event id of each outbox row, and outbox rows unpublished."""
+    """Stored event ids, the event id of each outbox row (waiting or published), and the
+    rows still waiting."""
     conn = await asyncpg.connect(dsn)
     try:
         events = await conn.fetch(f"SELECT event_id FROM {schema}.stripe_events")
-        outbox = await conn.fetch(f"SELECT payload, published_at FROM {schema}.outbox")
+        outbox = await conn.fetch(
+            f"SELECT payload, true AS waiting FROM {schema}.outbox"
+            f" UNION ALL SELECT payload, false FROM {schema}.outbox_published"
+        )
     finally:
         await conn.close()
     in_outbox = [stripe_pb2.StripeEventReceived.FromString(r["payload"]) for r in outbox]
-    pending = sum(1 for r in outbox if r["published_at"] is None)
+    pending = sum(1 for r in outbox if r["waiting"])
     return [r["event_id"] for r in events], [e.stripe_event_id for e in in_outbox], pending
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from billing_events.outbox import OUTBOX_DDL, OUTBOX_QUIET_NOTIFY_DDL
+from billing_events.outbox import OUTBOX_DDL, OUTBOX_PUBLISHED_DDL, OUTBOX_QUIET_NOTIFY_DDL
 
 ROOT = Path(__file__).resolve().parents[4]
 
@@ -21,7 +21,12 @@ def squeeze(sql: str) -> str:
 
 def outbox_migrations() -> list[Path]:
     found = ROOT.glob("services/*/src/*/migrations/*.sql")
-    return [p for p in found if "CREATE TABLE outbox" in p.read_text()]
+    return [p for p in found if "CREATE TABLE outbox (" in p.read_text()]
+
+
+def published_migrations() -> list[Path]:
+    found = ROOT.glob("services/*/src/*/migrations/*.sql")
+    return [p for p in found if "CREATE TABLE outbox_published (" in p.read_text()]
 
 
 def test_the_services_that_publish_through_an_outbox_have_one() -> None:
@@ -32,6 +37,14 @@ def test_the_services_that_publish_through_an_outbox_have_one() -> None:
 def test_each_copy_matches_the_relay_ddl() -> None:
     for migration in outbox_migrations():
         assert squeeze(OUTBOX_DDL) in squeeze(migration.read_text()), migration
+
+
+def test_each_outbox_moves_what_it_published_to_a_table_of_the_relay_ddl() -> None:
+    owners = {p.parts[p.parts.index("services") + 1] for p in outbox_migrations()}
+    moved = {p.parts[p.parts.index("services") + 1]: p for p in published_migrations()}
+    assert set(moved) == owners
+    for migration in moved.values():
+        assert squeeze(OUTBOX_PUBLISHED_DDL) in squeeze(migration.read_text()), migration
 
 
 def test_the_outboxes_of_the_hot_paths_notify_only_when_quiet() -> None:

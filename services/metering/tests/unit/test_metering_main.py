@@ -116,6 +116,7 @@ def test_the_migrations_are_in_order() -> None:
         "0007_spend_totals.sql",
         "0008_outbox_quiet_notify.sql",
         "0009_generic_plans.sql",
+        "0010_outbox_published.sql",
     ]
 
 

@@ -73,6 +73,7 @@ def test_migrations_are_found_in_the_package() -> None:
         "0004_outbox.sql",
         "0005_forwarded_alerts.sql",
         "0006_no_inbox.sql",
+        "0007_outbox_published.sql",
     ]
 
 

@@ -11,7 +11,10 @@ def _normalised(sql: str) -> str:
 
 
 def test_migrations_are_found_in_the_package() -> None:
-    assert [m.name for m in load_migrations("webhook_ingest")] == ["0001_stripe_events.sql"]
+    assert [m.name for m in load_migrations("webhook_ingest")] == [
+        "0001_stripe_events.sql",
+        "0002_outbox_published.sql",
+    ]
 
 
 def test_the_outbox_ddl_is_copied_verbatim() -> None:
