@@ -14,8 +14,10 @@ PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from billing_platform.db import Database
@@ -44,34 +46,73 @@ async def test_the_generic_look_back_reads_the_users_latest_calls_by_index(
     db: Database = await migrated_db(f"t_{uuid.uuid4().hex[:12]}", "metering")
     await _calls(db, "busy", CALLS)
     await _calls(db, "other", CALLS // 3)
-    look_back = await _look_back_sql(db)
+    look_back = await _statement_of(
+        db, "recent_charges", r"RETURN QUERY (.*?);", {"p_user_id": "$1", "p_limit": "$2"}
+    )
     async with db.pool.acquire() as conn, conn.transaction():
         await conn.execute("ANALYZE usage_records")
         await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        await conn.execute(f"PREPARE look_back(text, integer) AS {look_back}")
-        try:
-            plan = "\n".join(
-                row[0] for row in await conn.fetch("EXPLAIN EXECUTE look_back('busy', 20)")
-            )
-            counted = await conn.fetchrow("EXECUTE look_back('busy', 20)")
-        finally:
-            await conn.execute("DEALLOCATE look_back")
+        async with _prepared(conn, "text, integer", look_back):
+            plan = await _plan(conn, "'busy', 20")
+            counted = await conn.fetchrow("EXECUTE probe('busy', 20)")
     assert "usage_records_user_charged" in plan, plan
     assert "Sort" not in plan, plan
     assert "Seq Scan" not in plan, plan
     assert tuple(counted) == (20, 20 * 7)
 
 
-async def _look_back_sql(db: Database) -> str:
-    """recent_charges' statement, its arguments as parameters ($1 user, $2 how many)."""
+async def test_a_hold_expires_the_users_due_holds_by_the_users_own_index(
+    migrated_db: Any,
+) -> None:
+    db: Database = await migrated_db(f"t_{uuid.uuid4().hex[:12]}", "ledger")
+    await db.pool.execute(
+        "INSERT INTO holds (id, user_id, amount_millicredits, idempotency_key, status,"
+        " expires_at) SELECT gen_random_uuid(), 'user-' || u, 5, 'k-' || n,"
+        " CASE WHEN n % 50 = 0 THEN 'active' ELSE 'captured' END,"
+        " now() - make_interval(secs => n) FROM generate_series(1, 40) u,"
+        " generate_series(1, 500) n"
+    )
+    expiry = await _statement_of(
+        db,
+        "create_hold",
+        r"(UPDATE holds SET status = 'expired'.*?RETURNING amount_millicredits)",
+        {"p_user_id": "$1"},
+    )
+    async with db.pool.acquire() as conn, conn.transaction():
+        await conn.execute("ANALYZE holds")
+        async with _prepared(conn, "text", expiry):
+            plan = await _plan(conn, "'user-7'")
+    assert "holds_user_expiring" in plan, plan
+
+
+async def _statement_of(db: Database, function: str, pattern: str, params: dict[str, str]) -> str:
+    """The statement of one of the schema's functions that ``pattern``'s first group finds in
+    its source, with its arguments replaced by the parameters ``params`` maps them to."""
     source = await db.pool.fetchval(
-        "SELECT prosrc FROM pg_proc WHERE proname = 'recent_charges'"
-        " AND pronamespace = $1::regnamespace",
+        "SELECT prosrc FROM pg_proc WHERE proname = $1 AND pronamespace = $2::regnamespace",
+        function,
         db.schema,
     )
-    found = re.search(r"RETURN QUERY (.*?);", source, re.S)
+    found = re.search(pattern, source, re.S)
     assert found is not None, source
-    return found.group(1).replace("p_user_id", "$1").replace("p_limit", "$2")
+    statement = found.group(1)
+    for argument, param in params.items():
+        statement = statement.replace(argument, param)
+    return statement
+
+
+@contextlib.asynccontextmanager
+async def _prepared(conn: Any, types: str, statement: str) -> AsyncIterator[None]:
+    """``statement`` prepared as ``probe`` on the connection, for as long as the block."""
+    await conn.execute(f"PREPARE probe({types}) AS {statement}")
+    try:
+        yield
+    finally:
+        await conn.execute("DEALLOCATE probe")
+
+
+async def _plan(conn: Any, arguments: str) -> str:
+    return "\n".join(row[0] for row in await conn.fetch(f"EXPLAIN EXECUTE probe({arguments})"))
 
 
 async def _calls(db: Database, user: str, count: int) -> None:
@@ -88,41 +129,3 @@ async def _calls(db: Database, user: str, count: int) -> None:
         user,
         count,
     )
-
-
-async def test_a_hold_expires_the_users_due_holds_by_the_users_own_index(
-    migrated_db: Any,
-) -> None:
-    db: Database = await migrated_db(f"t_{uuid.uuid4().hex[:12]}", "ledger")
-    await db.pool.execute(
-        "INSERT INTO holds (id, user_id, amount_millicredits, idempotency_key, status,"
-        " expires_at) SELECT gen_random_uuid(), 'user-' || u, 5, 'k-' || n,"
-        " CASE WHEN n % 50 = 0 THEN 'active' ELSE 'captured' END,"
-        " now() - make_interval(secs => n) FROM generate_series(1, 40) u,"
-        " generate_series(1, 500) n"
-    )
-    expiry = await _expiry_sql(db)
-    async with db.pool.acquire() as conn, conn.transaction():
-        await conn.execute("ANALYZE holds")
-        await conn.execute(f"PREPARE expire_due(text) AS {expiry}")
-        try:
-            plan = "\n".join(
-                row[0] for row in await conn.fetch("EXPLAIN EXECUTE expire_due('user-7')")
-            )
-        finally:
-            await conn.execute("DEALLOCATE expire_due")
-    assert "holds_user_expiring" in plan, plan
-
-
-async def _expiry_sql(db: Database) -> str:
-    """create_hold's expiry of the user's due holds, the user as $1."""
-    source = await db.pool.fetchval(
-        "SELECT prosrc FROM pg_proc WHERE proname = 'create_hold'"
-        " AND pronamespace = $1::regnamespace",
-        db.schema,
-    )
-    found = re.search(
-        r"(UPDATE holds SET status = 'expired'.*?RETURNING amount_millicredits)", source, re.S
-    )
-    assert found is not None, source
-    return found.group(1).replace("p_user_id", "$1")
