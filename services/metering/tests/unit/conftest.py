@@ -25,6 +25,7 @@ from billing_platform.ratelimit import Limited
 from billing_platform.settings import InfraSettings
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from metering import api, bodies, guardrails, service
 from metering.admission import Admission, Admitted, Referred, Ticket, hold_key
@@ -45,6 +46,7 @@ from metering.records import CHARGED, ModelTotals, ShadowCharge, UsageRecord
 from metering.settings import Settings
 from metering.switches import Switches
 from metering.usage_store import Claimed, Recorded, Taken
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 ISSUER, AUDIENCE = "metering-test", "billing-test"
 TODAY = date(2026, 11, 21)
@@ -621,6 +623,19 @@ class App:
     client: TestClient
     parts: Parts
     keys: Keys
+    # The scope of each HTTP request, as the app left it.
+    scopes: list[Scope] = field(default_factory=list)
+
+
+class _Noting:
+    def __init__(self, app: ASGIApp, scopes: list[Scope]) -> None:
+        self._app = app
+        self._scopes = scopes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
+        if scope["type"] == "http":
+            self._scopes.append(scope)
 
 
 def settings_for(keys: Keys) -> Settings:
@@ -630,14 +645,29 @@ def settings_for(keys: Keys) -> Settings:
     return Settings(service_name="metering-test", infra=infra)
 
 
-@pytest.fixture
-def app(keys: Keys, parts: Parts) -> Iterator[App]:
+def application(keys: Keys, parts: Parts) -> FastAPI:
     cards = RateCardBook(load_rate_cards(), today=lambda: TODAY)
     deps = api.ApiDeps(
         parts.gateway, parts.store, cards, parts.guard, today=lambda: TODAY, clock=parts.clock
     )
-    application = gateway_app(settings_for(keys), deps)
-    with TestClient(application, raise_server_exceptions=False) as client:
+    return gateway_app(settings_for(keys), deps)
+
+
+@pytest.fixture
+def app(keys: Keys, parts: Parts) -> Iterator[App]:
+    scopes: list[Scope] = []
+    noting = _Noting(application(keys, parts), scopes)
+    with TestClient(noting, raise_server_exceptions=False) as client:
+        yield App(client, parts, keys, scopes)
+
+
+@pytest.fixture
+def route_only(keys: Keys, parts: Parts) -> Iterator[App]:
+    """The same app without the chat route's shortcut: every chat call goes by the router."""
+    plain = application(keys, parts)
+    shortcut: object = api.ChatRoute
+    plain.user_middleware = [m for m in plain.user_middleware if m.cls is not shortcut]
+    with TestClient(plain, raise_server_exceptions=False) as client:
         yield App(client, parts, keys)
 
 
