@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Annotated
 
-from billing_platform.app import api_error_response
 from billing_platform.auth import (
     ADMIN_ROLE,
     SERVICE_ROLE,
@@ -25,11 +24,12 @@ from billing_platform.auth import (
     require_role,
 )
 from billing_platform.errors import ApiError
+from billing_platform.hot_routes import HotRoute
 from billing_platform.schemas import Text
-from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from fastapi.routing import APIRoute
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.middleware import Middleware
+from starlette.types import Receive, Scope, Send
 
 from metering import service
 from metering.guard_store import GuardStore
@@ -181,52 +181,26 @@ def _chat_call(body: ChatRequest, user: Principal, header_key: str | None) -> se
     )
 
 
-class ChatRoute:
-    """``POST /api/ai/chat`` as plain ASGI, in front of FastAPI's router.
+def chat_route(deps: ApiDeps) -> Middleware:
+    """The chat call in front of FastAPI's router (``HotRoute``): a call valid as it comes (a
+    JSON body that is a ``ChatRequest``, a valid token, a well-formed key) goes straight to
+    the gateway, read and validated by the same code as the route's; any other request is
+    left to the route, so every refusal is the route's own answer."""
 
-    The gateway's every call went through FastAPI's routing, dependency solving and
-    exception middleware: about 0.3 ms of CPU a call (``bench/gateway_overhead.py``). Here a
-    call that is valid as it comes (a JSON body that is a ``ChatRequest``, a valid token, a
-    well-formed key) goes straight to the gateway, read and validated by the same code as the
-    route's. Any other request goes on to the route itself, body and all, so every refusal
-    is FastAPI's own answer, byte for byte. The route stays the documented one.
-    """
+    async def answer(request: Request) -> Response | None:
+        call = await _valid_call(request)
+        return None if call is None else respond(await deps.gateway.chat(call))
 
-    def __init__(self, app: ASGIApp, deps: ApiDeps) -> None:
-        self._app = app
-        self._deps = deps
-        self._route: APIRoute | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != CHAT_PATH or scope["method"] != "POST":
-            await self._app(scope, receive, send)
-            return
-        request = Request(scope, receive)
-        body = await request.body()
-        call = await _valid_call(request, body)
-        if call is None:
-            await self._app(scope, _replayed(body, receive), send)
-            return
-        scope["route"] = self._route or self._find_route(scope["app"])  # names the metrics
-        try:
-            response = respond(await self._deps.gateway.chat(call))
-        except ApiError as exc:
-            response = api_error_response(exc)
-        await response(scope, receive, send)
-
-    def _find_route(self, app: FastAPI) -> APIRoute:
-        self._route = next(
-            r
-            for r in app.router.routes
-            if isinstance(r, APIRoute) and r.path == CHAT_PATH and "POST" in r.methods
-        )
-        return self._route
+    return Middleware(HotRoute, method="POST", path=CHAT_PATH, handler=answer)
 
 
-async def _valid_call(request: Request, body: bytes) -> service.ChatCall | None:
+async def _valid_call(request: Request) -> service.ChatCall | None:
     """The call, if the request is valid as the route would find it; otherwise ``None``."""
     content_type = request.headers.get("content-type", "")
-    if not body or content_type.partition(";")[0].strip().lower() != "application/json":
+    if content_type.partition(";")[0].strip().lower() != "application/json":
+        return None
+    body = await request.body()
+    if not body:
         return None
     try:
         user = await current_principal(request)
@@ -234,16 +208,6 @@ async def _valid_call(request: Request, body: bytes) -> service.ChatCall | None:
         return _chat_call(chat, user, request.headers.get("idempotency-key"))
     except (ApiError, ValueError):  # pydantic's ValidationError is a ValueError
         return None
-
-
-def _replayed(body: bytes, receive: Receive) -> Receive:
-    """``receive`` with the body, already read, given again first."""
-    pending = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def replay() -> Message:
-        return pending.pop() if pending else await receive()
-
-    return replay
 
 
 def _one_key(in_body: str | None, in_header: str | None) -> str | None:

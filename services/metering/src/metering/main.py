@@ -20,7 +20,6 @@ from billing_platform.app import create_app as build_app
 from billing_platform.db import Database
 from billing_platform.ratelimit import Limit, RateLimitSweeper
 from fastapi import FastAPI
-from starlette.middleware import Middleware
 
 from metering import api, service
 from metering.admission import AdmissionRules, PgAdmissions
@@ -126,7 +125,7 @@ def gateway_app(
         lifecycle=lifecycle,
         checks=checks,
         browser_facing=True,
-        hot_routes=[Middleware(api.ChatRoute, deps=deps)],
+        hot_routes=[api.chat_route(deps)],
     )
     app.add_middleware(OverheadHeader, prefixes=GATEWAY_PREFIXES)
     return app

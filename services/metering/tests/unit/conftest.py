@@ -21,6 +21,7 @@ import jwt
 import pytest
 from billing_events.v1 import alert_pb2, usage_pb2
 from billing_platform import ratelimit
+from billing_platform.hot_routes import HotRoute
 from billing_platform.ratelimit import Limited
 from billing_platform.settings import InfraSettings
 from cryptography.hazmat.primitives import serialization
@@ -665,7 +666,7 @@ def app(keys: Keys, parts: Parts) -> Iterator[App]:
 def route_only(keys: Keys, parts: Parts) -> Iterator[App]:
     """The same app without the chat route's shortcut: every chat call goes by the router."""
     plain = application(keys, parts)
-    shortcut: object = api.ChatRoute
+    shortcut: object = HotRoute
     plain.user_middleware = [m for m in plain.user_middleware if m.cls is not shortcut]
     with TestClient(plain, raise_server_exceptions=False) as client:
         yield App(client, parts, keys)

@@ -1,4 +1,4 @@
-"""``POST /api/ai/chat`` in front of FastAPI's router (``api.ChatRoute``): a valid call skips
+"""``POST /api/ai/chat`` in front of FastAPI's router (``api.chat_route``): a valid call skips
 the router, and every other request is answered by the route itself, as without the
 shortcut (``route_only``: the same app, the shortcut taken out)."""
 

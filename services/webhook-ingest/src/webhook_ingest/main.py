@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from billing_events import wiring
+from billing_platform.app import Lifecycle, ReadinessCheck
 from billing_platform.app import create_app as build_app
 from billing_platform.db import Database
 from billing_platform.group_commit import GroupCommitter
@@ -34,12 +37,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings=settings,
         committer=committer,
     )
-    return build_app(
+    return web_app(
         settings,
-        routers=[api.router(deps)],
+        deps,
         # Stopped first: the deliveries still queued are written while the pool is open.
         lifecycle=[db, publisher, relay, committer, consumer],
         checks={"database": db.ping, "kafka": wiring.kafka_check(settings)},
+    )
+
+
+def web_app(
+    settings: Settings,
+    deps: api.Deps,
+    *,
+    lifecycle: Sequence[Lifecycle] = (),
+    checks: dict[str, ReadinessCheck] | None = None,
+) -> FastAPI:
+    """The app around the routes, Stripe's deliveries taken in front of the router."""
+    deliver = api.deliveries(deps)
+    return build_app(
+        settings,
+        routers=[api.router(deps, deliver)],
+        lifecycle=lifecycle,
+        checks=checks,
+        hot_routes=[api.delivery_route(deliver)],
     )
 
 

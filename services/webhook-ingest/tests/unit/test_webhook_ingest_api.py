@@ -16,7 +16,6 @@ import jwt
 import pytest
 from billing_events.topics import Topics
 from billing_events.v1 import audit_pb2, stripe_pb2
-from billing_platform.app import create_app
 from billing_platform.group_commit import GroupCommitter, Overloaded
 from billing_platform.settings import InfraSettings
 from cryptography.hazmat.primitives import serialization
@@ -26,6 +25,7 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from webhook_ingest import api, service
 from webhook_ingest.events import envelope_from_body
+from webhook_ingest.main import web_app
 from webhook_ingest.settings import Settings
 
 NOW = 1_700_000_000
@@ -142,7 +142,7 @@ def running(key: AdminKey, **overrides: Any) -> Iterator[Harness]:
         committer=committer,
         clock=lambda: NOW,
     )
-    app = create_app(settings, routers=[api.router(deps)], lifecycle=[committer])
+    app = web_app(settings, deps, lifecycle=[committer])
     with TestClient(app, raise_server_exceptions=False) as client:
         yield Harness(client, db, relay)
 
@@ -256,7 +256,7 @@ def test_a_full_queue_answers_503_overloaded_with_retry_after(key: AdminKey) -> 
         committer=ShedEverything(),
         clock=lambda: NOW,
     )
-    with TestClient(create_app(settings, routers=[api.router(deps)])) as client:
+    with TestClient(web_app(settings, deps)) as client:
         body = stripe_body()
         response = client.post("/webhooks/stripe", content=body, headers=signed(body))
 
