@@ -2,8 +2,6 @@
 
 Every process gets an SDK provider, so requests and consumed records always have trace ids
 (log lines carry them, the ledger's inbox keeps them) whether or not spans leave the process.
-With nothing to export to, a trace that starts here is not sampled: its spans carry ids and
-pass them on, but record nothing.
 Only when an OTLP endpoint is configured are spans exported and the libraries instrumented
 (FastAPI server spans, asyncpg statements, httpx calls); with tracing off none of that code
 is even imported.
@@ -20,7 +18,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import (
-    ALWAYS_OFF,
+    ALWAYS_ON,
     Decision,
     ParentBased,
     Sampler,
@@ -81,13 +79,10 @@ def build_provider(
     service: str, otlp_endpoint: str = "", sample_ratio: float = 1.0
 ) -> TracerProvider:
     """A provider for ``service``: exporting over OTLP/HTTP at ``sample_ratio`` when an
-    endpoint is given. Otherwise a new trace is not sampled: its spans have ids (for logs,
-    inbox rows and the headers passed on) and record nothing, at half the CPU of a recorded
-    span (7 against 15 us, measured in a loop); a caller's sampled trace is still followed,
-    so a service further on that exports gets it whole."""
+    endpoint is given; otherwise keeping every span in-process (ids for logs, nothing sent)."""
     resource = Resource.create({"service.name": service})
     if not otlp_endpoint:
-        return TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_OFF))
+        return TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_ON))
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     provider = TracerProvider(resource=resource, sampler=sampler(sample_ratio))
