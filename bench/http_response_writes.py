@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,15 +92,23 @@ def attack(vegeta: Path, port: int, rate: int, seconds: int, workdir: Path) -> d
     return parsed
 
 
-def one_round(vegeta: Path, variant: str, opts: argparse.Namespace) -> dict[str, Any]:
+# Drives the server on the port, with a working folder; returns vegeta's JSON report.
+Attack = Callable[[int, Path], dict[str, Any]]
+
+
+def metered_round(
+    script: str, variant: str, attack: Attack, *, quiet: bool = False
+) -> dict[str, Any]:
+    """One round: ``script --serve variant PORT`` started, attacked, its CPU read from /proc."""
     port = free_port()
-    server = subprocess.Popen([sys.executable, __file__, "--serve", variant, str(port)])
+    command = [sys.executable, script, "--serve", variant, str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL if quiet else None)
     try:
         wait_for(port)
         time.sleep(1)  # start-up done before the meter starts
         server_before, client_before = process_cpu_s(server.pid), children_cpu_s()
         with tempfile.TemporaryDirectory() as tmp:
-            report = attack(vegeta, port, opts.rate, opts.seconds, Path(tmp))
+            report = attack(port, Path(tmp))
         server_s = process_cpu_s(server.pid) - server_before
         client_s = children_cpu_s() - client_before
     finally:
@@ -118,19 +127,23 @@ def one_round(vegeta: Path, variant: str, opts: argparse.Namespace) -> dict[str,
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def one_round(vegeta: Path, variant: str, opts: argparse.Namespace) -> dict[str, Any]:
+    return metered_round(
+        __file__, variant, lambda port, tmp: attack(vegeta, port, opts.rate, opts.seconds, tmp)
+    )
+
+
+def parse_args(doc: str, rate: int) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--serve", nargs=2, metavar=("VARIANT", "PORT"), help=argparse.SUPPRESS)
-    parser.add_argument("--rate", type=int, default=2000)
+    parser.add_argument("--rate", type=int, default=rate)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true")
-    opts = parser.parse_args()
-    if opts.serve:
-        serve(opts.serve[0], int(opts.serve[1]))
-        return
-    vegeta = installers.ensure_vegeta(Layout.dev())
-    rows = [one_round(vegeta, v, opts) for _ in range(opts.rounds) for v in VARIANTS]
+    return parser.parse_args()
+
+
+def print_rounds(rows: list[dict[str, Any]], opts: argparse.Namespace) -> None:
     if opts.json:
         print(json.dumps(rows, indent=2))
         return
@@ -142,6 +155,15 @@ def main() -> None:
             f"{r['variant']:<10} {r['ok']:>7} {r['server_us_per_request']:>14.1f}"
             f" {r['client_us_per_request']:>14.1f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f}"
         )
+
+
+def main() -> None:
+    opts = parse_args(__doc__, 2000)
+    if opts.serve:
+        serve(opts.serve[0], int(opts.serve[1]))
+        return
+    vegeta = installers.ensure_vegeta(Layout.dev())
+    print_rounds([one_round(vegeta, v, opts) for _ in range(opts.rounds) for v in VARIANTS], opts)
 
 
 if __name__ == "__main__":
