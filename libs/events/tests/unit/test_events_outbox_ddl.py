@@ -19,14 +19,17 @@ def squeeze(sql: str) -> str:
     return re.sub(r"\s+", " ", " ".join(lines)).strip()
 
 
-def outbox_migrations() -> list[Path]:
+def migrations_creating(table: str) -> list[Path]:
     found = ROOT.glob("services/*/src/*/migrations/*.sql")
-    return [p for p in found if "CREATE TABLE outbox (" in p.read_text()]
+    return [p for p in found if f"CREATE TABLE {table} (" in p.read_text()]
+
+
+def outbox_migrations() -> list[Path]:
+    return migrations_creating("outbox")
 
 
 def published_migrations() -> list[Path]:
-    found = ROOT.glob("services/*/src/*/migrations/*.sql")
-    return [p for p in found if "CREATE TABLE outbox_published (" in p.read_text()]
+    return migrations_creating("outbox_published")
 
 
 def test_the_services_that_publish_through_an_outbox_have_one() -> None:

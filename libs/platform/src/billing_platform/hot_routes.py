@@ -33,11 +33,14 @@ class HotRoute:
         self._method = method
         self._path = path
         self._handler = handler
-        self._target = (method, path)
         self._route: APIRoute | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope["method"], scope["path"]) != self._target:
+        if (
+            scope["type"] != "http"
+            or scope["path"] != self._path
+            or scope["method"] != self._method
+        ):
             await self._app(scope, receive, send)
             return
         read = _Recorded(receive)

@@ -39,41 +39,30 @@ def test_other_routes_go_by_the_router(app: Any) -> None:
     assert [s["path"] for s in app.scopes if "endpoint" in s] == ["/api/rate-card", "/api/ai/chat"]
 
 
-def _request(case: str, auth: dict[str, str]) -> tuple[bytes, dict[str, str]]:
-    body = json.dumps(CHAT).encode()
-    keyed = json.dumps({**CHAT, "idempotencyKey": "a"}).encode()
-    unknown = json.dumps({**CHAT, "model": "gpt-0"}).encode()
-    return {
-        "no token": (body, JSON),
-        "a token that is not one": (body, {**JSON, "Authorization": "Bearer x.y.z"}),
-        "a text body": (body, {**auth, "Content-Type": "text/plain"}),
-        "no body": (b"", {**auth, **JSON}),
-        "not JSON": (b'{"model": ', {**auth, **JSON}),
-        "a JSON list": (b"[]", {**auth, **JSON}),
-        "no messages": (b'{"model": "gpt-4o"}', {**auth, **JSON}),
-        "a key header too long": (body, {**auth, **JSON, "Idempotency-Key": "k" * 300}),
-        "keys that differ": (keyed, {**auth, **JSON, "Idempotency-Key": "b"}),
-        "an unknown model": (unknown, {**auth, **JSON}),
-    }[case]
+BODY = json.dumps(CHAT).encode()
+# Each bad request: its body, its headers, and whether it carries a valid token.
+REFUSALS: dict[str, tuple[bytes, dict[str, str], bool]] = {
+    "no token": (BODY, JSON, False),
+    "a token that is not one": (BODY, {**JSON, "Authorization": "Bearer x.y.z"}, False),
+    "a text body": (BODY, {"Content-Type": "text/plain"}, True),
+    "no body": (b"", JSON, True),
+    "not JSON": (b'{"model": ', JSON, True),
+    "a JSON list": (b"[]", JSON, True),
+    "no messages": (b'{"model": "gpt-4o"}', JSON, True),
+    "a key header too long": (BODY, {**JSON, "Idempotency-Key": "k" * 300}, True),
+    "keys that differ": (
+        json.dumps({**CHAT, "idempotencyKey": "a"}).encode(),
+        {**JSON, "Idempotency-Key": "b"},
+        True,
+    ),
+    "an unknown model": (json.dumps({**CHAT, "model": "gpt-0"}).encode(), JSON, True),
+}
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        "no token",
-        "a token that is not one",
-        "a text body",
-        "no body",
-        "not JSON",
-        "a JSON list",
-        "no messages",
-        "a key header too long",
-        "keys that differ",
-        "an unknown model",
-    ],
-)
+@pytest.mark.parametrize("case", list(REFUSALS))
 def test_a_refusal_is_the_answer_the_route_gives(app: Any, route_only: Any, case: str) -> None:
-    body, headers = _request(case, app.keys.headers())
+    body, headers, signed = REFUSALS[case]
+    headers = {**app.keys.headers(), **headers} if signed else headers
 
     fast = app.client.post("/api/ai/chat", content=body, headers=headers)
     plain = route_only.client.post("/api/ai/chat", content=body, headers=headers)

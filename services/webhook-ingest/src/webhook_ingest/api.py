@@ -110,14 +110,13 @@ def delivery_route(deliver: Deliver) -> Middleware:
     return Middleware(HotRoute, method="POST", path=STRIPE_PATH, handler=deliver)
 
 
-def router(deps: Deps, deliver: Deliver | None = None) -> APIRouter:
+def router(deps: Deps, deliver: Deliver) -> APIRouter:
     routes = APIRouter()
-    answer = deliver or deliveries(deps)
 
     @routes.post(STRIPE_PATH, tags=["webhooks"], response_model=WebhookReceived)
     async def stripe_webhook(request: Request) -> Response:
         """Stripe's deliveries: verified on the raw body, stored before the 2xx."""
-        return await answer(request)
+        return await deliver(request)
 
     @routes.post("/api/admin/webhooks/replay", tags=["admin"], status_code=202)
     async def replay(body: ReplayRequest, admin: AdminUser) -> ReplayAccepted:
