@@ -94,6 +94,36 @@ async def test_hold_capture_release_and_the_402_body(platform: Any, user: str) -
     )
 
 
+async def test_holds_and_postings_get_ids_in_the_order_they_are_made(
+    platform: Any, user: str
+) -> None:
+    """Holds and capture transactions (the ledger's SQL) and other postings (its Python)
+    get version 7 ids, the milliseconds they were made at first: new rows go to the right
+    of their indexes instead of to random leaves."""
+    await platform.give(user, 3 * CALL)
+    holds = []
+    for n in range(3):
+        made = await hold(platform, user, CALL, f"ordered-{n}")
+        assert made.status_code == 201, made.text
+        holds.append(uuid.UUID(made.json()["holdId"]))
+        await asyncio.sleep(0.005)
+    assert [h.version for h in holds] == [7, 7, 7]
+    assert holds == sorted(holds)
+    charged = await capture(platform, str(holds[0]), CALL, f"usage-ordered-{user}")
+    assert charged.status_code == 200, charged.text
+    rows = await platform.sql(
+        "SELECT array_agg(id ORDER BY created_at) FROM ledger.journal_transactions"
+        " WHERE user_id = $1",
+        user,
+    )
+    given, captured = rows  # the adjustment (Python), then the capture (SQL)
+    assert (given.version, captured.version) == (7, 7)
+    assert given < captured
+    made_at = {t.int >> 80 for t in (*holds, given, captured)}
+    now_ms = int(await platform.sql("SELECT extract(epoch FROM now()) * 1000"))
+    assert all(now_ms - 60_000 < ms <= now_ms + 1_000 for ms in made_at), (made_at, now_ms)
+
+
 async def test_a_capture_publishes_its_posting_encoded_by_the_database(
     platform: Any, user: str
 ) -> None:

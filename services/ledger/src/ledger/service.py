@@ -20,6 +20,7 @@ from billing_events.outbox import OutboxRecord, write_outbox, write_outbox_many
 from billing_events.topics import Topics
 from billing_events.v1 import alert_pb2, common_pb2, ledger_pb2
 from billing_platform import context
+from billing_platform.ids import time_ordered_uuid
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger import journal, repository
@@ -68,7 +69,7 @@ class Outcome:
 
 async def post(conn: Any, topics: Topics, posting: journal.Posting) -> Posted | None:
     """Write a posting; None when a unique rule says it was already written."""
-    transaction_id = str(uuid.uuid4())
+    transaction_id = str(time_ordered_uuid())
     correlation_id = context.current_correlation_id()
     created = await repository.insert_transaction(conn, transaction_id, posting, correlation_id)
     if created is None:
@@ -109,7 +110,8 @@ async def post_many(
     if not items:
         return []
     rows = [
-        repository.NewTransaction(str(uuid.uuid4()), i.posting, i.correlation_id) for i in items
+        repository.NewTransaction(str(time_ordered_uuid()), i.posting, i.correlation_id)
+        for i in items
     ]
     created = await repository.insert_transactions(conn, rows)
     if len(created) != len(rows):
