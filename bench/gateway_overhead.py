@@ -15,7 +15,8 @@ the call's downstream work counts too. A rate whose gateway p99 passes 100 ms is
 The platform's CPU is also given as a multiple of the model server's per call in the same
 cell (``platform/devllm``): the model server's work per call is the same in every commit,
 and this machine's speed moves by a third within an hour, so runs of two commits made in
-different minutes compare on that figure.
+different minutes compare on that figure. Over the same span it prints what PostgreSQL wrote
+to its WAL per call (records, full-page images, KiB; ``pg_stat_wal``).
 
 ``--stream``: the same steps with ``"stream": true`` (the direct call asks for the usage
 chunk, as the gateway does). vegeta times a body to its end, so these loops run on
@@ -307,6 +308,27 @@ def step(rate: int, report: dict[str, Any], phase: Phase | None = None) -> Step:
     return Step(rate, latency, report.get("status_codes") or {}, errors[:3], phase, whole)
 
 
+@dataclass(frozen=True)
+class Wal:
+    """What PostgreSQL wrote to its WAL (pg_stat_wal): records, full-page images, bytes."""
+
+    records: int
+    full_pages: int
+    bytes: int
+
+    def since(self, before: Wal) -> Wal:
+        return Wal(
+            self.records - before.records,
+            self.full_pages - before.full_pages,
+            self.bytes - before.bytes,
+        )
+
+
+async def wal_written(db: asyncpg.Connection) -> Wal:
+    row = await db.fetchrow("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")
+    return Wal(int(row["wal_records"]), int(row["wal_fpi"]), int(row["wal_bytes"]))
+
+
 @dataclass
 class Run:
     stack: Stack
@@ -333,14 +355,17 @@ class Run:
         meter = Meter(self.stack)
         meter.start()
         before = self.sink.exported() if self.sink else Exported()
+        wal_before = await wal_written(self.pipe.db)
         began = time.perf_counter()
         report = await self._load("gateway", targets, rate)
         await self.pipe.quiet()
         if self.sink is not None:
             await asyncio.sleep(EXPORT_WAIT_S)
         cpu = meter.stop()
+        wal = (await wal_written(self.pipe.db)).since(wal_before)
         charged = (report.get("status_codes") or {}).get("200", 0)
         phase = Phase(f"gateway at {rate}/s", charged, time.perf_counter() - began, cpu)
+        phase.extra["wal"] = wal
         if self.sink is not None:
             phase.extra["exported"] = asdict(self.sink.exported().since(before))
         return step(rate, report, phase)
@@ -420,7 +445,13 @@ def report_lines(steps: list[Step]) -> list[str]:
         slow = "  (p99 over 100 ms)" if gateway.latency_ms["99th"] > SLOW_P99_MS else ""
         lines.append(f"{gateway.rate:6d} {'overhead':8}{'':14}{added}{slow}")
     gateway_steps = [s for s in steps[1::2] if s.phase is not None]
-    return [*lines, "", *cpu_lines(gateway_steps), *export_lines(gateway_steps)]
+    return [
+        *lines,
+        "",
+        *cpu_lines(gateway_steps),
+        *wal_lines(gateway_steps),
+        *export_lines(gateway_steps),
+    ]
 
 
 def cpu_lines(steps: list[Step]) -> list[str]:
@@ -444,6 +475,25 @@ def cpu_lines(steps: list[Step]) -> list[str]:
     lines.append(f"{'platform/devllm':16}" + "".join(ratios))
     errors = [e for s in steps for e in s.errors]
     return lines + ([f"error samples: {errors[:3]}"] if errors else [])
+
+
+def wal_lines(steps: list[Step]) -> list[str]:
+    """PostgreSQL's WAL per charged call: it is written, flushed before every answer (the
+    settlement's commit) and archived; a full-page image is a whole 8 KiB page, copied at a
+    page's first change after each checkpoint (the stack's start makes one)."""
+    rows = [(s, s.phase.extra["wal"]) for s in steps if s.phase and "wal" in s.phase.extra]
+    if not rows:
+        return []
+    lines = ["", "WAL per gateway call (pg_stat_wal, same span as the CPU)"]
+    lines.append(f"{'':16}" + "".join(f"{str(s.rate) + '/s':>10}" for s, _ in rows))
+    calls = [max(s.ok, 1) for s, _ in rows]
+    for label, figures in (
+        ("records", [w.records / n for (_, w), n in zip(rows, calls, strict=True)]),
+        ("full pages", [w.full_pages / n for (_, w), n in zip(rows, calls, strict=True)]),
+        ("KiB", [w.bytes / 1024 / n for (_, w), n in zip(rows, calls, strict=True)]),
+    ):
+        lines.append(f"{label:16}" + "".join(f"{v:10.2f}" for v in figures))
+    return lines
 
 
 def export_lines(steps: list[Step]) -> list[str]:
