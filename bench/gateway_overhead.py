@@ -355,7 +355,8 @@ class Run:
         )
         # Every cell starts right after a checkpoint: a page's first change after one copies
         # the whole page into the WAL, so a checkpoint that fell inside some cells and not
-        # others moved their WAL, and its CPU, by half (0.85 against 4.0 full pages a call).
+        # others moved their WAL by half or more (0.85 against 4.0 full pages a call, two
+        # cells of one run).
         await self.pipe.db.execute("CHECKPOINT")
         meter = Meter(self.stack)
         meter.start()
@@ -485,7 +486,7 @@ def cpu_lines(steps: list[Step]) -> list[str]:
 def wal_lines(steps: list[Step]) -> list[str]:
     """PostgreSQL's WAL per charged call: it is written, flushed before every answer (the
     settlement's commit) and archived; a full-page image is a whole 8 KiB page, copied at a
-    page's first change after each checkpoint (the stack's start makes one)."""
+    page's first change after each checkpoint (each cell starts right after one)."""
     rows = [(s, s.phase.extra["wal"]) for s in steps if s.phase and "wal" in s.phase.extra]
     if not rows:
         return []
