@@ -27,9 +27,7 @@ import subprocess
 from pathlib import Path
 from typing import Annotated, Any
 
-from billing_cli import installers
-from billing_cli.layout import Layout
-from http_response_writes import metered_round, parse_args, print_rounds
+from http_response_writes import metered_round, run_bench
 from pydantic import BaseModel
 
 VARIANTS = ("router", "hot-route")
@@ -110,12 +108,7 @@ def one_round(vegeta: Path, variant: str, opts: argparse.Namespace) -> dict[str,
 
 
 def main() -> None:
-    opts = parse_args(__doc__, 500)
-    if opts.serve:
-        serve(opts.serve[0], int(opts.serve[1]))
-        return
-    vegeta = installers.ensure_vegeta(Layout.dev())
-    print_rounds([one_round(vegeta, v, opts) for _ in range(opts.rounds) for v in VARIANTS], opts)
+    run_bench(__doc__ or "", 500, serve, one_round, VARIANTS)
 
 
 if __name__ == "__main__":

@@ -157,13 +157,29 @@ def print_rounds(rows: list[dict[str, Any]], opts: argparse.Namespace) -> None:
         )
 
 
-def main() -> None:
-    opts = parse_args(__doc__, 2000)
+Round = Callable[[Path, str, argparse.Namespace], dict[str, Any]]
+
+
+def run_bench(
+    doc: str,
+    rate: int,
+    serve_variant: Callable[[str, int], None],
+    round_of: Round,
+    variants: tuple[str, ...],
+) -> None:
+    """A bench's command line: serve one variant (the child ``metered_round`` starts), or
+    run ``--rounds`` rounds of every variant, alternating, and print them."""
+    opts = parse_args(doc, rate)
     if opts.serve:
-        serve(opts.serve[0], int(opts.serve[1]))
+        serve_variant(opts.serve[0], int(opts.serve[1]))
         return
     vegeta = installers.ensure_vegeta(Layout.dev())
-    print_rounds([one_round(vegeta, v, opts) for _ in range(opts.rounds) for v in VARIANTS], opts)
+    rows = [round_of(vegeta, v, opts) for _ in range(opts.rounds) for v in variants]
+    print_rounds(rows, opts)
+
+
+def main() -> None:
+    run_bench(__doc__ or "", 2000, serve, one_round, VARIANTS)
 
 
 if __name__ == "__main__":
