@@ -3,14 +3,14 @@ makes them now, against the statements of earlier releases, in the same run on t
 PostgreSQL.
 
 - **after**: ``admit_charged_call`` (metering's migration 0006: the ledger's ``create_hold``
-  called by name; 0007: the caps read running totals), then ``settle_charged_call``
-  (0005: the ledger's ``capture_hold`` and the usage record in one statement), through
-  metering's own ``PgAdmissions`` and ``PgUsageStore``, with the ledger's ``capture_hold``
-  of migration 0013 (the balance row moved once per capture);
-- **efa3b7c**: the same calls with the two functions metering's migration 0009 gives
-  reusable plans (``record_usage``, ``recent_charges``) planned again on every call, and
-  without the ledger's index of 0014 (each user's active holds by expiry), as before
-  those migrations;
+  called by name; 0007: the caps read running totals; 0011: the guard reads inlined into
+  it; 0012: the claim keeps the usage id), then ``settle_charged_call`` (0005: the ledger's
+  ``capture_hold`` and the usage record in one statement), through metering's own
+  ``PgAdmissions`` and ``PgUsageStore``, with the ledger's ``capture_hold`` of migration
+  0013 (the balance row moved once per capture) and usage ids in creation order;
+- **cbd6315**: the same settlement after the admission of 0006 with the PL/pgSQL guard
+  reads of 0007 and 0004 (and 0009's plan setting) and the claim of 0004, re-created
+  beside today's, and random usage ids, as before metering's migrations 0011 and 0012;
 - **f329260**: the admission of migration 0004 (``create_hold`` through ``EXECUTE``, the
   caps summing the user's records of the day and of the hour), then ``capture_hold`` of
   0009 as a statement of its own with the posting-event encoder of ledger migration 0010,
@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import statistics
 import sys
 import time
@@ -56,12 +57,13 @@ from billing_events.outbox import OutboxRecord, outbox_headers
 from billing_events.topics import Topics
 from billing_platform import ratelimit
 from billing_platform.db import Database, SchemaAccess, load_migrations, migrate_package
+from billing_platform.ids import time_ordered_uuid
 from billing_platform.ratelimit import Limit
 from metering import bodies, guardrails, repository
 from metering.admission import AdmissionRules, Admitted, PgAdmissions, Ticket
 from metering.db_access import ledger_search_paths
 from metering.guardrails import Caps
-from metering.ledger_client import Balance
+from metering.ledger_client import Balance, Hold
 from metering.model_client import TokenUsage
 from metering.records import CHARGED, UsageRecord
 from metering.usage_store import PgUsageStore
@@ -106,8 +108,9 @@ def usage(user: str, key: str, usage_id: str, hold_id: str) -> UsageRecord:
 def _definition(package: str, migration: str, name: str) -> str:
     """``CREATE [OR REPLACE] FUNCTION name(...) ... END $$;`` from a migration file."""
     sql = next(m.sql for m in load_migrations(package) if m.name == migration)
-    start = sql.index(f"FUNCTION {name}(")
-    start = sql.rindex("CREATE", 0, start)
+    found = re.search(rf"CREATE (OR REPLACE )?FUNCTION {name}\(", sql)
+    assert found is not None, (migration, name)
+    start = found.start()
     return sql[start : sql.index("END $$;", start) + len("END $$;")]
 
 
@@ -117,10 +120,17 @@ def two_update_capture() -> str:
     return capture.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
 
 
-def planned_per_call() -> str:
-    """Metering's migration 0009 undone: its functions choose their plans again per call."""
-    sql = next(m.sql for m in load_migrations("metering") if m.name == "0009_generic_plans.sql")
-    return sql.replace("SET plan_cache_mode = force_generic_plan", "RESET plan_cache_mode")
+def landed_definitions() -> str:
+    """Metering's functions as cbd6315 had them, beside today's: the PL/pgSQL guard reads
+    (0007, 0004 with 0009's plan setting), the claim of 0004 and the admission of 0006."""
+    recent = _definition("metering", "0004_admission.sql", "recent_charges")
+    return "\n".join((
+        _definition("metering", "0004_admission.sql", "claim_request"),
+        _definition("metering", "0007_spend_totals.sql", "guard_state"),
+        recent.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1),
+        "ALTER FUNCTION recent_charges(text, integer) SET plan_cache_mode = force_generic_plan;",
+        _definition("metering", "0006_admission_static_hold.sql", "admit_charged_call"),
+    ))  # fmt: skip
 
 
 # The ledger's migration 0014 undone: holds expire through the index of every user's.
@@ -133,10 +143,11 @@ def previous_definitions() -> tuple[str, str]:
     ledger = f"{event}\n{two_update_capture()}"
     admit = _definition("metering", "0004_admission.sql", "admit_charged_call")
     guard = _definition("metering", "0004_admission.sql", "guard_state")
+    claim = _definition("metering", "0004_admission.sql", "claim_request")  # dropped by 0012
     admit = admit.replace("FUNCTION admit_", "FUNCTION previous_admit_", 1)
     admit = admit.replace("FROM guard_state(", "FROM previous_guard_state(")
     guard = guard.replace("FUNCTION guard_state(", "FUNCTION previous_guard_state(", 1)
-    return ledger, f"{guard}\n{admit}"
+    return ledger, f"{claim}\n{guard}\n{admit}"
 
 
 # The usage record's statement of f329260 (repository.store_usage then).
@@ -229,12 +240,40 @@ class After:
         self.store = PgUsageStore(db, TOPICS, Relay(), takeover_after_s=300)
 
     async def call(self, user: str) -> None:
-        key, usage_id = f"chat:{user}:{uuid.uuid4().hex}", str(uuid.uuid4())
+        key, usage_id = f"chat:{user}:{uuid.uuid4().hex}", str(time_ordered_uuid())
         ticket = Ticket(user, usage_id, key, True, "h", ESTIMATE)
         admitted = await self.admissions.admit(ticket, datetime.now(UTC))
         assert isinstance(admitted, Admitted), admitted
-        record = usage(user, key, usage_id, admitted.hold.hold_id)
+        record = usage(user, key, admitted.usage_id, admitted.hold.hold_id)
         await self.store.record(record, None, admitted.history, admitted.hold)
+
+
+class Landed(After):
+    """The call as cbd6315 made it: random usage ids (uuid5 of the user and the key then),
+    the admission of metering's 0006 with PL/pgSQL guard reads, the same settlement."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self.db = db
+
+    async def call(self, user: str) -> None:
+        key, usage_id = f"chat:{user}:{uuid.uuid4().hex}", str(uuid.uuid4())
+        ticket = Ticket(user, usage_id, key, True, "h", ESTIMATE)
+        args = list(self.admissions._args(ticket, datetime.now(UTC)))
+        del args[2]  # 0006 had no p_usage_id_before
+        async with self.db.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                f"SELECT * FROM admit_charged_call({', '.join(f'${i + 1}' for i in range(23))})",
+                *args,
+            )
+        assert row["r_outcome"] == "admitted", row["r_outcome"]
+        balance, held = row["r_balance"], row["r_held"]
+        hold = Hold(
+            str(row["r_hold_id"]), row["r_hold_amount"], Balance(balance, held, balance - held)
+        )
+        history = guardrails.History(row["r_recent_calls"], row["r_recent_total"])
+        record = usage(user, key, usage_id, hold.hold_id)
+        await self.store.record(record, None, history, hold)
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -329,14 +368,14 @@ async def bench(dsn: str, args: argparse.Namespace) -> dict[str, dict[str, float
     try:
         await conn.execute(f'SET search_path = "{old_ledger}"; {ledger_sql}')
         await conn.execute(f'SET search_path = "{old_db.schema}"; {metering_sql}')
-        await conn.execute(f'SET search_path = "{landed_db.schema}"; {planned_per_call()}')
-        for ledger in (old_ledger, landed_ledger):
-            await conn.execute(f'SET search_path = "{ledger}"; {WITHOUT_USER_EXPIRY_INDEX}')
+        path = f'"{landed_db.schema}", "{landed_ledger}"'
+        await conn.execute(f"SET search_path = {path}; {landed_definitions()}")
+        await conn.execute(f'SET search_path = "{old_ledger}"; {WITHOUT_USER_EXPIRY_INDEX}')
         for db in (old_db, landed_db, new_db):
             await db.start()
         ways: dict[str, Call] = {
             "f329260": Before(old_db, old_ledger).call,
-            "efa3b7c": After(landed_db).call,
+            "cbd6315": Landed(landed_db).call,
             "after": After(new_db).call,
         }
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in ways}

@@ -1,12 +1,13 @@
 """The plans of a charged call's statements that read a user's history, on the real
 PostgreSQL.
 
-- The look-back at the user's last calls (metering's migration 0009): PostgreSQL's plan
-  cache planned the usage record's statement and the anomaly check's look-back again on
-  every call, since their look-back size is a parameter and a plan made for its value
-  looked cheaper than a reusable one. The two functions now always take the reusable
-  (generic) plan; that is only a saving if it is still the index scan of the user's latest
-  charged calls.
+- The look-back at the user's last calls (metering's migrations 0009, 0011): PostgreSQL's
+  plan cache planned the usage record's statement and the anomaly check's look-back again
+  on every call, since their look-back size is a parameter and a plan made for its value
+  looked cheaper than a reusable one. The record's function and the admission, into whose
+  statement the look-back (``recent_charges``, a SQL function) is inlined, now always take
+  the reusable (generic) plan; that is only a saving if it is still the index scan of the
+  user's latest charged calls.
 - The expiry of a user's due holds, which every hold does first (the ledger's migrations
   0014 and 0016): it read every user's holds past their expiry time, a range that grows
   with all the calls since the last vacuum; it now reads the user's own active holds by
@@ -23,7 +24,7 @@ from typing import Any
 
 from billing_platform.db import Database
 
-GENERIC_FUNCTIONS = ("record_usage", "recent_charges")
+GENERIC_FUNCTIONS = ("record_usage", "admit_charged_call")
 CALLS = 3_000
 
 
@@ -47,9 +48,7 @@ async def test_the_generic_look_back_reads_the_users_latest_calls_by_index(
     db: Database = await migrated_db(f"t_{uuid.uuid4().hex[:12]}", "metering")
     await _calls(db, "busy", CALLS)
     await _calls(db, "other", CALLS // 3)
-    look_back = await _statement_of(
-        db, "recent_charges", r"RETURN QUERY (.*?);", {"p_user_id": "$1", "p_limit": "$2"}
-    )
+    look_back = "SELECT * FROM recent_charges($1, $2)"
     async with db.pool.acquire() as conn, conn.transaction():
         await conn.execute("ANALYZE usage_records")
         await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
@@ -57,9 +56,22 @@ async def test_the_generic_look_back_reads_the_users_latest_calls_by_index(
             plan = await _plan(conn, "'busy', 20")
             counted = await conn.fetchrow("EXECUTE probe('busy', 20)")
     assert "usage_records_user_charged" in plan, plan
+    assert "Function Scan" not in plan, plan  # inlined into the statement that calls it
     assert "Sort" not in plan, plan
     assert "Seq Scan" not in plan, plan
     assert tuple(counted) == (20, 20 * 7)
+
+
+async def test_the_guard_state_is_read_inside_the_statement_that_calls_it(
+    migrated_db: Any,
+) -> None:
+    db: Database = await migrated_db(f"t_{uuid.uuid4().hex[:12]}", "metering")
+    async with db.pool.acquire() as conn, conn.transaction():
+        statement = "SELECT * FROM guard_state($1, $2, $3, $4)"
+        async with _prepared(conn, "text, timestamptz, timestamptz, timestamptz", statement):
+            plan = await _plan(conn, "'busy', now(), now() - interval '1 hour', now()")
+    assert "Function Scan" not in plan, plan
+    assert "spend_days_pkey" in plan, plan
 
 
 async def test_a_hold_expires_the_users_due_holds_by_the_users_own_index(

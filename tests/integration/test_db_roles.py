@@ -241,14 +241,16 @@ async def test_metering_calls_the_ledgers_hold_functions_through_its_bound_searc
         )
     finally:
         await conn.close()
-    assert paths["admit_charged_call"] == "search_path=metering, ledger"
+    # The admission's reusable plans: metering's migrations 0011 and 0012.
+    admit = "search_path=metering, ledger,plan_cache_mode=force_generic_plan"
+    assert paths["admit_charged_call"] == admit
     assert paths["settle_charged_call"] == "search_path=metering, ledger"
-    assert paths["claim_request"] == "search_path=metering"
+    assert paths["claim_usage"] == "search_path=metering"
     async with as_role("metering_runtime") as runtime:
         # A hold the ledger refuses for want of credit: its answer came through the call.
         row = await runtime.fetchrow(
             "SELECT * FROM metering.admit_charged_call('nobody-db-roles', gen_random_uuid(),"
-            " 'k', false, 'h', 60, 1000, now(), now(), now(), 1000000, 1000000, 1000000,"
+            " NULL, 'k', false, 'h', 60, 1000, now(), now(), now(), 1000000, 1000000, 1000000,"
             " now(), 1, 'rk', now(), now(), 100, 1000, 60000, 60, 20)"
         )
     assert (row["r_outcome"], row["r_balance"]) == ("insufficient", 0)

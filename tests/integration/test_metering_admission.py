@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from billing_platform.db import Database
+from billing_platform.ids import time_ordered_uuid
 from billing_platform.ratelimit import Limit, Limited, retry_after_s, window_at
 from metering import guardrails, repository
 from metering.admission import AdmissionRules, Admitted, PgAdmissions, Referred, Ticket
@@ -92,7 +93,7 @@ def dbs(metering_dbs: Any, record_charge: Any) -> Dbs:
 def ticket(user: str, key: str | None = None, estimate: int = ESTIMATE) -> Ticket:
     return Ticket(
         user_id=user,
-        usage_id=str(uuid.uuid4()),
+        usage_id=str(time_ordered_uuid()),
         key=f"chat:{user}:{key or uuid.uuid4().hex}",
         keyed=key is not None,
         request_hash="h1",
@@ -188,10 +189,40 @@ async def test_a_released_key_is_taken_over_with_a_hold_of_its_own(dbs: Dbs) -> 
     assert isinstance(second, Admitted)
     assert second.attempt == 2
     assert second.hold.hold_id != first.hold.hold_id
+    assert second.usage_id == first.usage_id  # the claim's, not the second request's own
     keys = await dbs.ledger.pool.fetch(
         "SELECT idempotency_key FROM holds WHERE user_id = $1 ORDER BY created_at", user
     )
     assert [r[0] for r in keys] == [f"chat:{user}:k1", f"chat:{user}:k1:2"]
+
+
+async def test_a_crashed_attempt_taken_over_keeps_its_usage_id_and_one_in_flight_row(
+    dbs: Dbs,
+) -> None:
+    user = new_user()
+    await dbs.fund(user, 100_000)
+    crashed, retry = ticket(user, "k1"), ticket(user, "k1")
+    first = await dbs.admissions().admit(crashed, now())
+
+    second = await dbs.admissions(takeover_after_s=0).admit(retry, now())
+
+    assert isinstance(first, Admitted)
+    assert isinstance(second, Admitted)
+    assert (first.usage_id, second.usage_id) == (crashed.usage_id, crashed.usage_id)
+    assert second.attempt == 2
+    assert await dbs.in_flight(user) == ESTIMATE  # the crashed attempt's row, replaced
+
+
+async def test_a_call_without_a_key_is_admitted_under_its_own_usage_id(dbs: Dbs) -> None:
+    user = new_user()
+    await dbs.fund(user, 100_000)
+    call = ticket(user)
+
+    admitted = await dbs.admissions().admit(call, now())
+
+    assert isinstance(admitted, Admitted)
+    assert admitted.usage_id == call.usage_id
+    assert uuid.UUID(admitted.usage_id).version == 7
 
 
 @pytest.mark.parametrize(

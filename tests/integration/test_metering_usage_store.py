@@ -16,6 +16,7 @@ import pytest
 from billing_events.topics import Topics
 from billing_events.v1 import alert_pb2, ledger_pb2, usage_pb2
 from billing_platform.db import Database
+from billing_platform.ids import time_ordered_uuid
 from billing_platform.money import credits_text
 from metering import bodies, guardrails, repository
 from metering.ledger_client import Balance, Hold
@@ -152,7 +153,8 @@ def deferred_captures() -> float:
 async def test_an_unbilled_record_is_stored_with_its_event_and_ends_its_claim(dbs: Dbs) -> None:
     user = new_user()
     call = record(user)
-    assert await dbs.store.claim(user, call.idempotency_key, "h") == Claimed(1)
+    ids = (call.usage_id, None)
+    assert await dbs.store.claim(user, call.idempotency_key, "h", ids) == Claimed(1, call.usage_id)
 
     recorded = await dbs.store.record(call)
 
@@ -171,7 +173,7 @@ async def test_an_unbilled_record_is_stored_with_its_event_and_ends_its_claim(db
     event = usage_pb2.UsageRecorded.FromString(payload)
     assert (event.usage_id, event.mode) == (call.usage_id, usage_pb2.BILLING_MODE_UNBILLED)
     assert json.loads(headers)["correlation-id"] == event.meta.correlation_id
-    assert await dbs.store.claim(user, call.idempotency_key, "h") == Taken(
+    assert await dbs.store.claim(user, call.idempotency_key, "h", ids) == Taken(
         "done", "h", recorded.body
     )
     assert dbs.relay.pokes == 1
@@ -406,13 +408,32 @@ async def test_shadow_and_unbilled_calls_are_never_flagged(dbs: Dbs) -> None:
 # --- claims and totals ----------------------------------------------------------------------
 
 
-async def test_a_released_claim_is_taken_over_with_the_next_attempt(dbs: Dbs) -> None:
-    assert await dbs.store.claim("alice", "k", "h") == Claimed(1)
-    assert await dbs.store.claim("alice", "k", "h") == Taken("in_progress", "h", None)
+async def test_a_released_claim_is_taken_over_with_the_next_attempt_and_its_usage_id(
+    dbs: Dbs,
+) -> None:
+    first, second = str(time_ordered_uuid()), str(time_ordered_uuid())
+    assert await dbs.store.claim("alice", "k", "h", (first, None)) == Claimed(1, first)
+    assert await dbs.store.claim("alice", "k", "h", (second, None)) == Taken(
+        "in_progress", "h", None
+    )
 
     await dbs.store.release("alice", "k")
 
-    assert await dbs.store.claim("alice", "k", "h2") == Claimed(2)
+    assert await dbs.store.claim("alice", "k", "h2", (second, None)) == Claimed(2, first)
+
+
+async def test_a_claim_made_before_claims_kept_usage_ids_keeps_the_id_it_stood_for(
+    dbs: Dbs,
+) -> None:
+    user, before, new = new_user(), str(uuid.uuid4()), str(time_ordered_uuid())
+    await dbs.store.claim(user, "k", "h", (str(uuid.uuid4()), None))
+    await dbs.metering.pool.execute(  # as migration 0012 found the claims made before it
+        "UPDATE request_claims SET usage_id = NULL, state = 'released' WHERE user_id = $1", user
+    )
+
+    assert await dbs.store.claim(user, "k", "h", (new, before)) == Claimed(2, before)
+    await dbs.store.release(user, "k")
+    assert await dbs.store.claim(user, "k", "h", (new, before)) == Claimed(3, before)
 
 
 async def test_totals_are_read_per_model(dbs: Dbs) -> None:

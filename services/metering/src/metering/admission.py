@@ -2,8 +2,8 @@
 
 Admitting a chat call to be charged used to take eight round trips: the claim of its key,
 a transaction of the guard lock, the rate limit, the guard state and the in-flight row, and
-the ledger's hold. ``admit_charged_call`` (migration 0004) does all of it in one statement,
-one transaction, under the same per-user guard lock, calling the same pieces the
+the ledger's hold. ``admit_charged_call`` (migrations 0004, 0012) does all of it in one
+statement, one transaction, under the same per-user guard lock, calling the same pieces the
 step-by-step path calls. It only ever admits; where the answer is a refusal that needs
 more than a status (the pause, a cap, with the session cap pausing the user), it keeps the
 key claimed, writes nothing else and refers the call to the step-by-step path
@@ -29,7 +29,11 @@ from metering.usage_store import Taken
 
 @dataclass(frozen=True)
 class Ticket:
-    """A call to admit: who pays, under which key, its worst case in millicredits."""
+    """A call to admit: who pays, under which key, its worst case in millicredits.
+
+    ``usage_id`` is the request's new usage id; a claim taken over keeps the first
+    attempt's. ``usage_id_before``: the id a claim made before the claims kept one stands
+    for (``Job.usage_id_before``)."""
 
     user_id: str
     usage_id: str
@@ -37,23 +41,28 @@ class Ticket:
     keyed: bool
     request_hash: str
     estimate: int
+    usage_id_before: str | None = None
 
 
 @dataclass(frozen=True)
 class Admitted:
-    """The key is claimed as ``attempt``, the hold made, the call counted in flight;
-    ``history``: the user's last charged calls recorded before it (the anomaly check's)."""
+    """The key is claimed as ``attempt`` for ``usage_id``, the hold made, the call counted in
+    flight; ``history``: the user's last charged calls recorded before it (the anomaly
+    check's)."""
 
     attempt: int
     hold: Hold
     history: guardrails.History
+    usage_id: str
 
 
 @dataclass(frozen=True)
 class Referred:
-    """Paused or over a cap: the key is claimed as ``attempt``; the full path must answer."""
+    """Paused or over a cap: the key is claimed as ``attempt`` for ``usage_id``; the full
+    path must answer."""
 
     attempt: int
+    usage_id: str
 
 
 Admission = Admitted | Referred | Taken | Limited
@@ -112,6 +121,7 @@ class PgAdmissions:
         return (
             ticket.user_id,
             ticket.usage_id,
+            ticket.usage_id_before,
             ticket.key,
             ticket.keyed,
             ticket.request_hash,
@@ -134,9 +144,9 @@ class PgAdmissions:
         outcome = row["r_outcome"]
         if outcome == "admitted":
             history = guardrails.History(row["r_recent_calls"], row["r_recent_total"])
-            return Admitted(row["r_attempt"], _hold(row), history)
+            return Admitted(row["r_attempt"], _hold(row), history, str(row["r_usage_id"]))
         if outcome == "refer":
-            return Referred(row["r_attempt"])
+            return Referred(row["r_attempt"], str(row["r_usage_id"]))
         if outcome == "taken":
             body = repository.decode_body(row["r_response_body"])
             return Taken(row["r_claim_state"], row["r_request_hash"], body)

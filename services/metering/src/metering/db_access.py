@@ -9,16 +9,16 @@ from metering.settings import Settings
 
 # The functions that call the ledger's create_hold and capture_hold by name.
 LEDGER_CALLERS = (
-    "admit_charged_call(text, uuid, text, boolean, text, double precision, bigint, timestamptz,"
-    " timestamptz, timestamptz, bigint, bigint, bigint, timestamptz, integer, text, timestamptz,"
-    " timestamptz, integer, bigint, bigint, integer, integer)",
+    "admit_charged_call(text, uuid, uuid, text, boolean, text, double precision, bigint,"
+    " timestamptz, timestamptz, timestamptz, bigint, bigint, bigint, timestamptz, integer, text,"
+    " timestamptz, timestamptz, integer, bigint, bigint, integer, integer)",
     "settle_charged_call(text, jsonb, uuid, bigint, bigint, uuid, text, text, bigint, bigint,"
     " bigint, bigint, text, text, text, text, json, bigint, text, bytea, bytea, jsonb, integer)",
 )
-# The functions of migrations 0004 to 0006: only the runtime role may call them.
+# The functions of migrations 0004 to 0012: only the runtime role may call them.
 FUNCTIONS = (
     "rate_limit_take(text, timestamptz, timestamptz, integer, bigint, bigint)",
-    "claim_request(text, text, text, double precision)",
+    "claim_usage(text, text, text, double precision, uuid, uuid)",
     "release_claim(text, text, boolean)",
     "guard_state(text, timestamptz, timestamptz, timestamptz)",
     "recent_charges(text, integer)",

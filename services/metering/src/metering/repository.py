@@ -28,7 +28,7 @@ async def create_ledger_hold(
 
 
 async def admit_charged_call(conn: Any, args: tuple[Any, ...]) -> Any:
-    """``admit_charged_call`` (migration 0004): claim, guardrails, rate limit, the ledger's
+    """``admit_charged_call`` (migrations 0004, 0012): claim, guardrails, rate limit, the ledger's
     hold and the in-flight row in one statement; the arguments as ``PgAdmissions`` orders
     them, the r_* columns as the migration describes them.
 
@@ -45,16 +45,31 @@ async def admit_charged_call(conn: Any, args: tuple[Any, ...]) -> Any:
 
 
 async def claim_key(
-    conn: Any, user_id: str, key: str, request_hash: str, takeover_after_s: float
-) -> int | None:
-    """Claim an idempotency key; the attempt number, or None when another request has it.
+    conn: Any,
+    user_id: str,
+    key: str,
+    request_hash: str,
+    takeover_after_s: float,
+    usage_ids: tuple[str, str | None],
+) -> tuple[int, str] | None:
+    """Claim an idempotency key for a request's usage id (``claim_usage``, migration 0012):
+    the attempt number and the usage id the claim holds (the first attempt's), or None when
+    another request has the key. ``usage_ids``: the request's new id, and the id a claim made
+    before 0012 stands for.
 
     A released claim (its attempt failed) or one abandoned in progress is taken over.
     """
-    attempt: int | None = await conn.fetchval(
-        "SELECT claim_request($1, $2, $3, $4)", user_id, key, request_hash, takeover_after_s
+    row = await conn.fetchrow(
+        "SELECT r_attempt, r_usage_id FROM claim_usage($1, $2, $3, $4, $5, $6)",
+        user_id,
+        key,
+        request_hash,
+        takeover_after_s,
+        *usage_ids,
     )
-    return attempt
+    if row["r_attempt"] is None:
+        return None
+    return row["r_attempt"], str(row["r_usage_id"])
 
 
 async def claimed_key(conn: Any, user_id: str, key: str) -> Any:

@@ -36,13 +36,14 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from functools import partial
 from typing import Any
 
 from billing_platform import context
 from billing_platform.errors import ApiError
+from billing_platform.ids import time_ordered_uuid
 from billing_platform.ratelimit import Limited, rate_limited
 
 from metering import bodies, guardrails, metrics, overhead, pricing, return_to, streaming
@@ -68,8 +69,8 @@ from metering.usage_store import Claimed, Taken, UsageStore
 
 log = logging.getLogger(__name__)
 
-# A usage id derives from (user, key): every attempt under one client key captures with the
-# same usage id, which the ledger charges at most once.
+# Before metering's migration 0012 a usage id derived from (user, key); a claim made then
+# stands for that id (Job.usage_id_before).
 _USAGE_IDS = uuid.UUID("6f0c2d55-3a8e-4d8e-9f3b-2b5f1c7a9e41")
 
 
@@ -124,9 +125,13 @@ class Job:
     """One request: who pays, under which key, at which rate, how much to hold, in which mode.
 
     ``capped``: the guardrails apply (chat); reconcile reports usage already consumed.
+    ``usage_id``: in creation order (the indexes keyed by it take their inserts at one end);
+    new for each request, then the one the key's claim holds (``claimed``), so every
+    attempt under one key has the first attempt's, which the ledger charges at most once.
     """
 
     user_id: str
+    usage_id: str
     key: str
     keyed: bool
     request_hash: str
@@ -142,8 +147,12 @@ class Job:
         return self.decision.charged
 
     @property
-    def usage_id(self) -> str:
+    def usage_id_before(self) -> str:
         return str(uuid.uuid5(_USAGE_IDS, f"{self.user_id}\n{self.key}"))
+
+    def claimed(self, usage_id: str) -> Job:
+        """The job under the usage id its key's claim holds."""
+        return replace(self, usage_id=usage_id)
 
     def hold_key(self, attempt: int) -> str:
         return hold_key(self.key, attempt)
@@ -156,7 +165,12 @@ class Job:
             self.keyed,
             self.request_hash,
             self.hold_millicredits,
+            self.usage_id_before,
         )
+
+
+def new_usage_id() -> str:
+    return str(time_ordered_uuid())
 
 
 def utc_now() -> datetime:
@@ -192,6 +206,7 @@ class Gateway:
         started = await self._start(job)
         if isinstance(started, Answer):
             return started
+        job = started.job
         if call.stream:
             return await self._stream(job, request, started)
         async with self._abandoned_on_error(job, started.hold):
@@ -206,10 +221,10 @@ class Gateway:
         The switches and the rate limit apply (an unbilled or shadow reconcile is recorded,
         not charged); the pause and the caps do not, as the usage was already consumed.
         """
-        job = await self._reconcile_job(call)
-        started = await self._start(job)
+        started = await self._start(await self._reconcile_job(call))
         if isinstance(started, Answer):
             return started
+        job = started.job
         usage = TokenUsage(call.input_tokens, call.output_tokens)
         body = {
             "usageId": job.usage_id,
@@ -228,6 +243,7 @@ class Gateway:
         return_path = return_to.checked(call.return_to)  # refused before the switches are read
         job = Job(
             user_id=call.user_id,
+            usage_id=new_usage_id(),
             key=f"chat:{call.user_id}:{call.idempotency_key or context.new_id()}",
             keyed=call.idempotency_key is not None,
             request_hash=chat_hash(request, call.stream),
@@ -250,6 +266,7 @@ class Gateway:
         fields = [call.user_id, call.model, call.input_tokens, call.output_tokens]
         return Job(
             user_id=call.user_id,
+            usage_id=new_usage_id(),
             key=f"reconcile:{call.idempotency_key}",
             keyed=True,
             request_hash=_hash(fields),
@@ -282,14 +299,15 @@ class Gateway:
             admitted = await self._admit_at_once(job)
             if not isinstance(admitted, Referred):
                 return admitted
-            attempt = admitted.attempt
+            claimed = Claimed(admitted.attempt, admitted.usage_id)
         else:
-            claimed = await self._claim(job)
-            if isinstance(claimed, Answer):
-                return claimed
-            attempt = claimed
+            claim = await self._claim(job)
+            if isinstance(claim, Answer):
+                return claim
+            claimed = claim
+        job = job.claimed(claimed.usage_id)
         await self._pass_guardrails(job)
-        return Started(await self._hold(job, attempt))
+        return Started(job, await self._hold(job, claimed.attempt))
 
     async def _admit_at_once(self, job: Job) -> Started | Answer | Referred:
         """Claim, rate limit, guardrails and hold in one statement (``admission``)."""
@@ -299,20 +317,22 @@ class Gateway:
         except (InsufficientCredits, LedgerError) as exc:
             raise _hold_refused(exc, job.return_to) from exc
         if isinstance(admission, Admitted):
-            return Started(admission.hold, admission.history)
+            return Started(job.claimed(admission.usage_id), admission.hold, admission.history)
         if isinstance(admission, Referred):
             return admission
         if isinstance(admission, Taken):
             return _replay(admission, job.request_hash)
         raise _guardrail_refused(admission, now)
 
-    async def _claim(self, job: Job) -> int | Answer:
-        """The attempt number this request runs as, or the stored answer of its key."""
+    async def _claim(self, job: Job) -> Claimed | Answer:
+        """The attempt this request runs as and its usage id, or the stored answer of its
+        key. A call without a key is never retried: its new usage id is its own."""
         if not job.keyed:
-            return 1
-        claim = await self._store.claim(job.user_id, job.key, job.request_hash)
+            return Claimed(1, job.usage_id)
+        ids = (job.usage_id, job.usage_id_before)
+        claim = await self._store.claim(job.user_id, job.key, job.request_hash, ids)
         if isinstance(claim, Claimed):
-            return claim.attempt
+            return claim
         return _replay(claim, job.request_hash)
 
     async def _unclaim(self, job: Job) -> None:
@@ -438,9 +458,11 @@ class Gateway:
 
 @dataclass(frozen=True)
 class Started:
-    """A call past its claim and guardrails: its hold (None unless charged) and, when
-    admission read them, the user's recent charges its own is weighed against."""
+    """A call past its claim and guardrails: its job under the claimed usage id, its hold
+    (None unless charged) and, when admission read them, the user's recent charges its own
+    is weighed against."""
 
+    job: Job
     hold: Hold | None
     history: guardrails.History | None = None
 

@@ -36,9 +36,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Claimed:
-    """This request holds the key now; ``attempt`` counts the requests that held it."""
+    """This request holds the key now; ``attempt`` counts the requests that held it, and
+    ``usage_id`` is the call's usage id: the first attempt's, kept by the claim."""
 
     attempt: int
+    usage_id: str
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,12 @@ class Recorded:
 
 
 class UsageStore(Protocol):
-    async def claim(self, user_id: str, key: str, request_hash: str) -> Claimed | Taken: ...
+    async def claim(
+        self, user_id: str, key: str, request_hash: str, usage_ids: tuple[str, str | None]
+    ) -> Claimed | Taken:
+        """Claim the key for a request whose usage id is ``usage_ids[0]`` (the second: the id
+        a claim made before the claims kept one stands for)."""
+        ...
 
     async def release(self, user_id: str, key: str) -> None: ...
 
@@ -154,17 +161,19 @@ class PgUsageStore:
         self._relay = relay
         self._takeover_after_s = takeover_after_s
 
-    async def claim(self, user_id: str, key: str, request_hash: str) -> Claimed | Taken:
+    async def claim(
+        self, user_id: str, key: str, request_hash: str, usage_ids: tuple[str, str | None]
+    ) -> Claimed | Taken:
         for _ in range(3):  # a claim can be released between the INSERT and the SELECT
             # No transaction: the claim is one atomic statement (one round trip, the usual
             # case), and the SELECT of someone else's claim needs no snapshot shared with it.
             async with self._db.pool.acquire() as conn:
-                attempt = await repository.claim_key(
-                    conn, user_id, key, request_hash, self._takeover_after_s
+                claimed = await repository.claim_key(
+                    conn, user_id, key, request_hash, self._takeover_after_s, usage_ids
                 )
-                row = None if attempt else await repository.claimed_key(conn, user_id, key)
-            if attempt:
-                return Claimed(attempt)
+                row = None if claimed else await repository.claimed_key(conn, user_id, key)
+            if claimed:
+                return Claimed(*claimed)
             if row is not None and row["state"] != "released":
                 body = repository.decode_body(row["response_body"])
                 return Taken(row["state"], row["request_hash"], body)

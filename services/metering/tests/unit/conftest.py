@@ -238,6 +238,7 @@ class FakeModel:
 @dataclass
 class FakeClaim:
     request_hash: str
+    usage_id: str
     state: str = "in_progress"
     attempt: int = 1
 
@@ -266,18 +267,20 @@ class FakeStore:
         self.flags: list[ReviewFlag] = []
         self.alerts: list[alert_pb2.BillingAlert] = []
 
-    async def claim(self, user_id: str, key: str, request_hash: str) -> Claimed | Taken:
+    async def claim(
+        self, user_id: str, key: str, request_hash: str, usage_ids: tuple[str, str | None]
+    ) -> Claimed | Taken:
         claim = self.claims.get((user_id, key))
         if claim is None:
-            self.claims[(user_id, key)] = FakeClaim(request_hash)
-            return Claimed(1)
+            self.claims[(user_id, key)] = FakeClaim(request_hash, usage_ids[0])
+            return Claimed(1, usage_ids[0])
         if claim.state == "released":
             claim.state, claim.attempt, claim.request_hash = (
                 "in_progress",
                 claim.attempt + 1,
                 request_hash,
             )
-            return Claimed(claim.attempt)
+            return Claimed(claim.attempt, claim.usage_id)
         record = self.records.get((user_id, key))
         return Taken(claim.state, claim.request_hash, record.response_body if record else None)
 
@@ -501,13 +504,14 @@ class FakeAdmissions:
     async def admit(self, ticket: Ticket, now: datetime) -> Admission:
         attempt = 1
         if ticket.keyed:
-            claim = await self.store.claim(ticket.user_id, ticket.key, ticket.request_hash)
+            ids = (ticket.usage_id, ticket.usage_id_before)
+            claim = await self.store.claim(ticket.user_id, ticket.key, ticket.request_hash, ids)
             if isinstance(claim, Taken):
                 return claim
-            attempt = claim.attempt
+            attempt, ticket = claim.attempt, replace(ticket, usage_id=claim.usage_id)
         if self._refers(ticket, now):
             self.referred.append(ticket.usage_id)
-            return Referred(attempt)
+            return Referred(attempt, ticket.usage_id)
         try:
             return await self._hold(ticket, attempt, now)
         except (InsufficientCredits, LedgerError):
@@ -530,7 +534,7 @@ class FakeAdmissions:
         hold = await self.ledger.create_hold(ticket.user_id, ticket.estimate, key, ttl)
         inflight = InFlight(ticket.user_id, ticket.estimate, now + self.guard.ttl)
         self.store.inflight[ticket.usage_id] = inflight
-        return Admitted(attempt, hold, self.store.history(ticket.user_id))
+        return Admitted(attempt, hold, self.store.history(ticket.user_id), ticket.usage_id)
 
 
 class FakeFlags:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from datetime import date
 from typing import Any
@@ -270,6 +271,22 @@ async def test_a_retry_after_a_model_failure_gets_a_hold_of_its_own(parts: Any) 
     assert parts.ledger.balance("alice").balance_millicredits == 10_000_000 - 50_000
 
 
+async def test_a_retry_records_the_usage_id_its_first_attempt_claimed(parts: Any) -> None:
+    parts.model.failure = ModelError("boom")
+    with pytest.raises(ApiError):
+        await parts.gateway.chat(chat(idempotency_key="k1"))
+    first = parts.store.claims[("alice", "chat:alice:k1")].usage_id
+    parts.model.failure = None
+
+    await answered(parts.gateway, chat(idempotency_key="k1"))
+    await answered(parts.gateway, chat())
+
+    records = list(parts.store.records.values())
+    assert records[0].usage_id == first
+    assert [uuid.UUID(r.usage_id).version for r in records] == [7, 7]
+    assert records[1].usage_id > first  # in creation order
+
+
 # --- idempotency -------------------------------------------------------------------------
 
 
@@ -298,7 +315,8 @@ async def test_a_key_reused_with_another_body_is_409(parts: Any) -> None:
 
 async def test_a_key_in_progress_is_409(parts: Any) -> None:
     request = ModelRequest("gpt-4o", (ChatMessage("user", PROMPT),), 1024)
-    await parts.store.claim("alice", "chat:alice:k1", service.chat_hash(request, False))
+    hashed = service.chat_hash(request, False)
+    await parts.store.claim("alice", "chat:alice:k1", hashed, (str(uuid.uuid4()), None))
 
     with pytest.raises(ApiError) as raised:
         await parts.gateway.chat(chat(idempotency_key="k1"))

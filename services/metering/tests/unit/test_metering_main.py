@@ -117,6 +117,8 @@ def test_the_migrations_are_in_order() -> None:
         "0008_outbox_quiet_notify.sql",
         "0009_generic_plans.sql",
         "0010_outbox_published.sql",
+        "0011_inlined_guard_reads.sql",
+        "0012_usage_ids_in_claims.sql",
     ]
 
 
