@@ -12,6 +12,9 @@ PostgreSQL.
   0014 and 0016): it read every user's holds past their expiry time, a range that grows
   with all the calls since the last vacuum; it now reads the user's own active holds by
   expiry, also on a table whose statistics count no active hold (as between two vacuums).
+- The check of a hot outbox's notify trigger (the ledger's migration 0018, metering's
+  0013), which every charged call runs twice: it read the whole outbox table, whose rows are
+  all deleted within a linger; it now reads the first entry of the index of waiting rows.
 """
 
 from __future__ import annotations
@@ -144,3 +147,29 @@ async def _calls(db: Database, user: str, count: int) -> None:
         user,
         count,
     )
+
+
+async def test_the_quiet_notify_reads_the_oldest_waiting_row_by_index(migrated_db: Any) -> None:
+    db: Database = await migrated_db(f"t_{uuid.uuid4().hex[:12]}", "ledger")
+    # As under load between two vacuums: the statistics taken while rows were waiting, every
+    # row published (moved out) since. The check of 0012 read the table's pages then.
+    await db.pool.execute("ALTER TABLE outbox SET (autovacuum_enabled = false)")
+    await db.pool.execute(
+        "INSERT INTO outbox (topic, message_key, payload, headers)"
+        " SELECT 'billing.ledger.v1', 'u', repeat('x', 200)::bytea, '{}'"
+        " FROM generate_series(1, 2000)"
+    )
+    await db.pool.execute("ANALYZE outbox")
+    await db.pool.execute("DELETE FROM outbox")
+    check = await _statement_of(
+        db,
+        "outbox_notify",
+        r"IF coalesce\((.*?), true\) THEN",
+        {"(SELECT min(id) FROM new_rows)": "$1"},
+    )
+    async with db.pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        async with _prepared(conn, "bigint", f"SELECT {check}"):
+            plan = await _plan(conn, "9000")
+    assert "outbox_unpublished" in plan, plan
+    assert "Seq Scan" not in plan, plan

@@ -103,12 +103,19 @@ _MOVE_MARKED = _move_published("published_at IS NOT NULL", "published_at")
 # and a relay that published looks again after its linger without being told; so under load
 # no notification is sent, and none is delivered, per row. (A writer that saw a row waiting
 # and commits after the relay found the outbox empty is picked up by the idle poll.)
+#
+# The check reads the oldest waiting row: the new rows wait too, so it is one of them
+# unless an older row waits. min() reads it as the first entry of the index of waiting
+# rows. The first version asked whether any waiting row was older than the new ones
+# (NOT EXISTS), and its reusable plan was a sequential scan of the outbox: a table whose
+# rows are all deleted within a linger keeps some 80 pages between vacuums, and the scan
+# read all of them on every charged call (0.13 ms of the ledger's, by pg_stat_statements).
 OUTBOX_QUIET_NOTIFY_DDL = """
 CREATE OR REPLACE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql
 SET search_path FROM CURRENT AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL
-                   AND id < (SELECT min(id) FROM new_rows)) THEN
+    IF coalesce((SELECT min(id) FROM outbox WHERE published_at IS NULL)
+                >= (SELECT min(id) FROM new_rows), true) THEN
         PERFORM pg_notify(TG_TABLE_SCHEMA || '.outbox', '');
     END IF;
     RETURN NULL;

@@ -52,8 +52,10 @@ def test_each_outbox_moves_what_it_published_to_a_table_of_the_relay_ddl() -> No
 
 def test_the_outboxes_of_the_hot_paths_notify_only_when_quiet() -> None:
     migrations = {
-        "metering": ROOT / "services/metering/src/metering/migrations/0008_outbox_quiet_notify.sql",
-        "ledger": ROOT / "services/ledger/src/ledger/migrations/0012_outbox_quiet_notify.sql",
+        "metering": ROOT
+        / "services/metering/src/metering/migrations/0013_outbox_notify_by_index.sql",
+        "ledger": ROOT / "services/ledger/src/ledger/migrations/0018_outbox_notify_by_index.sql",
     }
     for migration in migrations.values():
-        assert squeeze(OUTBOX_QUIET_NOTIFY_DDL) in squeeze(migration.read_text()), migration
+        sql = (ROOT / migration).read_text()
+        assert squeeze(OUTBOX_QUIET_NOTIFY_DDL) in squeeze(sql), migration

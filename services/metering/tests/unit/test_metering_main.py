@@ -119,6 +119,7 @@ def test_the_migrations_are_in_order() -> None:
         "0010_outbox_published.sql",
         "0011_inlined_guard_reads.sql",
         "0012_usage_ids_in_claims.sql",
+        "0013_outbox_notify_by_index.sql",
     ]
 
 
