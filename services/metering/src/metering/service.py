@@ -299,12 +299,11 @@ class Gateway:
             admitted = await self._admit_at_once(job)
             if not isinstance(admitted, Referred):
                 return admitted
-            claimed = Claimed(admitted.attempt, admitted.usage_id)
+            claimed: Claimed | Answer = Claimed(admitted.attempt, admitted.usage_id)
         else:
-            claim = await self._claim(job)
-            if isinstance(claim, Answer):
-                return claim
-            claimed = claim
+            claimed = await self._claim(job)
+        if isinstance(claimed, Answer):
+            return claimed
         job = job.claimed(claimed.usage_id)
         await self._pass_guardrails(job)
         return Started(job, await self._hold(job, claimed.attempt))
