@@ -1,9 +1,9 @@
-"""What PostgreSQL alone must spend per ledger posting, against the plain-posting anchor.
+"""The least PostgreSQL and Kafka must spend per ledger posting, against the plain anchor.
 
 The pipeline benchmark (``bench/pipeline.py``) compares the ledger's postings from Kafka with
 a plain per-posting transaction run by pgbench on the same PostgreSQL (the anchor). This
 benchmark asks how far that ratio can go on this machine at all: it measures the least
-PostgreSQL can spend on the database work every posting needs, done in the most favourable
+PostgreSQL and Kafka can spend on the work every posting needs, done in the most favourable
 form there is, and sets it against the CPU that a posting may cost at 5x the anchor.
 
 Brings the dev stack up (as ``bench/pipeline.py`` does; ``--keep`` leaves it running) and
@@ -31,9 +31,9 @@ measures, in one run:
    produces (its usage record, its posting event) and four reads (the ledger and the
    reconciler read the usage record; the reconciler and checkout the posting event).
 
-A floor is a lower bound of the real work, not a design: the ledger also claims each record
-(by that unique index), keeps its positions, and its events travel through Kafka to the
-ledger, the reconciler and checkout, each of which spends CPU as well.
+A floor is a lower bound of the real work, not a design. Not counted: the ledger's
+positions, and the CPU of the ledger, the reconciler and checkout themselves, which decode
+every record they read and build the rows and events they write.
 
 Run: ``./scripts/run python bench/posting_floor.py [--batch 10000] [--rounds 3]
 [--records 100000] [--seconds 20] [--keep]``.
