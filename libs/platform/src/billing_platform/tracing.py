@@ -1,31 +1,42 @@
 """OpenTelemetry set-up and W3C trace-context propagation for HTTP and Kafka headers.
 
-Every process gets an SDK provider, so requests and consumed records always have trace ids
-(log lines carry them, the ledger's inbox keeps them) whether or not spans leave the process.
-Only when an OTLP endpoint is configured are spans exported and the libraries instrumented
-(FastAPI server spans, asyncpg statements, httpx calls); with tracing off none of that code
-is even imported.
+Every process gets a provider, so requests and consumed records always have trace ids (log
+lines carry them, the ledger's inbox keeps them) whether or not spans leave the process.
+Only when an OTLP endpoint is configured are spans recorded, exported and the libraries
+instrumented (FastAPI server spans, asyncpg statements, httpx calls); with tracing off none
+of that code is even imported, and a span is its ids alone (``IdsOnlyTracerProvider``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import random
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import (
-    ALWAYS_ON,
     Decision,
     ParentBased,
     Sampler,
     SamplingResult,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Link, SpanKind, TraceState
+from opentelemetry.trace import (
+    INVALID_SPAN_ID,
+    INVALID_TRACE_ID,
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    TraceState,
+)
+from opentelemetry.util._decorator import _agnosticcontextmanager
 from opentelemetry.util.types import Attributes
 
 if TYPE_CHECKING:
@@ -77,18 +88,94 @@ def sampler(ratio: float) -> Sampler:
 
 def build_provider(
     service: str, otlp_endpoint: str = "", sample_ratio: float = 1.0
-) -> TracerProvider:
+) -> trace.TracerProvider:
     """A provider for ``service``: exporting over OTLP/HTTP at ``sample_ratio`` when an
-    endpoint is given; otherwise keeping every span in-process (ids for logs, nothing sent)."""
-    resource = Resource.create({"service.name": service})
+    endpoint is given; otherwise spans with ids and nothing else (``IdsOnlyTracerProvider``)."""
     if not otlp_endpoint:
-        return TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_ON))
+        return IdsOnlyTracerProvider()
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+    resource = Resource.create({"service.name": service})
     provider = TracerProvider(resource=resource, sampler=sampler(sample_ratio))
     exporter = OTLPSpanExporter(endpoint=otlp_endpoint.rstrip("/") + "/v1/traces")
     provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
+
+
+def _random_id(bits: int, invalid: int) -> int:
+    # As the SDK's id generator: random bits, never the all-zero id that means "none".
+    while (value := random.getrandbits(bits)) == invalid:
+        pass
+    return value
+
+
+class IdsOnlyTracer(trace.Tracer):
+    """Spans that are their ids and nothing else, for a process that exports no traces.
+
+    A span continues its parent's trace (id, flags, state) under a span id of its own; a new
+    trace is marked sampled, so a service downstream that does export records its part, as
+    it would under a recording provider that samples everything. Nothing is recorded because
+    nothing would read it: a request's span around its model call's, as metering makes for
+    every charged call, cost 32 us of CPU as the SDK's recorded spans (kept in-process for
+    their ids alone) against 7 us as these (``bench/span_cost.py``)."""
+
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> trace.Span:
+        parent = trace.get_current_span(context).get_span_context()
+        span_id = _random_id(64, INVALID_SPAN_ID)
+        if parent.is_valid:
+            ids = SpanContext(
+                parent.trace_id, span_id, False, parent.trace_flags, parent.trace_state
+            )
+        else:
+            trace_id = _random_id(128, INVALID_TRACE_ID)
+            ids = SpanContext(trace_id, span_id, False, TraceFlags(TraceFlags.SAMPLED))
+        return NonRecordingSpan(ids)
+
+    @_agnosticcontextmanager
+    def start_as_current_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Iterator[trace.Span]:
+        span = self.start_span(name, context)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            yield span
+        finally:
+            otel_context.detach(token)
+
+
+class IdsOnlyTracerProvider(trace.TracerProvider):
+    """The provider of a process that exports no traces: one ``IdsOnlyTracer`` for all."""
+
+    def __init__(self) -> None:
+        self._tracer = IdsOnlyTracer()
+
+    def get_tracer(
+        self,
+        instrumenting_module_name: str,
+        instrumenting_library_version: str | None = None,
+        schema_url: str | None = None,
+        attributes: Attributes = None,
+    ) -> trace.Tracer:
+        return self._tracer
 
 
 def configure_tracing(

@@ -17,6 +17,7 @@ from billing_platform.app import create_app
 from billing_platform.http_client import traced_client
 from billing_platform.settings import InfraSettings, ServiceSettings
 from fastapi import APIRouter, FastAPI
+from opentelemetry import trace
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -327,15 +328,60 @@ def test_a_statement_outside_any_trace_starts_none() -> None:
 
 def test_an_exporting_provider_samples_at_the_configured_ratio() -> None:
     provider = tracing.build_provider("tracing-test", ENDPOINT, 0.25)
+    assert isinstance(provider, TracerProvider)
     try:
         description = provider.sampler.get_description()
     finally:
         provider.shutdown()
     assert description.startswith("ParentBased{root:RootsExceptLoneStatements{")
     assert "TraceIdRatioBased{0.25}" in description
-    local = tracing.build_provider("tracing-test")
-    assert local.sampler.get_description().startswith("ParentBased{root:AlwaysOnSampler")
-    local.shutdown()
+    assert isinstance(tracing.build_provider("tracing-test"), tracing.IdsOnlyTracerProvider)
+
+
+def test_without_an_endpoint_a_new_trace_has_ids_marked_sampled_and_records_nothing() -> None:
+    tracer = tracing.build_provider("tracing-test").get_tracer("test")
+
+    with tracer.start_as_current_span("GET /items", kind=SpanKind.SERVER) as server:
+        ids = server.get_span_context()
+        assert trace.get_current_span() is server
+        assert tracing.current_trace_id() == _hex(ids.trace_id, 32)
+        with tracer.start_as_current_span("GET ledger", kind=SpanKind.CLIENT) as client:
+            carrier: dict[str, str] = {}
+            TraceContextTextMapPropagator().inject(carrier)
+        assert trace.get_current_span() is server
+    assert trace.get_current_span() is not server
+
+    assert ids.is_valid
+    assert ids.trace_flags.sampled
+    assert not server.is_recording()
+    called = client.get_span_context()
+    assert called.trace_id == ids.trace_id
+    assert called.span_id != ids.span_id
+    # A service downstream that exports records its part of the trace.
+    assert carrier["traceparent"] == f"00-{_hex(ids.trace_id, 32)}-{_hex(called.span_id, 16)}-01"
+
+
+@pytest.mark.parametrize("flags", ["01", "00"])
+def test_without_an_endpoint_a_span_continues_its_callers_trace(flags: str) -> None:
+    tracer = tracing.IdsOnlyTracerProvider().get_tracer("test")
+    caller = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_PARENT}-{flags}", "tracestate": "k=v"}
+    parent = TraceContextTextMapPropagator().extract(caller)
+
+    with tracer.start_as_current_span("continued", context=parent, kind=SpanKind.SERVER) as span:
+        assert tracing.current_trace_id() == CALLER_TRACE
+    ids = span.get_span_context()
+
+    assert _hex(ids.span_id, 16) != CALLER_PARENT
+    assert ids.span_id != 0
+    assert ids.trace_flags.sampled == (flags == "01")
+    assert ids.trace_state.to_header() == "k=v"
+
+
+def test_without_an_endpoint_spans_of_new_traces_have_ids_of_their_own() -> None:
+    tracer = tracing.IdsOnlyTracerProvider().get_tracer("test")
+    spans = [tracer.start_span("new").get_span_context() for _ in range(1_000)]
+
+    assert len({s.trace_id for s in spans}) == len({s.span_id for s in spans}) == 1_000
 
 
 def test_the_ratio_is_read_from_the_environment_and_bounded(
