@@ -143,17 +143,9 @@ class IdsOnlyTracer(trace.Tracer):
 
     @_agnosticcontextmanager
     def start_as_current_span(
-        self,
-        name: str,
-        context: Context | None = None,
-        kind: SpanKind = SpanKind.INTERNAL,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        start_time: int | None = None,
-        record_exception: bool = True,
-        set_status_on_exception: bool = True,
-        end_on_exit: bool = True,
+        self, name: str, context: Context | None = None, *_: Any, **__: Any
     ) -> Iterator[trace.Span]:
+        # The other arguments (kind, attributes, ...) describe what is not recorded.
         span = self.start_span(name, context)
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
