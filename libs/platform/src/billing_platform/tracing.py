@@ -9,7 +9,6 @@ of that code is even imported, and a span is its ids alone (``IdsOnlyTracerProvi
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -19,6 +18,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     Decision,
     ParentBased,
@@ -27,8 +27,6 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 from opentelemetry.trace import (
-    INVALID_SPAN_ID,
-    INVALID_TRACE_ID,
     Link,
     NonRecordingSpan,
     SpanContext,
@@ -102,11 +100,8 @@ def build_provider(
     return provider
 
 
-def _random_id(bits: int, invalid: int) -> int:
-    # As the SDK's id generator: random bits, never the all-zero id that means "none".
-    while (value := random.getrandbits(bits)) == invalid:
-        pass
-    return value
+# The SDK's own generator: random ids, never the all-zero id that means "none".
+_IDS = RandomIdGenerator()
 
 
 class IdsOnlyTracer(trace.Tracer):
@@ -131,13 +126,13 @@ class IdsOnlyTracer(trace.Tracer):
         set_status_on_exception: bool = True,
     ) -> trace.Span:
         parent = trace.get_current_span(context).get_span_context()
-        span_id = _random_id(64, INVALID_SPAN_ID)
+        span_id = _IDS.generate_span_id()
         if parent.is_valid:
             ids = SpanContext(
                 parent.trace_id, span_id, False, parent.trace_flags, parent.trace_state
             )
         else:
-            trace_id = _random_id(128, INVALID_TRACE_ID)
+            trace_id = _IDS.generate_trace_id()
             ids = SpanContext(trace_id, span_id, False, TraceFlags(TraceFlags.SAMPLED))
         return NonRecordingSpan(ids)
 
